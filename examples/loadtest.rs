@@ -1,0 +1,625 @@
+//! Load harness: the platform's HTTP front end measured beside a bare hyper
+//! server, in one process and one run, so the ratios are comparable.
+//!
+//! ```text
+//! cargo run --release --example loadtest -- [--secs 3] [--concurrency 32] [--json]
+//! ```
+//!
+//! Two servers run on a runtime of their own, on `127.0.0.1:0`:
+//!
+//! * a bare hyper 1.x server (hyper-util's auto builder, `service_fn`
+//!   answering a fixed small JSON body): the baseline;
+//! * the platform itself ([`sms_platform::Platform`]), over a sled directory
+//!   in a temporary directory, with the production argon2 parameters, root
+//!   set up, `127.0.0.1` as trusted proxy, and one account per load
+//!   connection created before anything is measured.
+//!
+//! A closed-loop load generator on a second runtime then drives each
+//! scenario: `--concurrency` HTTP/1.1 keep-alive connections (hyper's
+//! client connection over a plain `TcpStream`), each sending its next request
+//! as soon as the previous answer is read, for a short warm-up and then
+//! `--secs` seconds. Every request has a timeout, and the run ends by itself.
+//! Answers that arrive in the measured window count: throughput is their
+//! number over the window, latency is per request. A request still in flight
+//! at the end is awaited but not counted, so no work spills into the next
+//! scenario.
+//!
+//! The table goes to stdout; with `--json` it goes to stderr and a JSON
+//! object to stdout.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use clap::Parser;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use sms_platform::{Platform, PlatformArgs};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+
+/// Password of every load account (and of root).
+const PASSWORD: &str = "secret1";
+/// Longest a single request (or connect) may take before it counts as an
+/// error and the connection is replaced.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most requests one connection sends in one scenario (a bound besides time).
+const MAX_REQUESTS_PER_CONNECTION: u64 = 5_000_000;
+/// The baseline's answer.
+const BASELINE_BODY: &str = r#"{"code":200,"msg":"ok"}"#;
+
+/// `cargo run --release --example loadtest -- --help`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadtest",
+    about = "Platform throughput beside a bare hyper baseline"
+)]
+struct Args {
+    /// Measured seconds per scenario.
+    #[arg(long, default_value_t = 3)]
+    secs: u64,
+    /// Keep-alive connections per scenario (closed loop: one request in
+    /// flight per connection).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Unmeasured warm-up per scenario, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    warmup_ms: u64,
+    /// Print the table to stderr and a JSON object to stdout.
+    #[arg(long)]
+    json: bool,
+    /// Only scenarios whose name contains one of these (comma-separated);
+    /// the baseline always runs.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+/// What a scenario sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Baseline,
+    NotFound,
+    IsRegisterOneIp,
+    IsRegisterManyIps,
+    PoolCodesEmpty,
+    PoolUploadCode,
+    HubLogin,
+    HubLoginUnknown,
+    SendapiSignatures,
+    SendapiUnknown,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    name: &'static str,
+    what: &'static str,
+    kind: Kind,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "baseline",
+        what: "bare hyper GET / (fixed JSON)",
+        kind: Kind::Baseline,
+    },
+    Scenario {
+        name: "404",
+        what: "platform GET /nope (routing only)",
+        kind: Kind::NotFound,
+    },
+    Scenario {
+        name: "isregister-1ip",
+        what: "GET /api/v4.0/isregister/<phone>, one client IP (probe limit answers -4)",
+        kind: Kind::IsRegisterOneIp,
+    },
+    Scenario {
+        name: "isregister-xff",
+        what: "same, X-Forwarded-For new per request (limit write+flush, user lookup)",
+        kind: Kind::IsRegisterManyIps,
+    },
+    Scenario {
+        name: "vcodes-get-empty",
+        what: "pool GET /vcodes/<app>, empty queue (208)",
+        kind: Kind::PoolCodesEmpty,
+    },
+    Scenario {
+        name: "vcodes-post",
+        what: "pool POST /vcodes, 1 SMS (queue write+flush)",
+        kind: Kind::PoolUploadCode,
+    },
+    Scenario {
+        name: "hub-login",
+        what: "hub POST /login, own account per connection (verified-credentials cache warm after the first; session write)",
+        kind: Kind::HubLogin,
+    },
+    Scenario {
+        name: "hub-login-unknown",
+        what: "hub POST /login, unknown user (-1 after a dummy argon2id verify: the uncached cost)",
+        kind: Kind::HubLoginUnknown,
+    },
+    Scenario {
+        name: "sendapi-signature",
+        what: "sendapi GET /v1/signature, Basic auth, own account (verified-credentials cache warm)",
+        kind: Kind::SendapiSignatures,
+    },
+    Scenario {
+        name: "sendapi-unknown",
+        what: "sendapi GET /v1/signature, Basic auth of an unknown user (ER:0001 after a dummy argon2id verify)",
+        kind: Kind::SendapiUnknown,
+    },
+];
+
+/// The end of the run: the baseline once more, to see drift on a shared
+/// machine.
+const BASELINE_AGAIN: Scenario = Scenario {
+    name: "baseline-again",
+    what: "bare hyper GET / again (drift check)",
+    kind: Kind::Baseline,
+};
+
+fn username(conn: usize) -> String {
+    format!("load{conn:05}")
+}
+
+/// A username no account has.
+fn unknown_user(conn: usize, i: u64) -> String {
+    format!("nobody{conn}x{i}")
+}
+
+/// The `i`-th request of connection `conn`.
+fn request(kind: Kind, addr: SocketAddr, conn: usize, i: u64) -> Request<Full<Bytes>> {
+    let b = Request::builder().header(header::HOST, addr.to_string());
+    // Unregistered numbers, distinct per connection.
+    let phone = || format!("139{:08}", (conn as u64 % 100) * 1_000_000 + i % 1_000_000);
+    let empty = Full::new(Bytes::new());
+    let built = match kind {
+        Kind::Baseline => b.uri("/").body(empty),
+        Kind::NotFound => b.uri("/nope").body(empty),
+        Kind::IsRegisterOneIp => b
+            .uri(format!("/api/v4.0/isregister/{}", phone()))
+            .body(empty),
+        Kind::IsRegisterManyIps => b
+            .uri(format!("/api/v4.0/isregister/{}", phone()))
+            .header(
+                "x-forwarded-for",
+                format!("10.{}.{}.{}", conn % 256, (i >> 8) % 256, i % 256),
+            )
+            .body(empty),
+        Kind::PoolCodesEmpty => b.uri("/vcodes/bench.empty").body(empty),
+        Kind::PoolUploadCode => {
+            let body = json!({"data": [{
+                "mobile": format!("182{:08}", conn),
+                "vcode": format!("Your code is {:06}", i % 1_000_000),
+                "appname": "bench.upload",
+            }]});
+            b.method(Method::POST)
+                .uri("/vcodes")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body.to_string())))
+        }
+        Kind::HubLogin | Kind::HubLoginUnknown => {
+            let user = match kind {
+                Kind::HubLogin => username(conn),
+                _ => unknown_user(conn, i),
+            };
+            b.method(Method::POST)
+                .uri("/login")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Full::new(Bytes::from(format!(
+                    "user={user}&password={PASSWORD}"
+                ))))
+        }
+        Kind::SendapiSignatures | Kind::SendapiUnknown => {
+            let user = match kind {
+                Kind::SendapiSignatures => username(conn),
+                _ => unknown_user(conn, i),
+            };
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{PASSWORD}"));
+            b.uri("/v1/signature")
+                .header(header::AUTHORIZATION, format!("Basic {token}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(empty)
+        }
+    };
+    built.expect("valid request")
+}
+
+/// A label for an answer: status and the body's `code` (or sendapi's
+/// `error`), so refusals are told apart from successes.
+fn label(status: StatusCode, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let field = ["\"code\":", "\"error\":"].iter().find_map(|k| {
+        let at = text.find(k)? + k.len();
+        let rest = text[at..].trim_start();
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        Some(rest[..end].trim().trim_matches('"').to_owned())
+    });
+    match field {
+        Some(f) => format!("{} code={f}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    }
+}
+
+#[derive(Debug, Default)]
+struct ConnStats {
+    /// Latency in microseconds of each measured request.
+    latencies_us: Vec<u32>,
+    /// Measured answers by label.
+    labels: BTreeMap<String, u64>,
+    /// Measured answers per second of the window.
+    per_second: Vec<u64>,
+    /// Failed requests or connects (timeouts, resets).
+    errors: u64,
+    /// Connections opened.
+    connects: u64,
+    /// The first measured answer's body, for the report.
+    sample: Option<String>,
+}
+
+/// One closed-loop connection: requests back to back until `end` (or the
+/// per-connection cap); those answered between `measure_from` and `end` are
+/// recorded.
+async fn drive(
+    kind: Kind,
+    addr: SocketAddr,
+    conn: usize,
+    measure_from: Instant,
+    end: Instant,
+) -> ConnStats {
+    let mut st = ConnStats::default();
+    let mut i: u64 = 0;
+    'reconnect: while Instant::now() < end && i < MAX_REQUESTS_PER_CONNECTION {
+        let stream = match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                st.errors += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut sender, connection) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok(x) => x,
+                Err(_) => {
+                    st.errors += 1;
+                    continue;
+                }
+            };
+        let driver = tokio::spawn(connection);
+        st.connects += 1;
+        while Instant::now() < end && i < MAX_REQUESTS_PER_CONNECTION {
+            let req = request(kind, addr, conn, i);
+            i += 1;
+            let started = Instant::now();
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                sender.ready().await?;
+                let resp = sender.send_request(req).await?;
+                let status = resp.status();
+                let body = resp.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>((status, body))
+            })
+            .await;
+            let done = Instant::now();
+            match answer {
+                Ok(Ok((status, body))) => {
+                    // Answers that arrive inside the measured window count;
+                    // one still in flight at `end` is awaited (so its work
+                    // does not spill into the next scenario) but not counted.
+                    if done >= measure_from && done <= end {
+                        let us = done.duration_since(started).as_micros();
+                        st.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                        *st.labels.entry(label(status, &body)).or_default() += 1;
+                        let sec = done.duration_since(measure_from).as_secs() as usize;
+                        if st.per_second.len() <= sec {
+                            st.per_second.resize(sec + 1, 0);
+                        }
+                        st.per_second[sec] += 1;
+                        if st.sample.is_none() {
+                            st.sample =
+                                Some(String::from_utf8_lossy(&body).chars().take(160).collect());
+                        }
+                    }
+                }
+                _ => {
+                    st.errors += 1;
+                    driver.abort();
+                    continue 'reconnect;
+                }
+            }
+        }
+        driver.abort();
+    }
+    st
+}
+
+#[derive(Debug)]
+struct Outcome {
+    scenario: Scenario,
+    requests: u64,
+    window: Duration,
+    rps: f64,
+    p50_us: u32,
+    p99_us: u32,
+    max_us: u32,
+    errors: u64,
+    connects: u64,
+    labels: BTreeMap<String, u64>,
+    per_second: Vec<u64>,
+    sample: String,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn run_scenario(
+    scenario: Scenario,
+    addr: SocketAddr,
+    concurrency: usize,
+    warmup: Duration,
+    secs: Duration,
+) -> Outcome {
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + secs;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|c| tokio::spawn(drive(scenario.kind, addr, c, measure_from, end)))
+        .collect();
+    let mut all = Vec::new();
+    let mut labels = BTreeMap::new();
+    let mut per_second = vec![0u64; secs.as_secs() as usize];
+    let (mut errors, mut connects) = (0, 0);
+    let mut sample = None;
+    for t in tasks {
+        // Every request is bounded by REQUEST_TIMEOUT, so this ends.
+        let Ok(st) = t.await else {
+            errors += 1;
+            continue;
+        };
+        all.extend_from_slice(&st.latencies_us);
+        for (k, v) in st.labels {
+            *labels.entry(k).or_insert(0) += v;
+        }
+        for (i, n) in st.per_second.iter().enumerate() {
+            if let Some(slot) = per_second.get_mut(i) {
+                *slot += n;
+            }
+        }
+        errors += st.errors;
+        connects += st.connects;
+        sample = sample.or(st.sample);
+    }
+    all.sort_unstable();
+    let window = secs;
+    let requests = all.len() as u64;
+    Outcome {
+        scenario,
+        requests,
+        window,
+        rps: requests as f64 / window.as_secs_f64(),
+        p50_us: percentile(&all, 50.0),
+        p99_us: percentile(&all, 99.0),
+        max_us: all.last().copied().unwrap_or(0),
+        errors,
+        connects,
+        labels,
+        per_second,
+        sample: sample.unwrap_or_default(),
+    }
+}
+
+/// The bare hyper server: accept loop on `listener`, every answer the same.
+async fn baseline_server(listener: TcpListener) {
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+        TokioExecutor::new(),
+    ));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(Full::new(Bytes::from_static(BASELINE_BODY.as_bytes())))
+                        .expect("valid response"),
+                )
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn ms(us: u32) -> String {
+    format!("{:.2}", f64::from(us) / 1000.0)
+}
+
+fn table(outcomes: &[Outcome], baseline_rps: f64) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "{:<18} {:>10} {:>11} {:>9} {:>9} {:>9} {:>8} {:>6}  answers\n",
+        "scenario", "requests", "req/s", "p50 ms", "p99 ms", "max ms", "x base", "errors"
+    ));
+    for o in outcomes {
+        let answers: Vec<String> = o.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        s.push_str(&format!(
+            "{:<18} {:>10} {:>11.1} {:>9} {:>9} {:>9} {:>8.4} {:>6}  {}\n",
+            o.scenario.name,
+            o.requests,
+            o.rps,
+            ms(o.p50_us),
+            ms(o.p99_us),
+            ms(o.max_us),
+            o.rps / baseline_rps,
+            o.errors,
+            answers.join(", ")
+        ));
+    }
+    s
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if args.secs == 0 || args.concurrency == 0 || args.concurrency > 10_000 {
+        eprintln!("--secs and --concurrency must be positive (concurrency at most 10000)");
+        return std::process::ExitCode::FAILURE;
+    }
+    // Servers on one runtime, the load generator on another: both share the
+    // machine's cores, as a separate client process would.
+    let servers = Runtime::new().expect("server runtime");
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let (baseline_addr, platform) = servers.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let baseline_addr = listener.local_addr().expect("addr");
+        tokio::spawn(baseline_server(listener));
+
+        let mut a = PlatformArgs::for_data_dir(dir.path().join("data"));
+        a.listen = "127.0.0.1:0".parse().expect("addr");
+        a.outbox = Some(dir.path().join("outbox.jsonl"));
+        a.root_password = Some(PASSWORD.into());
+        a.trusted_proxies = vec!["127.0.0.1".into()];
+        // argon2: the production defaults of the flags, untouched.
+        let running = Platform::new(a).start().await.expect("platform starts");
+        let t0 = Instant::now();
+        for c in 0..args.concurrency {
+            running
+                .core()
+                .accounts
+                .sign_up_username(&username(c), PASSWORD)
+                .await
+                .expect("load account");
+        }
+        eprintln!(
+            "setup: {} accounts (argon2id production parameters) in {:.2} s",
+            args.concurrency,
+            t0.elapsed().as_secs_f64()
+        );
+        (baseline_addr, running)
+    });
+    let platform_addr = platform.addr;
+    eprintln!(
+        "baseline on {baseline_addr}, platform on {platform_addr}; {} connections, {} s per scenario (+{} ms warm-up)",
+        args.concurrency, args.secs, args.warmup_ms
+    );
+
+    let wanted = |s: &Scenario| {
+        s.kind == Kind::Baseline
+            || args.only.is_empty()
+            || args.only.iter().any(|o| s.name.contains(o.as_str()))
+    };
+    let mut outcomes = Vec::new();
+    for s in SCENARIOS
+        .iter()
+        .chain(std::iter::once(&BASELINE_AGAIN))
+        .filter(|s| wanted(s))
+    {
+        let addr = if s.kind == Kind::Baseline {
+            baseline_addr
+        } else {
+            platform_addr
+        };
+        let o = clients.block_on(run_scenario(
+            *s,
+            addr,
+            args.concurrency,
+            Duration::from_millis(args.warmup_ms),
+            Duration::from_secs(args.secs),
+        ));
+        eprintln!(
+            "  {:<18} {:>10.1} req/s  p50 {} ms  p99 {} ms  ({} errors)",
+            s.name,
+            o.rps,
+            ms(o.p50_us),
+            ms(o.p99_us),
+            o.errors
+        );
+        outcomes.push(o);
+    }
+    servers.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(15), platform.shutdown()).await;
+    });
+    clients.shutdown_background();
+    servers.shutdown_background();
+
+    let baselines: Vec<f64> = outcomes
+        .iter()
+        .filter(|o| o.scenario.kind == Kind::Baseline)
+        .map(|o| o.rps)
+        .collect();
+    let baseline_rps = baselines.iter().sum::<f64>() / baselines.len().max(1) as f64;
+    let text = table(&outcomes, baseline_rps);
+    let note = format!(
+        "x base = req/s over the mean of the baseline runs ({baseline_rps:.1} req/s); {} connections, {} s measured per scenario",
+        args.concurrency, args.secs
+    );
+    if args.json {
+        eprint!("{text}");
+        eprintln!("{note}");
+        let scenarios: Vec<Value> = outcomes
+            .iter()
+            .map(|o| {
+                json!({
+                    "name": o.scenario.name,
+                    "what": o.scenario.what,
+                    "requests": o.requests,
+                    "window_secs": o.window.as_secs_f64(),
+                    "rps": o.rps,
+                    "p50_ms": f64::from(o.p50_us) / 1000.0,
+                    "p99_ms": f64::from(o.p99_us) / 1000.0,
+                    "max_ms": f64::from(o.max_us) / 1000.0,
+                    "ratio_to_baseline": o.rps / baseline_rps,
+                    "errors": o.errors,
+                    "connections_opened": o.connects,
+                    "answers": o.labels,
+                    "per_second": o.per_second,
+                    "sample_body": o.sample,
+                })
+            })
+            .collect();
+        let report = json!({
+            "concurrency": args.concurrency,
+            "secs_per_scenario": args.secs,
+            "warmup_ms": args.warmup_ms,
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "baseline_rps": baseline_rps,
+            "scenarios": scenarios,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("JSON report")
+        );
+    } else {
+        print!("{text}");
+        println!("{note}");
+        println!("answers per second of the window, and what each scenario does:");
+        for o in &outcomes {
+            println!(
+                "  {:<18} {:?}  {}",
+                o.scenario.name, o.per_second, o.scenario.what
+            );
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}

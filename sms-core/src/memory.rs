@@ -1,0 +1,800 @@
+//! An in-memory backend of every store port: the reference implementation,
+//! and a test double for embedders. One mutex guards all state, which makes
+//! every operation trivially atomic.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use crate::error::{StoreError, UniqueField};
+use crate::events::Push;
+use crate::identity::{Email, Username};
+use crate::ledger::{transition, Balance, Hold, LedgerEntry, LedgerOutcome, LedgerRequest};
+use crate::limits::{evaluate, LimitCheck, LimitDecision, LimitState};
+use crate::phone::PhoneNumber;
+use crate::pool::{
+    DeviceMessage, Intake, Item, Lease, LeaseRef, LeaseRequest, NumberInfo, Operator, PoolNumber,
+    ReceivedSms,
+};
+use crate::secret::{CodeHash, TokenHash};
+use crate::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
+use crate::store::{
+    CodeKey, CodeRecord, CodeStore, ConsumeOutcome, DeleteOutcome, Grant, GrantKind, GrantStore,
+    ItemStore, LedgerStore, LimitStore, PhonePool, QueueStore, RedeemOutcome, ReplaceOutcome,
+    SendStore, Session, SessionStore, StoreResult, UserStore, DEFAULT_POOL_SIZE,
+};
+use crate::user::{User, UserChange, UserId};
+
+#[derive(Debug, Default)]
+struct Inner {
+    users: HashMap<UserId, User>,
+    by_username: HashMap<String, UserId>,
+    by_phone: HashMap<PhoneNumber, UserId>,
+    by_email: HashMap<Email, UserId>,
+    sessions: HashMap<TokenHash, Session>,
+    codes: HashMap<CodeKey, CodeRecord>,
+    grants: HashMap<(GrantKind, PhoneNumber), Grant>,
+    limits: HashMap<String, LimitState>,
+    pool_size: Option<u32>,
+    /// Numbers in upload order (`BTreeMap` by insertion sequence).
+    numbers: BTreeMap<u64, PoolNumber>,
+    number_seq: HashMap<PhoneNumber, u64>,
+    next_number: u64,
+    leases: HashMap<String, Lease>,
+    open_leases: usize,
+    items: HashMap<String, Item>,
+    sms: HashMap<String, VecDeque<ReceivedSms>>,
+    device: HashMap<String, VecDeque<DeviceMessage>>,
+    mailboxes: HashMap<UserId, BTreeMap<u64, Push>>,
+    next_seq: u64,
+    balances: HashMap<UserId, Balance>,
+    holds: HashMap<String, Hold>,
+    entries: HashMap<String, LedgerEntry>,
+    user_entries: HashMap<UserId, Vec<String>>,
+    signatures: BTreeMap<i64, Signature>,
+    templates: BTreeMap<i64, Template>,
+    next_send_id: i64,
+    tasks: HashMap<String, SendTask>,
+    task_order: Vec<String>,
+    statuses: HashMap<String, Vec<RecipientStatus>>,
+}
+
+/// Every store port in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Inner {
+    fn lookup(&self, id: Option<&UserId>) -> Option<User> {
+        id.and_then(|id| self.users.get(id)).cloned()
+    }
+}
+
+#[async_trait]
+impl UserStore for MemoryStore {
+    async fn create_user(&self, user: User) -> StoreResult<()> {
+        let mut g = self.lock();
+        if g.users.contains_key(&user.id) {
+            return Err(StoreError::Conflict(UniqueField::Id));
+        }
+        let ukey = user.username.as_ref().map(Username::key);
+        if ukey.as_ref().is_some_and(|k| g.by_username.contains_key(k)) {
+            return Err(StoreError::Conflict(UniqueField::Username));
+        }
+        if user
+            .phone
+            .as_ref()
+            .is_some_and(|p| g.by_phone.contains_key(p))
+        {
+            return Err(StoreError::Conflict(UniqueField::Phone));
+        }
+        if user
+            .email
+            .as_ref()
+            .is_some_and(|e| g.by_email.contains_key(e))
+        {
+            return Err(StoreError::Conflict(UniqueField::Email));
+        }
+        if let Some(k) = ukey {
+            g.by_username.insert(k, user.id.clone());
+        }
+        if let Some(p) = &user.phone {
+            g.by_phone.insert(p.clone(), user.id.clone());
+        }
+        if let Some(e) = &user.email {
+            g.by_email.insert(e.clone(), user.id.clone());
+        }
+        g.users.insert(user.id.clone(), user);
+        Ok(())
+    }
+
+    async fn user(&self, id: &UserId) -> StoreResult<Option<User>> {
+        Ok(self.lock().users.get(id).cloned())
+    }
+
+    async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>> {
+        let g = self.lock();
+        Ok(g.lookup(g.by_username.get(&username.key())))
+    }
+
+    async fn user_by_phone(&self, phone: &PhoneNumber) -> StoreResult<Option<User>> {
+        let g = self.lock();
+        Ok(g.lookup(g.by_phone.get(phone)))
+    }
+
+    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
+        let g = self.lock();
+        Ok(g.lookup(g.by_email.get(email)))
+    }
+
+    async fn update_user(&self, id: &UserId, change: UserChange) -> StoreResult<User> {
+        let mut g = self.lock();
+        let before = g.users.get(id).cloned().ok_or(StoreError::NotFound)?;
+        let mut after = before.clone();
+        change.apply(&mut after);
+        if after.email != before.email {
+            if let Some(e) = &after.email {
+                if g.by_email.get(e).is_some_and(|owner| owner != id) {
+                    return Err(StoreError::Conflict(UniqueField::Email));
+                }
+                g.by_email.insert(e.clone(), id.clone());
+            }
+            if let Some(old) = &before.email {
+                g.by_email.remove(old);
+            }
+        }
+        g.users.insert(id.clone(), after);
+        Ok(before)
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn insert_session(&self, session: Session) -> StoreResult<()> {
+        self.lock().sessions.insert(session.token_hash, session);
+        Ok(())
+    }
+
+    async fn session(&self, token_hash: &TokenHash) -> StoreResult<Option<Session>> {
+        Ok(self.lock().sessions.get(token_hash).cloned())
+    }
+
+    async fn mark_session_used(
+        &self,
+        token_hash: &TokenHash,
+        now: i64,
+    ) -> StoreResult<Option<Session>> {
+        let mut g = self.lock();
+        Ok(g.sessions.get_mut(token_hash).map(|s| {
+            let before = s.clone();
+            s.first_used_at.get_or_insert(now);
+            before
+        }))
+    }
+
+    async fn revoke_session(&self, token_hash: &TokenHash) -> StoreResult<bool> {
+        Ok(self.lock().sessions.remove(token_hash).is_some())
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user_id: &UserId,
+        keep: Option<TokenHash>,
+    ) -> StoreResult<usize> {
+        let mut g = self.lock();
+        let before = g.sessions.len();
+        g.sessions
+            .retain(|h, s| &s.user_id != user_id || Some(*h) == keep);
+        Ok(before - g.sessions.len())
+    }
+
+    async fn user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<Session>> {
+        Ok(self
+            .lock()
+            .sessions
+            .values()
+            .filter(|s| &s.user_id == user_id)
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl CodeStore for MemoryStore {
+    async fn replace_code(
+        &self,
+        record: CodeRecord,
+        cooldown_secs: i64,
+    ) -> StoreResult<ReplaceOutcome> {
+        let mut g = self.lock();
+        if let Some(old) = g.codes.get(&record.key) {
+            let retry_at = old.issued_at.saturating_add(cooldown_secs);
+            if retry_at > record.issued_at {
+                return Ok(ReplaceOutcome::Cooldown { retry_at });
+            }
+        }
+        g.codes.insert(record.key.clone(), record);
+        Ok(ReplaceOutcome::Stored)
+    }
+
+    async fn code(&self, key: &CodeKey) -> StoreResult<Option<CodeRecord>> {
+        Ok(self.lock().codes.get(key).cloned())
+    }
+
+    async fn redeem_code(
+        &self,
+        key: &CodeKey,
+        presented: &CodeHash,
+        now: i64,
+        max_attempts: u32,
+    ) -> StoreResult<RedeemOutcome> {
+        Ok(match self.lock().codes.get_mut(key) {
+            Some(r) => r.redeem(presented, now, max_attempts),
+            None => RedeemOutcome::Missing,
+        })
+    }
+}
+
+#[async_trait]
+impl GrantStore for MemoryStore {
+    async fn put_grant(&self, grant: Grant) -> StoreResult<()> {
+        self.lock()
+            .grants
+            .insert((grant.kind, grant.phone.clone()), grant);
+        Ok(())
+    }
+
+    async fn grant(&self, kind: GrantKind, phone: &PhoneNumber) -> StoreResult<Option<Grant>> {
+        Ok(self.lock().grants.get(&(kind, phone.clone())).cloned())
+    }
+
+    async fn consume_grant(
+        &self,
+        kind: GrantKind,
+        phone: &PhoneNumber,
+        presented: Option<TokenHash>,
+        now: i64,
+    ) -> StoreResult<ConsumeOutcome> {
+        Ok(match self.lock().grants.get_mut(&(kind, phone.clone())) {
+            Some(g) => g.consume(presented.as_ref(), now),
+            None => ConsumeOutcome::Missing,
+        })
+    }
+}
+
+#[async_trait]
+impl LimitStore for MemoryStore {
+    async fn acquire(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision> {
+        let mut g = self.lock();
+        let states: Vec<LimitState> = checks
+            .iter()
+            .map(|c| g.limits.get(&c.key).cloned().unwrap_or_default())
+            .collect();
+        let decision = evaluate(&states, checks, now);
+        if decision.is_allowed() {
+            for (mut s, c) in states.into_iter().zip(checks) {
+                s.record(&c.rule, now);
+                g.limits.insert(c.key.clone(), s);
+            }
+        }
+        Ok(decision)
+    }
+
+    async fn peek(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision> {
+        let g = self.lock();
+        let states: Vec<LimitState> = checks
+            .iter()
+            .map(|c| g.limits.get(&c.key).cloned().unwrap_or_default())
+            .collect();
+        Ok(evaluate(&states, checks, now))
+    }
+
+    async fn record(&self, check: &LimitCheck, now: i64) -> StoreResult<()> {
+        self.lock()
+            .limits
+            .entry(check.key.clone())
+            .or_default()
+            .record(&check.rule, now);
+        Ok(())
+    }
+
+    async fn unrecord(&self, check: &LimitCheck, at: i64) -> StoreResult<()> {
+        if let Some(s) = self.lock().limits.get_mut(&check.key) {
+            s.unrecord(at);
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, key: &str) -> StoreResult<()> {
+        self.lock().limits.remove(key);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PhonePool for MemoryStore {
+    async fn pool_size(&self) -> StoreResult<u32> {
+        Ok(self.lock().pool_size.unwrap_or(DEFAULT_POOL_SIZE))
+    }
+
+    async fn set_pool_size(&self, size: u32) -> StoreResult<()> {
+        self.lock().pool_size = Some(size);
+        Ok(())
+    }
+
+    async fn intake(&self, entries: Vec<NumberInfo>, now: i64) -> StoreResult<Intake> {
+        let mut g = self.lock();
+        let size = g.pool_size.unwrap_or(DEFAULT_POOL_SIZE) as usize;
+        let mut out = Intake::default();
+        let mut refused = false;
+        for info in entries {
+            if let Some(&seq) = g.number_seq.get(&info.mobile) {
+                if let Some(n) = g.numbers.get_mut(&seq) {
+                    n.info = info.clone();
+                }
+                if !out.used.contains(&info.mobile) {
+                    out.used.push(info.mobile);
+                }
+                continue;
+            }
+            let available = g.numbers.len().saturating_sub(g.open_leases);
+            if available >= size {
+                refused = true;
+                continue;
+            }
+            let seq = g.next_number;
+            g.next_number += 1;
+            g.number_seq.insert(info.mobile.clone(), seq);
+            out.used.push(info.mobile.clone());
+            g.numbers.insert(
+                seq,
+                PoolNumber {
+                    operator: Operator::of(&info.mobile),
+                    info,
+                    added_at: now,
+                    lease: None,
+                    used_for: Default::default(),
+                },
+            );
+        }
+        out.full = refused && out.used.is_empty();
+        Ok(out)
+    }
+
+    async fn number(&self, mobile: &PhoneNumber) -> StoreResult<Option<PoolNumber>> {
+        let g = self.lock();
+        Ok(g.number_seq
+            .get(mobile)
+            .and_then(|s| g.numbers.get(s))
+            .cloned())
+    }
+
+    async fn hand_out(&self, app: &str, n: usize, now: i64) -> StoreResult<Vec<NumberInfo>> {
+        let mut g = self.lock();
+        let mut out = Vec::new();
+        for num in g.numbers.values_mut() {
+            if out.len() >= n {
+                break;
+            }
+            if num.is_free(now) && !num.used_for.contains(app) {
+                num.used_for.insert(app.to_owned());
+                out.push(num.info.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn lease(&self, req: LeaseRequest) -> StoreResult<Vec<Lease>> {
+        let mut g = self.lock();
+        let mut ids = req.lease_ids.iter();
+        let mut out = Vec::new();
+        for num in g.numbers.values_mut() {
+            if out.len() >= req.lease_ids.len() {
+                break;
+            }
+            if !(num.is_free(req.now)
+                && !num.used_for.contains(&req.item)
+                && req.filter.matches(num))
+            {
+                continue;
+            }
+            let Some(id) = ids.next() else { break };
+            num.used_for.insert(req.item.clone());
+            num.lease = Some(LeaseRef {
+                lease_id: id.clone(),
+                user: req.user.clone(),
+                item: req.item.clone(),
+                until: req.until,
+            });
+            out.push(Lease {
+                id: id.clone(),
+                mobile: num.info.mobile.clone(),
+                user: req.user.clone(),
+                item: req.item.clone(),
+                started_at: req.now,
+                until: req.until,
+                hold_id: req.hold_id.clone(),
+                price: req.price,
+                charged: false,
+                settled: false,
+            });
+        }
+        g.open_leases += out.len();
+        for l in &out {
+            g.leases.insert(l.id.clone(), l.clone());
+        }
+        Ok(out)
+    }
+
+    async fn lease_record(&self, id: &str) -> StoreResult<Option<Lease>> {
+        Ok(self.lock().leases.get(id).cloned())
+    }
+
+    async fn mark_charged(&self, id: &str) -> StoreResult<bool> {
+        Ok(match self.lock().leases.get_mut(id) {
+            Some(l) if !l.charged => {
+                l.charged = true;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn due_leases(&self, now: i64, limit: usize) -> StoreResult<Vec<Lease>> {
+        let g = self.lock();
+        let mut due: Vec<Lease> = g
+            .leases
+            .values()
+            .filter(|l| !l.settled && l.until <= now)
+            .cloned()
+            .collect();
+        due.sort_by(|a, b| (a.until, &a.id).cmp(&(b.until, &b.id)));
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn mark_settled(&self, id: &str) -> StoreResult<bool> {
+        let mut g = self.lock();
+        let changed = match g.leases.get_mut(id) {
+            Some(l) if !l.settled => {
+                l.settled = true;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            g.open_leases = g.open_leases.saturating_sub(1);
+        }
+        Ok(changed)
+    }
+}
+
+#[async_trait]
+impl ItemStore for MemoryStore {
+    async fn put_item(&self, item: Item) -> StoreResult<()> {
+        self.lock().items.insert(item.id.clone(), item);
+        Ok(())
+    }
+
+    async fn item(&self, id: &str) -> StoreResult<Option<Item>> {
+        Ok(self.lock().items.get(id).cloned())
+    }
+}
+
+fn take_front<T>(q: Option<&mut VecDeque<T>>, max: usize) -> Vec<T> {
+    match q {
+        Some(q) => {
+            let n = max.min(q.len());
+            q.drain(..n).collect()
+        }
+        None => Vec::new(),
+    }
+}
+
+#[async_trait]
+impl QueueStore for MemoryStore {
+    async fn push_sms(&self, app: &str, sms: ReceivedSms) -> StoreResult<()> {
+        self.lock()
+            .sms
+            .entry(app.to_owned())
+            .or_default()
+            .push_back(sms);
+        Ok(())
+    }
+
+    async fn take_sms(&self, app: &str, max: usize) -> StoreResult<Vec<ReceivedSms>> {
+        Ok(take_front(self.lock().sms.get_mut(app), max))
+    }
+
+    async fn push_device_message(&self, cid: &str, message: DeviceMessage) -> StoreResult<()> {
+        self.lock()
+            .device
+            .entry(cid.to_owned())
+            .or_default()
+            .push_back(message);
+        Ok(())
+    }
+
+    async fn take_device_messages(&self, cid: &str, max: usize) -> StoreResult<Vec<DeviceMessage>> {
+        Ok(take_front(self.lock().device.get_mut(cid), max))
+    }
+
+    async fn mailbox_push(&self, user: &UserId, push: Push) -> StoreResult<u64> {
+        let mut g = self.lock();
+        g.next_seq += 1;
+        let seq = g.next_seq;
+        g.mailboxes
+            .entry(user.clone())
+            .or_default()
+            .insert(seq, push);
+        Ok(seq)
+    }
+
+    async fn mailbox(&self, user: &UserId) -> StoreResult<Vec<(u64, Push)>> {
+        Ok(self
+            .lock()
+            .mailboxes
+            .get(user)
+            .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    async fn mailbox_ack(&self, user: &UserId, seq: u64) -> StoreResult<()> {
+        if let Some(m) = self.lock().mailboxes.get_mut(user) {
+            m.remove(&seq);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LedgerStore for MemoryStore {
+    async fn apply(&self, request: LedgerRequest) -> StoreResult<LedgerOutcome> {
+        let mut g = self.lock();
+        let balance = g.balances.get(&request.user).copied().unwrap_or_default();
+        if g.entries.contains_key(&request.op_id) {
+            return Ok(LedgerOutcome::Duplicate(balance));
+        }
+        let hold = request.op.hold_id().and_then(|h| g.holds.get(h)).cloned();
+        match transition(balance, hold.as_ref(), &request) {
+            Err(r) => Ok(LedgerOutcome::Refused(r)),
+            Ok((after, hold)) => {
+                if let Some(h) = hold {
+                    g.holds.insert(h.hold_id.clone(), h);
+                }
+                g.balances.insert(request.user.clone(), after);
+                g.user_entries
+                    .entry(request.user.clone())
+                    .or_default()
+                    .push(request.op_id.clone());
+                g.entries.insert(
+                    request.op_id.clone(),
+                    LedgerEntry {
+                        request,
+                        balance_after: after,
+                    },
+                );
+                Ok(LedgerOutcome::Applied(after))
+            }
+        }
+    }
+
+    async fn balance(&self, user: &UserId) -> StoreResult<Balance> {
+        Ok(self.lock().balances.get(user).copied().unwrap_or_default())
+    }
+
+    async fn entry(&self, op_id: &str) -> StoreResult<Option<LedgerEntry>> {
+        Ok(self.lock().entries.get(op_id).cloned())
+    }
+
+    async fn entries(&self, user: &UserId) -> StoreResult<Vec<LedgerEntry>> {
+        let g = self.lock();
+        Ok(g.user_entries
+            .get(user)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| g.entries.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn hold(&self, hold_id: &str) -> StoreResult<Option<Hold>> {
+        Ok(self.lock().holds.get(hold_id).cloned())
+    }
+
+    async fn expired_holds(&self, now: i64, limit: usize) -> StoreResult<Vec<Hold>> {
+        let g = self.lock();
+        let mut out: Vec<Hold> = g
+            .holds
+            .values()
+            .filter(|h| h.remaining > 0 && h.expires_at.is_some_and(|e| e <= now))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.expires_at, &a.hold_id).cmp(&(b.expires_at, &b.hold_id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl SendStore for MemoryStore {
+    async fn create_signature(&self, mut sig: Signature) -> StoreResult<Signature> {
+        let mut g = self.lock();
+        g.next_send_id += 1;
+        sig.id = g.next_send_id;
+        g.signatures.insert(sig.id, sig.clone());
+        Ok(sig)
+    }
+
+    async fn signature(&self, id: i64) -> StoreResult<Option<Signature>> {
+        Ok(self.lock().signatures.get(&id).cloned())
+    }
+
+    async fn signatures_of(&self, owner: &UserId) -> StoreResult<Vec<Signature>> {
+        Ok(self
+            .lock()
+            .signatures
+            .values()
+            .filter(|s| &s.owner == owner)
+            .cloned()
+            .collect())
+    }
+
+    async fn replace_signature(&self, old: &Signature, new: Signature) -> StoreResult<bool> {
+        let mut g = self.lock();
+        match g.signatures.get(&old.id) {
+            Some(cur) if cur == old => {
+                g.signatures.insert(old.id, new);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn delete_signature(&self, id: i64) -> StoreResult<DeleteOutcome> {
+        let mut g = self.lock();
+        if !g.signatures.contains_key(&id) {
+            return Ok(DeleteOutcome::Missing);
+        }
+        if g.templates.values().any(|t| t.sign_id == id) {
+            return Ok(DeleteOutcome::InUse);
+        }
+        g.signatures.remove(&id);
+        Ok(DeleteOutcome::Deleted)
+    }
+
+    async fn create_template(&self, mut template: Template) -> StoreResult<Option<Template>> {
+        let mut g = self.lock();
+        if !g.signatures.contains_key(&template.sign_id) {
+            return Ok(None);
+        }
+        g.next_send_id += 1;
+        template.id = g.next_send_id;
+        g.templates.insert(template.id, template.clone());
+        Ok(Some(template))
+    }
+
+    async fn template(&self, id: i64) -> StoreResult<Option<Template>> {
+        Ok(self.lock().templates.get(&id).cloned())
+    }
+
+    async fn templates_of(&self, owner: &UserId) -> StoreResult<Vec<Template>> {
+        Ok(self
+            .lock()
+            .templates
+            .values()
+            .filter(|t| &t.owner == owner)
+            .cloned()
+            .collect())
+    }
+
+    async fn replace_template(&self, old: &Template, new: Template) -> StoreResult<bool> {
+        let mut g = self.lock();
+        let sign_ok = g.signatures.contains_key(&new.sign_id);
+        match g.templates.get(&old.id) {
+            Some(cur) if cur == old && sign_ok => {
+                g.templates.insert(old.id, new);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn delete_template(&self, id: i64) -> StoreResult<bool> {
+        Ok(self.lock().templates.remove(&id).is_some())
+    }
+
+    async fn create_task(&self, task: SendTask) -> StoreResult<()> {
+        let mut g = self.lock();
+        if g.tasks.contains_key(&task.uuid) {
+            return Err(StoreError::Conflict(UniqueField::Id));
+        }
+        g.statuses.insert(
+            task.uuid.clone(),
+            vec![RecipientStatus::Pending; task.recipients.len()],
+        );
+        g.task_order.push(task.uuid.clone());
+        g.tasks.insert(task.uuid.clone(), task);
+        Ok(())
+    }
+
+    async fn task(&self, uuid: &str) -> StoreResult<Option<SendTask>> {
+        Ok(self.lock().tasks.get(uuid).cloned())
+    }
+
+    async fn set_task_state(
+        &self,
+        uuid: &str,
+        from: TaskState,
+        to: TaskState,
+        at: i64,
+    ) -> StoreResult<bool> {
+        let mut g = self.lock();
+        match g.tasks.get_mut(uuid) {
+            Some(t) if t.state == from => {
+                t.state = to;
+                if matches!(to, TaskState::Done | TaskState::Cancelled) {
+                    t.finished_at = Some(at);
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn recipient_statuses(&self, uuid: &str) -> StoreResult<Vec<RecipientStatus>> {
+        Ok(self.lock().statuses.get(uuid).cloned().unwrap_or_default())
+    }
+
+    async fn record_statuses(
+        &self,
+        uuid: &str,
+        updates: Vec<(usize, RecipientStatus)>,
+    ) -> StoreResult<()> {
+        let mut g = self.lock();
+        if let Some(v) = g.statuses.get_mut(uuid) {
+            for (i, st) in updates {
+                if let Some(slot) = v.get_mut(i) {
+                    if *slot == RecipientStatus::Pending {
+                        *slot = st;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_tasks(&self) -> StoreResult<Vec<String>> {
+        let g = self.lock();
+        Ok(g.task_order
+            .iter()
+            .filter(|u| {
+                g.tasks
+                    .get(*u)
+                    .is_some_and(|t| matches!(t.state, TaskState::Created | TaskState::Queued))
+            })
+            .cloned()
+            .collect())
+    }
+}
+
+#[cfg(all(test, feature = "testkit"))]
+mod conformance {
+    crate::store_conformance_tests!(async {
+        crate::store::Stores::from_single(std::sync::Arc::new(super::MemoryStore::new()))
+    });
+}

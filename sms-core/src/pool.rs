@@ -1,0 +1,343 @@
+//! The code-receiving platform's domain: numbers fed by SIM devices, items
+//! (the apps numbers are used for), leases, received SMS and the messages
+//! queued for devices.
+
+use std::collections::BTreeSet;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::Amount;
+use crate::phone::PhoneNumber;
+use crate::user::UserId;
+
+/// A mobile operator, derived from the number's prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operator {
+    /// China Mobile (移动).
+    Cmcc,
+    /// China Unicom (联通).
+    Unicom,
+    /// China Telecom (电信).
+    Telecom,
+    /// China Broadnet (广电).
+    Broadnet,
+    /// Not a known mainland prefix.
+    Unknown,
+}
+
+impl Operator {
+    /// Parses a filter value: `cmcc`/`unicom`/`telecom`/`broadnet` or
+    /// 移动/联通/电信/广电 (case-insensitive for the Latin names).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "cmcc" | "移动" | "中国移动" => Self::Cmcc,
+            "unicom" | "联通" | "中国联通" => Self::Unicom,
+            "telecom" | "电信" | "中国电信" => Self::Telecom,
+            "broadnet" | "cbn" | "广电" | "中国广电" => Self::Broadnet,
+            _ => return None,
+        })
+    }
+
+    /// The operator of a mainland mobile, from its prefix (MIIT allocation,
+    /// including the virtual-operator blocks 170/171/162/165/167).
+    pub fn of(phone: &PhoneNumber) -> Self {
+        let Some(n) = phone.cn_national() else {
+            return Self::Unknown;
+        };
+        let p3: u32 = n[..3].parse().unwrap_or(0);
+        let p4: u32 = n[..4].parse().unwrap_or(0);
+        match p3 {
+            134..=139
+            | 147
+            | 150..=152
+            | 157..=159
+            | 165
+            | 172
+            | 178
+            | 182..=184
+            | 187
+            | 188
+            | 195
+            | 197
+            | 198 => Self::Cmcc,
+            130..=132 | 145 | 155 | 156 | 166 | 167 | 171 | 175 | 176 | 185 | 186 | 196 => {
+                Self::Unicom
+            }
+            133 | 149 | 153 | 162 | 173 | 174 | 177 | 180 | 181 | 189 | 190 | 191 | 193 | 199 => {
+                Self::Telecom
+            }
+            192 => Self::Broadnet,
+            170 => match p4 {
+                1700..=1702 => Self::Telecom,
+                1703 | 1705 | 1706 => Self::Cmcc,
+                _ => Self::Unicom,
+            },
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// What a device says about a number (seed 003's `/phones` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NumberInfo {
+    /// The number.
+    pub mobile: PhoneNumber,
+    /// Channel id of the device that holds the SIM.
+    pub cid: String,
+    /// SIM subscriber id.
+    pub imsi: String,
+    /// Device id.
+    pub imei: String,
+    /// SIM card id.
+    pub iccid: String,
+    /// Device's network address.
+    pub ip: String,
+    /// Area (extension), if the device gave one.
+    pub area: Option<String>,
+}
+
+/// A number in the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolNumber {
+    /// What the device reported (latest upload wins).
+    pub info: NumberInfo,
+    /// Derived from the prefix.
+    pub operator: Operator,
+    /// When first added (Unix s).
+    pub added_at: i64,
+    /// The lease holding it, if any (it may have run out: see `until`).
+    pub lease: Option<LeaseRef>,
+    /// Items (apps) it was ever handed out for: never again for those.
+    pub used_for: BTreeSet<String>,
+}
+
+impl PoolNumber {
+    /// True when no live lease holds it at `now`.
+    pub fn is_free(&self, now: i64) -> bool {
+        self.lease.as_ref().is_none_or(|l| l.until <= now)
+    }
+}
+
+/// The current lease of a number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRef {
+    /// The lease.
+    pub lease_id: String,
+    /// Who holds it.
+    pub user: UserId,
+    /// For which item.
+    pub item: String,
+    /// Ends at (Unix s).
+    pub until: i64,
+}
+
+/// An item: an app that uses numbers, with its prices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    /// Identifier, e.g. `com.yy.huanju` (hub's `itemId`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Price of a lease (balance units), taken when its first SMS arrives.
+    pub price: Amount,
+    /// Price of one SMS sent from a leased number.
+    pub send_price: Amount,
+    /// Regex whose first group is the code in an SMS of this app; the
+    /// default finds the first run of 4 to 8 digits.
+    pub code_pattern: Option<String>,
+}
+
+/// Longest item id accepted.
+pub const MAX_ITEM_ID_LEN: usize = 128;
+
+/// The default code pattern: 4 to 8 digits not part of a longer number.
+pub const DEFAULT_CODE_PATTERN: &str = r"(?:^|\D)(\d{4,8})(?:\D|$)";
+
+/// Extracts the code from an SMS text with `pattern` (its first group, or the
+/// whole match), falling back to [`DEFAULT_CODE_PATTERN`]. A text that is
+/// itself only digits is its own code.
+pub fn extract_code(text: &str, pattern: Option<&str>) -> Option<String> {
+    let t = text.trim();
+    if !t.is_empty() && t.len() <= 16 && t.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(t.to_owned());
+    }
+    let custom = pattern.and_then(compiled);
+    let default = compiled(DEFAULT_CODE_PATTERN)?;
+    for re in custom.iter().chain(std::iter::once(&default)) {
+        if let Some(c) = re.captures(t) {
+            let m = c.get(1).or_else(|| c.get(0))?;
+            return Some(m.as_str().to_owned());
+        }
+    }
+    None
+}
+
+/// Compiled patterns, by source (bounded; cleared when full).
+fn compiled(pattern: &str) -> Option<Regex> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<Regex>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut g = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(re) = g.get(pattern) {
+        return re.clone();
+    }
+    if g.len() >= 256 {
+        g.clear();
+    }
+    let re = Regex::new(pattern).ok();
+    g.insert(pattern.to_owned(), re.clone());
+    re
+}
+
+/// A lease of one number to one user for one item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Unique id.
+    pub id: String,
+    /// The number.
+    pub mobile: PhoneNumber,
+    /// Who.
+    pub user: UserId,
+    /// For which item.
+    pub item: String,
+    /// Started (Unix s).
+    pub started_at: i64,
+    /// Ends (Unix s): hub's `useTimestamp`.
+    pub until: i64,
+    /// The ledger hold the price is reserved under.
+    pub hold_id: String,
+    /// The price reserved for this lease.
+    pub price: Amount,
+    /// The price was captured (the first SMS arrived).
+    pub charged: bool,
+    /// Settled after its end (hold released if never charged).
+    pub settled: bool,
+}
+
+/// Filters for leasing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseFilter {
+    /// Only numbers with this area.
+    pub area: Option<String>,
+    /// Only numbers of this operator.
+    pub operator: Option<Operator>,
+    /// Exactly this number.
+    pub custom: Option<PhoneNumber>,
+}
+
+impl LeaseFilter {
+    /// True when `n` passes the filter.
+    pub fn matches(&self, n: &PoolNumber) -> bool {
+        self.area
+            .as_ref()
+            .is_none_or(|a| n.info.area.as_deref() == Some(a.as_str()))
+            && self.operator.is_none_or(|o| n.operator == o)
+            && self.custom.as_ref().is_none_or(|c| &n.info.mobile == c)
+    }
+}
+
+/// A lease to make (the store picks the numbers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRequest {
+    /// Who.
+    pub user: UserId,
+    /// For which item.
+    pub item: String,
+    /// Ids for the leases, one per number wanted (at most this many).
+    pub lease_ids: Vec<String>,
+    /// Filters.
+    pub filter: LeaseFilter,
+    /// Now (Unix s).
+    pub now: i64,
+    /// End of the leases (Unix s).
+    pub until: i64,
+    /// The hold reserving the prices.
+    pub hold_id: String,
+    /// Price of each lease.
+    pub price: Amount,
+}
+
+/// An SMS received by a pool number (seed 003's `/vcodes` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceivedSms {
+    /// The number that received it.
+    pub mobile: PhoneNumber,
+    /// The text as uploaded (`vcode`).
+    pub text: String,
+    /// The extracted code (the text when none could be found).
+    pub code: String,
+    /// The app it is for, if the device knew.
+    pub appname: Option<String>,
+    /// Channel id of the device.
+    pub chanlid: Option<String>,
+    /// Received (Unix s).
+    pub at: i64,
+}
+
+/// A text queued for the device holding a number (hub `CSSendMsg`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceMessage {
+    /// From this number.
+    pub mobile: PhoneNumber,
+    /// For this item.
+    pub item_id: String,
+    /// The text.
+    pub msg: String,
+    /// Queued (Unix s).
+    pub at: i64,
+}
+
+/// What a number intake did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Intake {
+    /// Numbers stored or refreshed, in upload order.
+    pub used: Vec<PhoneNumber>,
+    /// True when nothing was taken because the pool is full.
+    pub full: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PhoneNumber {
+        PhoneNumber::parse_cn_mobile(s).unwrap()
+    }
+
+    #[test]
+    fn operators_by_prefix() {
+        assert_eq!(Operator::of(&p("13811112222")), Operator::Cmcc);
+        assert_eq!(Operator::of(&p("18250794865")), Operator::Cmcc);
+        assert_eq!(Operator::of(&p("17342060825")), Operator::Telecom);
+        assert_eq!(Operator::of(&p("13012345678")), Operator::Unicom);
+        assert_eq!(Operator::of(&p("19212345678")), Operator::Broadnet);
+        assert_eq!(Operator::of(&p("17001234567")), Operator::Telecom);
+        assert_eq!(Operator::of(&p("17051234567")), Operator::Cmcc);
+        assert_eq!(Operator::of(&p("17091234567")), Operator::Unicom);
+        assert_eq!(Operator::of(&p("11012345678")), Operator::Unknown);
+        assert_eq!(Operator::parse("移动"), Some(Operator::Cmcc));
+        assert_eq!(Operator::parse("Unicom"), Some(Operator::Unicom));
+        assert_eq!(Operator::parse("x"), None);
+    }
+
+    #[test]
+    fn code_extraction() {
+        assert_eq!(extract_code("201708", None).as_deref(), Some("201708"));
+        assert_eq!(
+            extract_code("【欢聚】验证码482913，5分钟内有效", None).as_deref(),
+            Some("482913")
+        );
+        assert_eq!(extract_code("code: 1234.", None).as_deref(), Some("1234"));
+        assert_eq!(extract_code("call 13811112222 now", None), None);
+        assert_eq!(
+            extract_code("ref 99 code AB-7731", Some(r"AB-(\d+)")).as_deref(),
+            Some("7731")
+        );
+        // A broken custom pattern falls back to the default.
+        assert_eq!(extract_code("码 5566", Some("(")).as_deref(), Some("5566"));
+        assert_eq!(extract_code("no digits", None), None);
+    }
+}

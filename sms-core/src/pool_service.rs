@@ -1,0 +1,484 @@
+//! The code-receiving platform's rules: numbers in from devices, numbers out
+//! to consumers (`pool`) and leased to users (`hub`), received SMS routed to
+//! their lessee and charged once, texts queued for devices, and leases
+//! settled when they end.
+
+use std::sync::Arc;
+
+use crate::billing::Billing;
+use crate::clock::Clock;
+use crate::error::CoreError;
+use crate::events::{Event, EventHub, Push};
+use crate::ledger::{Amount, LedgerOp};
+use crate::phone::PhoneNumber;
+use crate::pool::{
+    extract_code, DeviceMessage, Intake, Item, Lease, LeaseFilter, LeaseRequest, NumberInfo,
+    ReceivedSms, MAX_ITEM_ID_LEN,
+};
+use crate::random::{random_hex, RandomSource};
+use crate::store::Stores;
+use crate::user::UserId;
+
+/// Pool rules; every number is configuration with these defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolPolicy {
+    /// Length of a lease (20 minutes).
+    pub lease_secs: i64,
+    /// Numbers per lease request (20).
+    pub max_lease_count: u32,
+    /// Numbers per `GET /mobiles` (100).
+    pub max_hand_out: u32,
+    /// Longest text a user may send from a leased number (500 chars).
+    pub max_message_chars: usize,
+    /// A lease hold expires this long after its leases end (120 s): the
+    /// sweeper settles leases first, then releases whatever a crash left
+    /// reserved.
+    pub hold_grace_secs: i64,
+}
+
+impl Default for PoolPolicy {
+    fn default() -> Self {
+        Self {
+            lease_secs: 20 * 60,
+            max_lease_count: 20,
+            max_hand_out: 100,
+            max_message_chars: 500,
+            hold_grace_secs: 120,
+        }
+    }
+}
+
+/// An SMS as a device uploads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingSms {
+    /// The receiving number.
+    pub mobile: PhoneNumber,
+    /// The text (`vcode`).
+    pub text: String,
+    /// The app it is for, if known.
+    pub appname: Option<String>,
+    /// The device's channel.
+    pub chanlid: Option<String>,
+}
+
+/// The pool service.
+#[derive(Debug, Clone)]
+pub struct PoolService {
+    stores: Stores,
+    billing: Arc<Billing>,
+    events: Arc<dyn EventHub>,
+    clock: Arc<dyn Clock>,
+    rng: Arc<dyn RandomSource>,
+    policy: PoolPolicy,
+}
+
+impl PoolService {
+    /// A pool service over the ports.
+    pub fn new(
+        stores: Stores,
+        billing: Arc<Billing>,
+        events: Arc<dyn EventHub>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn RandomSource>,
+        policy: PoolPolicy,
+    ) -> Self {
+        Self {
+            stores,
+            billing,
+            events,
+            clock,
+            rng,
+            policy,
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &PoolPolicy {
+        &self.policy
+    }
+
+    /// Sets the pool size (`/setsize`).
+    pub async fn set_size(&self, size: u32) -> Result<(), CoreError> {
+        Ok(self.stores.pool.set_pool_size(size).await?)
+    }
+
+    /// The pool size.
+    pub async fn size(&self) -> Result<u32, CoreError> {
+        Ok(self.stores.pool.pool_size().await?)
+    }
+
+    /// Numbers from a device (`POST /phones`).
+    pub async fn upload_numbers(&self, entries: Vec<NumberInfo>) -> Result<Intake, CoreError> {
+        Ok(self.stores.pool.intake(entries, self.clock.unix()).await?)
+    }
+
+    /// Up to `n` numbers never handed out for `app` (`GET /mobiles`).
+    pub async fn hand_out(&self, app: &str, n: u32) -> Result<Vec<NumberInfo>, CoreError> {
+        if n == 0 || n > self.policy.max_hand_out {
+            return Err(CoreError::InvalidParameter("n"));
+        }
+        check_item_id(app)?;
+        Ok(self
+            .stores
+            .pool
+            .hand_out(app, n as usize, self.clock.unix())
+            .await?)
+    }
+
+    /// Creates or updates an item (root).
+    pub async fn put_item(&self, item: Item) -> Result<(), CoreError> {
+        check_item_id(&item.id)?;
+        if item.price < 0 || item.send_price < 0 {
+            return Err(CoreError::InvalidParameter("price"));
+        }
+        if let Some(p) = &item.code_pattern {
+            if p.len() > 512 || regex::Regex::new(p).is_err() {
+                return Err(CoreError::InvalidParameter("code_pattern"));
+            }
+        }
+        Ok(self.stores.items.put_item(item).await?)
+    }
+
+    /// The item with this id.
+    pub async fn item(&self, id: &str) -> Result<Option<Item>, CoreError> {
+        if check_item_id(id).is_err() {
+            return Ok(None);
+        }
+        Ok(self.stores.items.item(id).await?)
+    }
+
+    /// Leases up to `count` numbers for `item_id` to `user` (`hub`
+    /// `CSMobileNum`). Checks, in order: the item
+    /// ([`CoreError::ItemNotFound`]), the count
+    /// ([`CoreError::InvalidCount`]), a custom number
+    /// ([`CoreError::NumberUnavailable`]), the balance for `count × price`
+    /// ([`CoreError::InsufficientBalance`]); no number at all is
+    /// [`CoreError::NoNumbers`]. The price of each lease is held and taken when
+    /// its first SMS arrives.
+    pub async fn lease(
+        &self,
+        user: &UserId,
+        item_id: &str,
+        count: u32,
+        filter: LeaseFilter,
+    ) -> Result<Vec<Lease>, CoreError> {
+        let item = self.item(item_id).await?.ok_or(CoreError::ItemNotFound)?;
+        if count == 0 || count > self.policy.max_lease_count {
+            return Err(CoreError::InvalidCount);
+        }
+        let now = self.clock.unix();
+        if let Some(custom) = &filter.custom {
+            let ok = self.stores.pool.number(custom).await?.is_some_and(|n| {
+                n.is_free(now) && !n.used_for.contains(&item.id) && filter.matches(&n)
+            });
+            if !ok {
+                return Err(CoreError::NumberUnavailable);
+            }
+        }
+        let total = item
+            .price
+            .checked_mul(i64::from(count))
+            .ok_or(CoreError::InvalidCount)?;
+        let hold_id = self.billing.new_op_id("lease");
+        if total > 0 {
+            self.billing
+                .apply(
+                    user,
+                    hold_id.clone(),
+                    LedgerOp::Hold {
+                        amount: total,
+                        // Released by the sweeper if a crash orphans it.
+                        expires_at: Some(
+                            now.saturating_add(
+                                self.policy.lease_secs + self.policy.hold_grace_secs,
+                            ),
+                        ),
+                    },
+                )
+                .await?;
+        }
+        let lease_ids = (0..count)
+            .map(|_| random_hex(self.rng.as_ref(), 12))
+            .collect();
+        let leases = self
+            .stores
+            .pool
+            .lease(LeaseRequest {
+                user: user.clone(),
+                item: item.id.clone(),
+                lease_ids,
+                filter: filter.clone(),
+                now,
+                until: now.saturating_add(self.policy.lease_secs),
+                hold_id: hold_id.clone(),
+                price: item.price,
+            })
+            .await;
+        let leased = match &leases {
+            Ok(l) => l.len() as i64,
+            Err(_) => 0,
+        };
+        let unused = total - leased * item.price;
+        if unused > 0 {
+            self.billing
+                .apply(
+                    user,
+                    format!("{hold_id}:unused"),
+                    LedgerOp::Release {
+                        hold_id: hold_id.clone(),
+                        amount: unused,
+                    },
+                )
+                .await?;
+        }
+        let leases = leases?;
+        if leases.is_empty() {
+            return Err(if filter.custom.is_some() {
+                CoreError::NumberUnavailable
+            } else {
+                CoreError::NoNumbers
+            });
+        }
+        Ok(leases)
+    }
+
+    /// SMS from devices (`POST /vcodes`): each is queued for its app (when
+    /// named) and, when its number is leased for that app (any app when none
+    /// is named), delivered to the lessee's mailbox and live sessions; the
+    /// lease's price is taken with its first SMS.
+    pub async fn receive(&self, batch: Vec<IncomingSms>) -> Result<(), CoreError> {
+        let now = self.clock.unix();
+        for sms in batch {
+            let number = self.stores.pool.number(&sms.mobile).await?;
+            let lease_ref = number
+                .as_ref()
+                .and_then(|n| n.lease.clone())
+                .filter(|l| l.until > now)
+                .filter(|l| sms.appname.as_deref().is_none_or(|a| a == l.item));
+            let item_id = sms
+                .appname
+                .clone()
+                .or_else(|| lease_ref.as_ref().map(|l| l.item.clone()));
+            let pattern = match &item_id {
+                Some(id) => self.item(id).await?.and_then(|i| i.code_pattern),
+                None => None,
+            };
+            let code =
+                extract_code(&sms.text, pattern.as_deref()).unwrap_or_else(|| sms.text.clone());
+            if let Some(app) = &sms.appname {
+                self.stores
+                    .queues
+                    .push_sms(
+                        app,
+                        ReceivedSms {
+                            mobile: sms.mobile.clone(),
+                            text: sms.text.clone(),
+                            code,
+                            appname: sms.appname.clone(),
+                            chanlid: sms.chanlid.clone(),
+                            at: now,
+                        },
+                    )
+                    .await?;
+            }
+            if let Some(l) = lease_ref {
+                self.deliver_to_lessee(&l.lease_id, &sms).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn deliver_to_lessee(&self, lease_id: &str, sms: &IncomingSms) -> Result<(), CoreError> {
+        let Some(lease) = self.stores.pool.lease_record(lease_id).await? else {
+            return Ok(());
+        };
+        if !lease.charged && lease.price > 0 {
+            // Capture first (idempotent by op id), then mark: a crash in
+            // between re-captures as a no-op on the next SMS.
+            self.billing
+                .apply(
+                    &lease.user,
+                    format!("capture:{}", lease.id),
+                    LedgerOp::Capture {
+                        hold_id: lease.hold_id.clone(),
+                        amount: lease.price,
+                    },
+                )
+                .await?;
+        }
+        if !lease.charged {
+            self.stores.pool.mark_charged(&lease.id).await?;
+        }
+        let push = Push::RecvMsg {
+            mobile: sms.mobile.to_string(),
+            msg: sms.text.clone(),
+        };
+        let seq = self
+            .stores
+            .queues
+            .mailbox_push(&lease.user, push.clone())
+            .await?;
+        self.events.publish(&lease.user, Event::Push { seq, push });
+        Ok(())
+    }
+
+    /// Queued SMS of `app`, oldest first, each once (`GET /vcodes/<app>`).
+    pub async fn take_codes(&self, app: &str, max: usize) -> Result<Vec<ReceivedSms>, CoreError> {
+        check_item_id(app)?;
+        Ok(self.stores.queues.take_sms(app, max).await?)
+    }
+
+    /// A user sends a text from a number they lease (`hub` `CSSendMsg`).
+    /// Checks, in order: the item ([`CoreError::ItemNotFound`]), the lease
+    /// ([`CoreError::NotLeased`]), the text
+    /// ([`CoreError::MessageEmpty`] / [`CoreError::MessageTooLong`]), the
+    /// balance ([`CoreError::InsufficientBalance`]).
+    pub async fn send_from(
+        &self,
+        user: &UserId,
+        item_id: &str,
+        mobile: &str,
+        msg: &str,
+    ) -> Result<(), CoreError> {
+        let item = self.item(item_id).await?.ok_or(CoreError::ItemNotFound)?;
+        let now = self.clock.unix();
+        let phone = PhoneNumber::parse_cn_mobile(mobile).map_err(|_| CoreError::NotLeased)?;
+        let number = self
+            .stores
+            .pool
+            .number(&phone)
+            .await?
+            .ok_or(CoreError::NotLeased)?;
+        let leased = number
+            .lease
+            .as_ref()
+            .is_some_and(|l| &l.user == user && l.item == item.id && l.until > now);
+        if !leased {
+            return Err(CoreError::NotLeased);
+        }
+        if msg.is_empty() {
+            return Err(CoreError::MessageEmpty);
+        }
+        if msg.chars().count() > self.policy.max_message_chars {
+            return Err(CoreError::MessageTooLong);
+        }
+        if item.send_price > 0 {
+            self.billing
+                .apply(
+                    user,
+                    self.billing.new_op_id("send"),
+                    LedgerOp::Debit {
+                        amount: item.send_price,
+                    },
+                )
+                .await?;
+        }
+        self.stores
+            .queues
+            .push_device_message(
+                &number.info.cid,
+                DeviceMessage {
+                    mobile: phone,
+                    item_id: item.id,
+                    msg: msg.to_owned(),
+                    at: now,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Texts queued for the device on `cid`, each once (`GET /sends/<cid>`).
+    pub async fn take_device_messages(
+        &self,
+        cid: &str,
+        max: usize,
+    ) -> Result<Vec<DeviceMessage>, CoreError> {
+        Ok(self.stores.queues.take_device_messages(cid, max).await?)
+    }
+
+    /// Settles leases that have ended: the held price of a lease that never
+    /// got an SMS is released, exactly once. Then releases what expired holds
+    /// still reserve (holds orphaned by a crash between holding and leasing).
+    /// Returns how many leases were settled.
+    pub async fn settle_due(&self, limit: usize) -> Result<usize, CoreError> {
+        let now = self.clock.unix();
+        let due = self.stores.pool.due_leases(now, limit).await?;
+        let mut n = 0;
+        for lease in due {
+            self.settle(&lease).await?;
+            n += 1;
+        }
+        for hold in self.stores.ledger.expired_holds(now, limit).await? {
+            tracing::warn!(hold = %hold.hold_id, amount = hold.remaining, "releasing an expired hold");
+            self.billing
+                .apply(
+                    &hold.user,
+                    format!("expire:{}", hold.hold_id),
+                    LedgerOp::Release {
+                        amount: hold.remaining,
+                        hold_id: hold.hold_id,
+                    },
+                )
+                .await?;
+        }
+        Ok(n)
+    }
+
+    async fn settle(&self, lease: &Lease) -> Result<(), CoreError> {
+        let captured = self
+            .stores
+            .ledger
+            .entry(&format!("capture:{}", lease.id))
+            .await?
+            .is_some();
+        if !captured && lease.price > 0 {
+            let released = self
+                .billing
+                .apply(
+                    &lease.user,
+                    format!("release:{}", lease.id),
+                    LedgerOp::Release {
+                        hold_id: lease.hold_id.clone(),
+                        amount: lease.price,
+                    },
+                )
+                .await;
+            match released {
+                Ok(_) => {}
+                // The hold already expired and was released whole.
+                Err(CoreError::InvalidParameter("hold")) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.stores.pool.mark_settled(&lease.id).await?;
+        Ok(())
+    }
+
+    /// The user's mailbox (pushes not yet delivered), oldest first.
+    pub async fn mailbox(&self, user: &UserId) -> Result<Vec<(u64, Push)>, CoreError> {
+        Ok(self.stores.queues.mailbox(user).await?)
+    }
+
+    /// Acknowledges one delivered push.
+    pub async fn ack(&self, user: &UserId, seq: u64) -> Result<(), CoreError> {
+        Ok(self.stores.queues.mailbox_ack(user, seq).await?)
+    }
+
+    /// The price held for leases is in `Balance::held`; this is what a user
+    /// can spend.
+    pub async fn available(&self, user: &UserId) -> Result<Amount, CoreError> {
+        Ok(self.billing.balance(user).await?.available())
+    }
+}
+
+fn check_item_id(id: &str) -> Result<(), CoreError> {
+    if id.is_empty() || id.len() > MAX_ITEM_ID_LEN || id.chars().any(char::is_control) {
+        return Err(CoreError::InvalidParameter("item"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "pool_service_tests.rs"]
+mod tests;

@@ -1,0 +1,365 @@
+//! The SMS sending platform's domain: signatures and templates under audit,
+//! rendering of `${name}` placeholders, segment counting, and send tasks with
+//! a status per recipient.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::Amount;
+use crate::phone::PhoneNumber;
+use crate::user::UserId;
+
+/// Where a signature or template stands in review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditStatus {
+    /// Waiting for root's review (after creation and after every edit).
+    Pending,
+    /// Approved: usable for sending; no longer editable.
+    Passed,
+    /// Refused, with a reason; editable (back to pending).
+    Rejected,
+}
+
+impl AuditStatus {
+    /// The wire name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Passed => "passed",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    /// True while the owner may edit it (pending or rejected).
+    pub fn editable(&self) -> bool {
+        !matches!(self, Self::Passed)
+    }
+}
+
+/// A signature: the `【…】` sender name prefixed to every message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// Id (assigned by the store).
+    pub id: i64,
+    /// Owner.
+    pub owner: UserId,
+    /// The signature text (without brackets).
+    pub text: String,
+    /// Where it comes from (company, app, …).
+    pub source: String,
+    /// Proof documents (URLs).
+    pub pics: Vec<String>,
+    /// Review state.
+    pub audit: AuditStatus,
+    /// Why it was rejected ("" otherwise).
+    pub reject_reason: String,
+    /// Unix s.
+    pub created_at: i64,
+    /// Unix s.
+    pub updated_at: i64,
+}
+
+/// Template types of the seed: 1 verification code, 2 notice, 3 marketing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TemplateType {
+    /// 1.
+    Code,
+    /// 2.
+    Notice,
+    /// 3.
+    Marketing,
+}
+
+impl TemplateType {
+    /// From the wire number.
+    pub fn from_number(n: i64) -> Option<Self> {
+        Some(match n {
+            1 => Self::Code,
+            2 => Self::Notice,
+            3 => Self::Marketing,
+            _ => return None,
+        })
+    }
+
+    /// The wire number.
+    pub fn number(&self) -> i64 {
+        match self {
+            Self::Code => 1,
+            Self::Notice => 2,
+            Self::Marketing => 3,
+        }
+    }
+}
+
+/// A message template bound to a signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    /// Id (assigned by the store).
+    pub id: i64,
+    /// Owner.
+    pub owner: UserId,
+    /// The signature it belongs to.
+    pub sign_id: i64,
+    /// Name.
+    pub name: String,
+    /// Content, with `${name}` placeholders.
+    pub content: String,
+    /// Type.
+    pub kind: TemplateType,
+    /// Why it is needed.
+    pub description: String,
+    /// Review state.
+    pub audit: AuditStatus,
+    /// Why it was rejected ("" otherwise).
+    pub reject_reason: String,
+    /// Unix s.
+    pub created_at: i64,
+    /// Unix s.
+    pub updated_at: i64,
+}
+
+/// Fills `${name}` placeholders from `params`; a placeholder without a value
+/// stays as written.
+pub fn render(content: &str, params: &HashMap<String, String>) -> String {
+    let mut out = String::with_capacity(content.len());
+    let mut rest = content;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                match params.get(name) {
+                    Some(v) => out.push_str(v),
+                    None => {
+                        out.push_str("${");
+                        out.push_str(name);
+                        out.push('}');
+                    }
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The full text of a message: `【signature】content`.
+pub fn full_text(signature: &str, content: &str) -> String {
+    format!("【{signature}】{content}")
+}
+
+/// GSM 03.38 basic alphabet (one septet each).
+const GSM_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+/// GSM 03.38 extension table (two septets each).
+const GSM_EXT: &str = "^{}\\[~]|€\u{c}";
+
+/// How a text is encoded and how many segments it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segments {
+    /// GSM-7 (else UCS-2).
+    pub gsm7: bool,
+    /// Length in the encoding's units (septets or UTF-16 units).
+    pub units: usize,
+    /// Segments: GSM-7 160 single / 153 each concatenated; UCS-2 70 / 67.
+    pub count: u32,
+}
+
+/// Counts the segments of `text`.
+pub fn segments(text: &str) -> Segments {
+    let gsm7 = text
+        .chars()
+        .all(|c| GSM_BASIC.contains(c) || GSM_EXT.contains(c));
+    let (units, single, multi) = if gsm7 {
+        let units = text
+            .chars()
+            .map(|c| if GSM_EXT.contains(c) { 2 } else { 1 })
+            .sum();
+        (units, 160, 153)
+    } else {
+        (text.encode_utf16().count(), 70, 67)
+    };
+    let count = if units <= single {
+        1
+    } else {
+        units.div_ceil(multi)
+    };
+    Segments {
+        gsm7,
+        units,
+        count: count as u32,
+    }
+}
+
+/// Delivery state of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RecipientStatus {
+    /// Not yet accepted by the gateway.
+    Pending,
+    /// Accepted by the gateway.
+    Sent {
+        /// The gateway's message id.
+        gateway_id: String,
+        /// Unix s.
+        at: i64,
+    },
+    /// Refused by the gateway (refunded).
+    Failed {
+        /// Why.
+        reason: String,
+        /// Unix s.
+        at: i64,
+    },
+}
+
+impl RecipientStatus {
+    /// The wire name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sent { .. } => "sent",
+            Self::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// Lifecycle of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Created; the charge is being taken.
+    Created,
+    /// Charged and waiting for (or in) delivery.
+    Queued,
+    /// Every recipient has a final status; failures refunded.
+    Done,
+    /// The charge never went through; nothing is sent.
+    Cancelled,
+}
+
+impl TaskState {
+    /// The wire name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Queued => "queued",
+            Self::Done => "done",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A send task (one `POST /v1/message`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendTask {
+    /// The task's uuid.
+    pub uuid: String,
+    /// Who sends.
+    pub owner: UserId,
+    /// Signature used.
+    pub sign_id: i64,
+    /// Template used.
+    pub temp_id: i64,
+    /// The rendered full text.
+    pub text: String,
+    /// Segments per recipient.
+    pub segments: u32,
+    /// Price per segment.
+    pub unit_price: Amount,
+    /// Recipients (in request order).
+    pub recipients: Vec<PhoneNumber>,
+    /// State.
+    pub state: TaskState,
+    /// Unix s.
+    pub created_at: i64,
+    /// Unix s, when done.
+    pub finished_at: Option<i64>,
+}
+
+impl SendTask {
+    /// The cost charged up front: recipients × segments × unit price.
+    pub fn cost(&self) -> Amount {
+        self.recipients.len() as Amount * Amount::from(self.segments) * self.unit_price
+    }
+
+    /// The ledger operation id of the charge.
+    pub fn charge_op(&self) -> String {
+        format!("send:{}", self.uuid)
+    }
+
+    /// The ledger operation id of the refund.
+    pub fn refund_op(&self) -> String {
+        format!("refund:{}", self.uuid)
+    }
+
+    /// The idempotency key of recipient `index`: task uuid + recipient.
+    pub fn idempotency_key(&self, index: usize) -> String {
+        format!("{}:{}", self.uuid, index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn render_fills_known_placeholders_only() {
+        let mut p = HashMap::new();
+        p.insert("code".to_string(), "482913".to_string());
+        assert_eq!(
+            render("验证码${code}，${x}有效", &p),
+            "验证码482913，${x}有效"
+        );
+        assert_eq!(render("${code}${code}", &p), "482913482913");
+        assert_eq!(render("unterminated ${code", &p), "unterminated ${code");
+        assert_eq!(render("", &p), "");
+    }
+
+    #[test]
+    fn segment_boundaries() {
+        assert_eq!(segments(&"a".repeat(160)).count, 1);
+        assert_eq!(segments(&"a".repeat(161)).count, 2);
+        assert_eq!(segments(&"a".repeat(306)).count, 2);
+        assert_eq!(segments(&"a".repeat(307)).count, 3);
+        assert_eq!(segments(&"€".repeat(80)).units, 160);
+        assert_eq!(segments(&"€".repeat(81)).count, 2);
+        assert!(!segments("【签名】").gsm7);
+        assert_eq!(segments(&"字".repeat(70)).count, 1);
+        assert_eq!(segments(&"字".repeat(71)).count, 2);
+        assert_eq!(segments(&"字".repeat(134)).count, 2);
+        assert_eq!(segments(&"字".repeat(135)).count, 3);
+        // An emoji is two UTF-16 units.
+        assert_eq!(segments(&"😀".repeat(35)).units, 70);
+        assert_eq!(segments(&"😀".repeat(36)).count, 2);
+        assert_eq!(segments("").count, 1);
+    }
+
+    proptest! {
+        #[test]
+        fn segments_fit_their_units(s in "\\PC{0,400}") {
+            let seg = segments(&s);
+            let (single, multi) = if seg.gsm7 { (160, 153) } else { (70, 67) };
+            prop_assert!(seg.count >= 1);
+            if seg.units <= single {
+                prop_assert_eq!(seg.count, 1);
+            } else {
+                prop_assert!(seg.count as usize * multi >= seg.units);
+                prop_assert!((seg.count as usize - 1) * multi < seg.units);
+            }
+        }
+
+        #[test]
+        fn render_without_placeholders_is_identity(s in "[^$]{0,100}") {
+            prop_assert_eq!(render(&s, &HashMap::new()), s);
+        }
+    }
+}

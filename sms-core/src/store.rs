@@ -1,0 +1,697 @@
+//! Storage ports. Each trait is object-safe, held as `Arc<dyn …>`, and says in
+//! its `# Contract` what a backend must guarantee; the conformance kit
+//! (`sms_core::testkit`, feature `testkit`) checks exactly that.
+//!
+//! The records' state transitions ([`CodeRecord::redeem`],
+//! [`Grant::consume`], [`crate::limits::LimitState::record`]) are pure
+//! functions of this crate: a backend loads the record, calls the
+//! transition, and stores the result in one atomic step.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::events::Push;
+use crate::identity::{Email, Username};
+use crate::ledger::{Balance, Hold, LedgerEntry, LedgerOutcome, LedgerRequest};
+use crate::limits::{LimitCheck, LimitDecision};
+use crate::phone::PhoneNumber;
+use crate::pool::{
+    DeviceMessage, Intake, Item, Lease, LeaseRequest, NumberInfo, PoolNumber, ReceivedSms,
+};
+use crate::secret::{CodeHash, TokenHash};
+use crate::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
+use crate::user::{User, UserChange, UserId};
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Accounts and their unique indexes.
+///
+/// # Contract
+/// * Username (by [`Username::key`]), phone and email are each unique across
+///   all users; a write that would break that fails with
+///   [`StoreError::Conflict`] naming the field, and changes nothing.
+/// * [`create_user`](Self::create_user) and
+///   [`update_user`](Self::update_user) are atomic: concurrent callers racing
+///   for one username, phone or email see exactly one winner.
+/// * Writes are durable when the call returns `Ok`.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait UserStore: Debug + Send + Sync + 'static {
+    /// Inserts a new user.
+    async fn create_user(&self, user: User) -> StoreResult<()>;
+    /// The user with this id.
+    async fn user(&self, id: &UserId) -> StoreResult<Option<User>>;
+    /// The user with this username (case-insensitive).
+    async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>>;
+    /// The user with this phone.
+    async fn user_by_phone(&self, phone: &PhoneNumber) -> StoreResult<Option<User>>;
+    /// The user with this email.
+    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<User>>;
+    /// Applies `change` atomically and returns the record as it was before.
+    /// [`StoreError::NotFound`] if there is no such user.
+    async fn update_user(&self, id: &UserId, change: UserChange) -> StoreResult<User>;
+}
+
+/// How a session token came to be; drives `hub`'s login `flag`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionOrigin {
+    /// Issued at sign-up.
+    Signup,
+    /// Issued by a login.
+    Login,
+    /// Issued by a login after the user's previous session had expired.
+    Renewal,
+    /// Issued by a password change.
+    PasswordChange,
+    /// Issued by an account recovery (`hub` forgot/verify).
+    Recovery,
+}
+
+/// A session, keyed by the hash of its bearer token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// SHA-256 of the token.
+    pub token_hash: TokenHash,
+    /// Whose session.
+    pub user_id: UserId,
+    /// How it was issued.
+    pub origin: SessionOrigin,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds; the session is invalid from this instant.
+    pub expires_at: i64,
+    /// When it was first used to open a (WebSocket) session.
+    pub first_used_at: Option<i64>,
+}
+
+/// Session tokens.
+///
+/// # Contract
+/// * Sessions are found only by the hash of their token.
+/// * [`mark_session_used`](Self::mark_session_used) sets `first_used_at` once:
+///   of concurrent callers exactly one sees the session before it was set.
+/// * After [`revoke_session`](Self::revoke_session) or
+///   [`revoke_user_sessions`](Self::revoke_user_sessions) returns, the revoked
+///   sessions are not returned by any call.
+/// * Writes are durable when the call returns `Ok`.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait SessionStore: Debug + Send + Sync + 'static {
+    /// Stores a new session.
+    async fn insert_session(&self, session: Session) -> StoreResult<()>;
+    /// The session with this token hash, expired or not.
+    async fn session(&self, token_hash: &TokenHash) -> StoreResult<Option<Session>>;
+    /// Sets `first_used_at = now` if unset; returns the session as it was
+    /// before, or `None` if there is no such session.
+    async fn mark_session_used(
+        &self,
+        token_hash: &TokenHash,
+        now: i64,
+    ) -> StoreResult<Option<Session>>;
+    /// Deletes one session; true if it existed.
+    async fn revoke_session(&self, token_hash: &TokenHash) -> StoreResult<bool>;
+    /// Deletes every session of `user_id` except `keep`; returns how many.
+    async fn revoke_user_sessions(
+        &self,
+        user_id: &UserId,
+        keep: Option<TokenHash>,
+    ) -> StoreResult<usize>;
+    /// Every session of a user, any order.
+    async fn user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<Session>>;
+}
+
+/// What a code proves: the purpose it was issued for (decision G9 names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// `telsignup` validation.
+    Signup,
+    /// `account_v4` sign-up.
+    Register,
+    /// Password recovery (`account_v4`, `hub`).
+    Reset,
+    /// `hub` email binding.
+    BindEmail,
+}
+
+impl Purpose {
+    /// The wire name (`signup`, `register`, `reset`, `bind_email`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Signup => "signup",
+            Self::Register => "register",
+            Self::Reset => "reset",
+            Self::BindEmail => "bind_email",
+        }
+    }
+}
+
+/// Identifies the one live code per (address, purpose).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CodeKey {
+    /// The normalised address (E.164 phone or lowercased email).
+    pub address: String,
+    /// What it is for.
+    pub purpose: Purpose,
+}
+
+impl CodeKey {
+    /// A flat key for backends: `purpose|address`.
+    pub fn flat(&self) -> String {
+        format!("{}|{}", self.purpose.as_str(), self.address)
+    }
+}
+
+/// A stored verification code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeRecord {
+    /// Address and purpose.
+    pub key: CodeKey,
+    /// HMAC of the code.
+    pub hash: CodeHash,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds; invalid from this instant.
+    pub expires_at: i64,
+    /// Wrong tries so far.
+    pub attempts: u32,
+    /// Redeemed already.
+    pub used: bool,
+}
+
+/// The outcome of presenting a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedeemOutcome {
+    /// Matched; the code is now used.
+    Redeemed,
+    /// Wrong; `attempts_left` tries remain.
+    Mismatch {
+        /// Tries left before the code is void.
+        attempts_left: u32,
+    },
+    /// No code for this key.
+    Missing,
+    /// Past its expiry.
+    Expired,
+    /// Void after too many wrong tries.
+    Exhausted,
+    /// Already redeemed.
+    Used,
+}
+
+impl CodeRecord {
+    /// The transition of presenting `presented` at `now`: marks the record
+    /// used on a match, counts a wrong try otherwise. Comparison is
+    /// constant-time.
+    pub fn redeem(&mut self, presented: &CodeHash, now: i64, max_attempts: u32) -> RedeemOutcome {
+        if self.used {
+            return RedeemOutcome::Used;
+        }
+        if now >= self.expires_at {
+            return RedeemOutcome::Expired;
+        }
+        if self.attempts >= max_attempts {
+            return RedeemOutcome::Exhausted;
+        }
+        if self.hash == *presented {
+            self.used = true;
+            RedeemOutcome::Redeemed
+        } else {
+            self.attempts += 1;
+            RedeemOutcome::Mismatch {
+                attempts_left: max_attempts.saturating_sub(self.attempts),
+            }
+        }
+    }
+}
+
+/// The outcome of storing a new code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaceOutcome {
+    /// Stored; any earlier code for the key is gone.
+    Stored,
+    /// The earlier code is within the cooldown; nothing changed.
+    Cooldown {
+        /// When a new code may be stored.
+        retry_at: i64,
+    },
+}
+
+/// Verification codes, one live code per [`CodeKey`].
+///
+/// # Contract
+/// * [`replace_code`](Self::replace_code) is atomic: it stores the record
+///   unless the existing one was issued less than `cooldown_secs` before the
+///   new one, and of concurrent callers at most one stores within a cooldown.
+/// * [`redeem_code`](Self::redeem_code) applies [`CodeRecord::redeem`]
+///   atomically: of any number of concurrent callers presenting the right
+///   code, exactly one gets [`RedeemOutcome::Redeemed`]; wrong tries are never
+///   lost.
+/// * Writes are durable when the call returns `Ok`.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait CodeStore: Debug + Send + Sync + 'static {
+    /// Stores `record`, replacing the previous code of its key, subject to the
+    /// cooldown.
+    async fn replace_code(
+        &self,
+        record: CodeRecord,
+        cooldown_secs: i64,
+    ) -> StoreResult<ReplaceOutcome>;
+    /// The current code record of `key`.
+    async fn code(&self, key: &CodeKey) -> StoreResult<Option<CodeRecord>>;
+    /// Presents a code (see the contract).
+    async fn redeem_code(
+        &self,
+        key: &CodeKey,
+        presented: &CodeHash,
+        now: i64,
+        max_attempts: u32,
+    ) -> StoreResult<RedeemOutcome>;
+}
+
+/// What a grant permits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantKind {
+    /// `telsignup`: register this phone (token-bound).
+    Registration,
+    /// `account_v4`: reset this phone's password.
+    PasswordReset,
+}
+
+/// A single-use permission earned by checking a code, one per (kind, phone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// What it permits.
+    pub kind: GrantKind,
+    /// For which phone.
+    pub phone: PhoneNumber,
+    /// The token that must be presented, if any.
+    pub token_hash: Option<TokenHash>,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds; invalid from this instant.
+    pub expires_at: i64,
+    /// Consumed already.
+    pub used: bool,
+}
+
+/// The outcome of consuming a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeOutcome {
+    /// Consumed now.
+    Consumed,
+    /// No grant was ever issued for this (kind, phone).
+    Missing,
+    /// The presented token does not match.
+    Mismatch,
+    /// Past its expiry.
+    Expired,
+    /// Consumed before.
+    Used,
+}
+
+impl Grant {
+    /// The transition of consuming with `presented` at `now`.
+    pub fn consume(&mut self, presented: Option<&TokenHash>, now: i64) -> ConsumeOutcome {
+        if let Some(expected) = &self.token_hash {
+            match presented {
+                Some(p) if p == expected => {}
+                _ => return ConsumeOutcome::Mismatch,
+            }
+        }
+        if self.used {
+            return ConsumeOutcome::Used;
+        }
+        if now >= self.expires_at {
+            return ConsumeOutcome::Expired;
+        }
+        self.used = true;
+        ConsumeOutcome::Consumed
+    }
+}
+
+/// Registration grants and reset permits.
+///
+/// # Contract
+/// * One grant per (kind, phone): [`put_grant`](Self::put_grant) replaces.
+/// * [`consume_grant`](Self::consume_grant) applies [`Grant::consume`]
+///   atomically: of concurrent callers exactly one gets
+///   [`ConsumeOutcome::Consumed`].
+/// * Used and expired grants stay readable (so "never validated" can be told
+///   from "validated, token stale").
+/// * Writes are durable when the call returns `Ok`.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait GrantStore: Debug + Send + Sync + 'static {
+    /// Stores a grant, replacing the previous one of its (kind, phone).
+    async fn put_grant(&self, grant: Grant) -> StoreResult<()>;
+    /// The grant of (kind, phone).
+    async fn grant(&self, kind: GrantKind, phone: &PhoneNumber) -> StoreResult<Option<Grant>>;
+    /// Consumes the grant of (kind, phone).
+    async fn consume_grant(
+        &self,
+        kind: GrantKind,
+        phone: &PhoneNumber,
+        presented: Option<TokenHash>,
+        now: i64,
+    ) -> StoreResult<ConsumeOutcome>;
+}
+
+/// State of the keyed-limit engine ([`crate::limits`]).
+///
+/// # Contract
+/// * [`acquire`](Self::acquire) evaluates every check with
+///   [`crate::limits::evaluate`] and, only if all pass, records a hit on every
+///   key, all in one atomic step: concurrent callers never get more hits
+///   allowed than a rule's `max`.
+/// * [`peek`](Self::peek) evaluates without recording.
+/// * [`record`](Self::record) records a hit unconditionally
+///   ([`crate::limits::LimitState::record`]).
+/// * [`unrecord`](Self::unrecord) takes back one hit
+///   ([`crate::limits::LimitState::unrecord`]) atomically.
+/// * [`reset`](Self::reset) forgets a key.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait LimitStore: Debug + Send + Sync + 'static {
+    /// Check-and-record, all or nothing.
+    async fn acquire(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision>;
+    /// Check only.
+    async fn peek(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision>;
+    /// Record a hit.
+    async fn record(&self, check: &LimitCheck, now: i64) -> StoreResult<()>;
+    /// Take back the hit recorded at `at` on the check's key.
+    async fn unrecord(&self, check: &LimitCheck, at: i64) -> StoreResult<()>;
+    /// Forget a key.
+    async fn reset(&self, key: &str) -> StoreResult<()>;
+}
+
+/// Pool size when none was set (`/setsize`).
+pub const DEFAULT_POOL_SIZE: u32 = 100;
+
+/// The pool of phone numbers and their leases.
+///
+/// # Contract
+/// * [`intake`](Self::intake) is atomic: of the entries, numbers already in
+///   the pool refresh their metadata and are listed in `used` without counting
+///   against the size; new numbers are taken, in order, while the count of
+///   available numbers (stored minus those under an unsettled lease) is below
+///   the pool size; `full` is true when no entry was taken for that reason.
+/// * A number is leased to at most one user at a time, and never handed out
+///   (by [`hand_out`](Self::hand_out) or [`lease`](Self::lease)) twice for
+///   the same item/app: concurrent callers never get the same number.
+/// * [`mark_charged`](Self::mark_charged) and
+///   [`mark_settled`](Self::mark_settled) return true exactly once per lease.
+/// * Writes are durable when the call returns `Ok`.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait PhonePool: Debug + Send + Sync + 'static {
+    /// The pool size ([`DEFAULT_POOL_SIZE`] until set).
+    async fn pool_size(&self) -> StoreResult<u32>;
+    /// Sets the pool size.
+    async fn set_pool_size(&self, size: u32) -> StoreResult<()>;
+    /// Takes numbers from a device (see the contract).
+    async fn intake(&self, entries: Vec<NumberInfo>, now: i64) -> StoreResult<Intake>;
+    /// The number, if in the pool.
+    async fn number(&self, mobile: &PhoneNumber) -> StoreResult<Option<PoolNumber>>;
+    /// Up to `n` numbers free at `now` and never handed out for `app`, marked
+    /// as handed out for it.
+    async fn hand_out(&self, app: &str, n: usize, now: i64) -> StoreResult<Vec<NumberInfo>>;
+    /// Leases up to `req.lease_ids.len()` numbers free at `req.now`, never
+    /// used for `req.item`, passing the filter.
+    async fn lease(&self, req: LeaseRequest) -> StoreResult<Vec<Lease>>;
+    /// A lease by id.
+    async fn lease_record(&self, id: &str) -> StoreResult<Option<Lease>>;
+    /// Marks a lease charged; true only for the call that did.
+    async fn mark_charged(&self, id: &str) -> StoreResult<bool>;
+    /// Up to `limit` leases ended at `now` and not yet settled.
+    async fn due_leases(&self, now: i64, limit: usize) -> StoreResult<Vec<Lease>>;
+    /// Marks a lease settled; true only for the call that did.
+    async fn mark_settled(&self, id: &str) -> StoreResult<bool>;
+}
+
+/// Items (apps) and their prices.
+///
+/// # Contract
+/// `put_item` creates or replaces by id; durable on `Ok`.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ItemStore: Debug + Send + Sync + 'static {
+    /// Creates or updates an item.
+    async fn put_item(&self, item: Item) -> StoreResult<()>;
+    /// The item with this id.
+    async fn item(&self, id: &str) -> StoreResult<Option<Item>>;
+}
+
+/// Queues: received SMS per app, texts for devices per channel, and each
+/// user's mailbox of pushes.
+///
+/// # Contract
+/// * Each queue is first in, first out; a `take_*` removes what it returns,
+///   and of concurrent takers each entry goes to exactly one.
+/// * Mailbox sequence numbers increase; an entry stays until acknowledged.
+/// * Writes are durable when the call returns `Ok`.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait QueueStore: Debug + Send + Sync + 'static {
+    /// Queues an SMS for `GET /vcodes/<app>`.
+    async fn push_sms(&self, app: &str, sms: ReceivedSms) -> StoreResult<()>;
+    /// Takes up to `max` queued SMS of `app`, oldest first.
+    async fn take_sms(&self, app: &str, max: usize) -> StoreResult<Vec<ReceivedSms>>;
+    /// Queues a text for the device on channel `cid`.
+    async fn push_device_message(&self, cid: &str, message: DeviceMessage) -> StoreResult<()>;
+    /// Takes up to `max` texts for channel `cid`, oldest first.
+    async fn take_device_messages(&self, cid: &str, max: usize) -> StoreResult<Vec<DeviceMessage>>;
+    /// Appends to a user's mailbox; returns the entry's sequence number.
+    async fn mailbox_push(&self, user: &UserId, push: Push) -> StoreResult<u64>;
+    /// The user's unacknowledged entries, oldest first.
+    async fn mailbox(&self, user: &UserId) -> StoreResult<Vec<(u64, Push)>>;
+    /// Removes one entry.
+    async fn mailbox_ack(&self, user: &UserId, seq: u64) -> StoreResult<()>;
+}
+
+/// The balance ledger ([`crate::ledger`]).
+///
+/// # Contract
+/// * [`apply`](Self::apply) applies [`crate::ledger::transition`] atomically
+///   with the balance, the hold it names and the entry it records: an
+///   operation id applies at most once ([`LedgerOutcome::Duplicate`] after
+///   that), concurrent operations never overdraw, and a balance's `total`
+///   always equals the sum of its entries' `total_delta`.
+/// * Refused operations record nothing.
+/// * Writes are durable when the call returns `Ok`.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait LedgerStore: Debug + Send + Sync + 'static {
+    /// Applies one movement.
+    async fn apply(&self, request: LedgerRequest) -> StoreResult<LedgerOutcome>;
+    /// The user's balance (zero if none).
+    async fn balance(&self, user: &UserId) -> StoreResult<Balance>;
+    /// The entry recorded for an operation id.
+    async fn entry(&self, op_id: &str) -> StoreResult<Option<LedgerEntry>>;
+    /// Every entry of a user, oldest first.
+    async fn entries(&self, user: &UserId) -> StoreResult<Vec<LedgerEntry>>;
+    /// A hold by id.
+    async fn hold(&self, hold_id: &str) -> StoreResult<Option<Hold>>;
+    /// Up to `limit` holds that still reserve something and whose
+    /// `expires_at` is at or before `now`, earliest first.
+    async fn expired_holds(&self, now: i64, limit: usize) -> StoreResult<Vec<Hold>>;
+}
+
+/// The outcome of deleting a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// Deleted.
+    Deleted,
+    /// No such record.
+    Missing,
+    /// Still has templates: not deleted.
+    InUse,
+}
+
+/// Signatures, templates and send tasks.
+///
+/// # Contract
+/// * Ids are assigned by the store, increasing, never reused.
+/// * `replace_*` writes only if the stored record equals `old`
+///   (compare-and-set): of concurrent writers from one state, one wins.
+/// * [`delete_signature`](Self::delete_signature) and
+///   [`create_template`](Self::create_template) are atomic with respect to
+///   each other: a signature with templates is never deleted, and a template
+///   is never created on a deleted signature.
+/// * A task's recipients start `Pending`; [`record_statuses`](Self::record_statuses)
+///   only moves `Pending` to a final status (never overwrites a final one).
+/// * Writes are durable when the call returns `Ok`.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait SendStore: Debug + Send + Sync + 'static {
+    /// Stores a new signature with a fresh id (the given id is ignored).
+    async fn create_signature(&self, sig: Signature) -> StoreResult<Signature>;
+    /// A signature by id.
+    async fn signature(&self, id: i64) -> StoreResult<Option<Signature>>;
+    /// The owner's signatures, by id.
+    async fn signatures_of(&self, owner: &UserId) -> StoreResult<Vec<Signature>>;
+    /// Compare-and-set.
+    async fn replace_signature(&self, old: &Signature, new: Signature) -> StoreResult<bool>;
+    /// Deletes a signature that has no templates.
+    async fn delete_signature(&self, id: i64) -> StoreResult<DeleteOutcome>;
+    /// Stores a new template with a fresh id, if its signature exists.
+    async fn create_template(&self, template: Template) -> StoreResult<Option<Template>>;
+    /// A template by id.
+    async fn template(&self, id: i64) -> StoreResult<Option<Template>>;
+    /// The owner's templates, by id.
+    async fn templates_of(&self, owner: &UserId) -> StoreResult<Vec<Template>>;
+    /// Compare-and-set.
+    async fn replace_template(&self, old: &Template, new: Template) -> StoreResult<bool>;
+    /// Deletes a template; true if it existed.
+    async fn delete_template(&self, id: i64) -> StoreResult<bool>;
+    /// Stores a new task, every recipient `Pending`.
+    async fn create_task(&self, task: SendTask) -> StoreResult<()>;
+    /// A task by uuid.
+    async fn task(&self, uuid: &str) -> StoreResult<Option<SendTask>>;
+    /// Moves a task from `from` to `to` (compare-and-set); true if it did.
+    async fn set_task_state(
+        &self,
+        uuid: &str,
+        from: TaskState,
+        to: TaskState,
+        at: i64,
+    ) -> StoreResult<bool>;
+    /// Recipient statuses, in recipient order.
+    async fn recipient_statuses(&self, uuid: &str) -> StoreResult<Vec<RecipientStatus>>;
+    /// Records final statuses by recipient index (see the contract).
+    async fn record_statuses(
+        &self,
+        uuid: &str,
+        updates: Vec<(usize, RecipientStatus)>,
+    ) -> StoreResult<()>;
+    /// Uuids of tasks in `Created` or `Queued`, oldest first.
+    async fn open_tasks(&self) -> StoreResult<Vec<String>>;
+}
+
+/// Every store the core needs, as shared trait objects.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    /// Accounts.
+    pub users: Arc<dyn UserStore>,
+    /// Session tokens.
+    pub sessions: Arc<dyn SessionStore>,
+    /// Verification codes.
+    pub codes: Arc<dyn CodeStore>,
+    /// Grants and permits.
+    pub grants: Arc<dyn GrantStore>,
+    /// Keyed limits.
+    pub limits: Arc<dyn LimitStore>,
+    /// Phone-number pool and leases.
+    pub pool: Arc<dyn PhonePool>,
+    /// Items.
+    pub items: Arc<dyn ItemStore>,
+    /// Queues and mailboxes.
+    pub queues: Arc<dyn QueueStore>,
+    /// Balance ledger.
+    pub ledger: Arc<dyn LedgerStore>,
+    /// Signatures, templates, send tasks.
+    pub sending: Arc<dyn SendStore>,
+}
+
+impl Stores {
+    /// Every store port served by one backend value.
+    pub fn from_single<S>(store: Arc<S>) -> Self
+    where
+        S: UserStore
+            + SessionStore
+            + CodeStore
+            + GrantStore
+            + LimitStore
+            + PhonePool
+            + ItemStore
+            + QueueStore
+            + LedgerStore
+            + SendStore,
+    {
+        Self {
+            users: store.clone(),
+            sessions: store.clone(),
+            codes: store.clone(),
+            grants: store.clone(),
+            limits: store.clone(),
+            pool: store.clone(),
+            items: store.clone(),
+            queues: store.clone(),
+            ledger: store.clone(),
+            sending: store,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::CodeHasher;
+
+    fn record(h: CodeHash) -> CodeRecord {
+        CodeRecord {
+            key: CodeKey {
+                address: "+8613811112222".into(),
+                purpose: Purpose::Register,
+            },
+            hash: h,
+            issued_at: 0,
+            expires_at: 300,
+            attempts: 0,
+            used: false,
+        }
+    }
+
+    #[test]
+    fn code_void_after_max_wrong_tries_even_with_right_code() {
+        let hasher = CodeHasher::new([9; 32]);
+        let right = hasher.hash("s", "111111");
+        let wrong = hasher.hash("s", "222222");
+        let mut r = record(right);
+        for left in (0..5).rev() {
+            assert_eq!(
+                r.redeem(&wrong, 1, 5),
+                RedeemOutcome::Mismatch {
+                    attempts_left: left
+                }
+            );
+        }
+        assert_eq!(r.redeem(&right, 1, 5), RedeemOutcome::Exhausted);
+    }
+
+    #[test]
+    fn code_single_use_and_expiry() {
+        let h = CodeHasher::new([9; 32]).hash("s", "111111");
+        let mut r = record(h);
+        assert_eq!(r.redeem(&h, 299, 5), RedeemOutcome::Redeemed);
+        assert_eq!(r.redeem(&h, 299, 5), RedeemOutcome::Used);
+        let mut r = record(h);
+        assert_eq!(r.redeem(&h, 300, 5), RedeemOutcome::Expired);
+    }
+
+    #[test]
+    fn grant_checks_token_then_state() {
+        let t = crate::secret::Token::from_client("abc").hash();
+        let other = crate::secret::Token::from_client("abd").hash();
+        let mut g = Grant {
+            kind: GrantKind::Registration,
+            phone: PhoneNumber::parse_cn_mobile("13811112222").unwrap(),
+            token_hash: Some(t),
+            issued_at: 0,
+            expires_at: 10,
+            used: false,
+        };
+        assert_eq!(g.consume(None, 1), ConsumeOutcome::Mismatch);
+        assert_eq!(g.consume(Some(&other), 1), ConsumeOutcome::Mismatch);
+        assert_eq!(g.consume(Some(&t), 1), ConsumeOutcome::Consumed);
+        assert_eq!(g.consume(Some(&t), 1), ConsumeOutcome::Used);
+    }
+}

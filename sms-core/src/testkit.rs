@@ -1,0 +1,1541 @@
+//! The store conformance kit (feature `testkit`).
+//!
+//! Every check is a `pub async fn` over [`Stores`]; [`store_conformance_tests!`](crate::store_conformance_tests)
+//! expands to one `#[test]` per check for a given constructor, so a backend —
+//! ours or an integrator's — proves it keeps every `# Contract` of
+//! [`crate::store`] with one line:
+//!
+//! ```ignore
+//! sms_core::store_conformance_tests!(async { my_backend().await.stores() });
+//! ```
+//!
+//! Each check gets a fresh, empty store from the constructor.
+
+use std::future::Future;
+
+use crate::error::{StoreError, UniqueField};
+use crate::events::Push;
+use crate::identity::{Email, Username};
+use crate::ledger::{LedgerOp, LedgerOutcome, LedgerRequest, Refusal};
+use crate::limits::{LimitCheck, LimitDecision, LimitRule};
+use crate::phone::PhoneNumber;
+use crate::pool::{
+    DeviceMessage, Item, LeaseFilter, LeaseRequest, NumberInfo, Operator, ReceivedSms,
+};
+use crate::secret::{CodeHasher, Token};
+use crate::sending::{
+    AuditStatus, RecipientStatus, SendTask, Signature, TaskState, Template, TemplateType,
+};
+use crate::store::{
+    CodeKey, CodeRecord, ConsumeOutcome, Grant, GrantKind, Purpose, RedeemOutcome, ReplaceOutcome,
+    Session, SessionOrigin, Stores,
+};
+use crate::store::{DeleteOutcome, DEFAULT_POOL_SIZE};
+use crate::user::{User, UserChange, UserId};
+
+/// Runs a check on a fresh multi-threaded runtime (used by the macro, so
+/// that test crates need no runtime of their own).
+pub fn run<F: Future<Output = ()>>(f: F) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("test runtime")
+        .block_on(f)
+}
+
+/// Expands to one `#[test]` per conformance check. The argument is an
+/// expression evaluating to a future of [`Stores`]; it is evaluated once per
+/// test, so each test gets a fresh, empty store.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@each $make;
+            users_unique_fields,
+            users_lookup_and_update,
+            users_concurrent_create_one_winner,
+            sessions_lifecycle,
+            sessions_first_use_once,
+            codes_cooldown_and_replace,
+            codes_single_use_under_concurrency,
+            codes_attempts_and_expiry,
+            grants_single_use,
+            limits_all_or_nothing,
+            limits_concurrent_never_exceed,
+            limits_lockout_and_reset,
+            pool_intake_caps_and_refresh,
+            pool_lease_exclusive_and_once_per_item,
+            pool_concurrent_leases_distinct,
+            pool_filters,
+            pool_charged_and_settled_once,
+            items_put_and_get,
+            queues_fifo_and_take_once,
+            mailbox_sequence_and_ack,
+            ledger_idempotent_and_exact,
+            ledger_concurrent_never_overdraw,
+            ledger_expired_holds,
+            sending_signatures_and_templates,
+            sending_tasks_and_statuses
+        );
+    };
+    (@each $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::testkit::run(async {
+                    let stores: $crate::store::Stores = $make.await;
+                    $crate::testkit::$name(&stores).await;
+                });
+            }
+        )*
+    };
+}
+
+fn user(n: u32, username: Option<&str>, phone: Option<&str>, email: Option<&str>) -> User {
+    User {
+        id: UserId::from_string(format!("{n:032x}")),
+        username: username.map(|u| Username::parse(u).expect("valid username")),
+        phone: phone.map(|p| PhoneNumber::parse_cn_mobile(p).expect("valid phone")),
+        email: email.map(|e| Email::parse(e).expect("valid email")),
+        name: None,
+        password_hash: format!("hash-{n}"),
+        device: None,
+        banned: false,
+        points: 0,
+        created_at: 1_000,
+    }
+}
+
+fn conflict(r: Result<(), StoreError>) -> Option<UniqueField> {
+    match r {
+        Err(StoreError::Conflict(f)) => Some(f),
+        _ => None,
+    }
+}
+
+/// Username (case-insensitive), phone and email are unique; a conflicting
+/// write changes nothing.
+pub async fn users_unique_fields(s: &Stores) {
+    let u = &s.users;
+    u.create_user(user(1, Some("alice"), Some("13811112222"), Some("a@x.io")))
+        .await
+        .expect("first create");
+    assert_eq!(
+        conflict(u.create_user(user(2, Some("ALICE"), None, None)).await),
+        Some(UniqueField::Username)
+    );
+    assert_eq!(
+        conflict(
+            u.create_user(user(3, Some("bob"), Some("+8613811112222"), None))
+                .await
+        ),
+        Some(UniqueField::Phone)
+    );
+    assert_eq!(
+        conflict(
+            u.create_user(user(4, Some("carol"), None, Some("A@X.io")))
+                .await
+        ),
+        Some(UniqueField::Email)
+    );
+    // Nothing of the failed writes stuck: bob and carol are free.
+    assert!(u
+        .user_by_username(&Username::parse("bob").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(u
+        .user(&UserId::from_string(format!("{:032x}", 3)))
+        .await
+        .unwrap()
+        .is_none());
+    u.create_user(user(3, Some("bob"), Some("13900000000"), None))
+        .await
+        .expect("bob free after failed write");
+    u.create_user(user(4, Some("carol"), None, Some("c@x.io")))
+        .await
+        .expect("carol free after failed write");
+    assert_eq!(
+        conflict(u.create_user(user(1, Some("dave"), None, None)).await),
+        Some(UniqueField::Id)
+    );
+}
+
+/// Lookups by every index; `update_user` returns the record before the
+/// change; email moves free the old address and collide with others.
+pub async fn users_lookup_and_update(s: &Stores) {
+    let u = &s.users;
+    let a = user(1, Some("Alice"), Some("13811112222"), None);
+    u.create_user(a.clone()).await.unwrap();
+    u.create_user(user(2, Some("bob"), None, Some("b@x.io")))
+        .await
+        .unwrap();
+    let by_name = u
+        .user_by_username(&Username::parse("alice").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(by_name.as_ref().map(|x| &x.id), Some(&a.id));
+    assert_eq!(by_name.unwrap().username.unwrap().as_str(), "Alice");
+    let by_phone = u
+        .user_by_phone(&PhoneNumber::parse_cn_mobile("8613811112222").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(by_phone.map(|x| x.id), Some(a.id.clone()));
+
+    let before = u
+        .update_user(
+            &a.id,
+            UserChange::SetEmail(Some(Email::parse("a@x.io").unwrap())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(before.email, None);
+    let found = u
+        .user_by_email(&Email::parse("a@x.io").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(found.map(|x| x.id), Some(a.id.clone()));
+    // Taken by bob.
+    let taken = u
+        .update_user(
+            &a.id,
+            UserChange::SetEmail(Some(Email::parse("b@x.io").unwrap())),
+        )
+        .await;
+    assert!(matches!(
+        taken,
+        Err(StoreError::Conflict(UniqueField::Email))
+    ));
+    assert_eq!(
+        u.user(&a.id).await.unwrap().unwrap().email,
+        Some(Email::parse("a@x.io").unwrap())
+    );
+    // Move: the old address is free again.
+    u.update_user(
+        &a.id,
+        UserChange::SetEmail(Some(Email::parse("a2@x.io").unwrap())),
+    )
+    .await
+    .unwrap();
+    assert!(u
+        .user_by_email(&Email::parse("a@x.io").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+
+    let before = u
+        .update_user(&a.id, UserChange::SetDevice(Some("dev-1".into())))
+        .await
+        .unwrap();
+    assert_eq!(before.device, None);
+    let before = u
+        .update_user(&a.id, UserChange::SetPassword("new-hash".into()))
+        .await
+        .unwrap();
+    assert_eq!(before.device.as_deref(), Some("dev-1"));
+    u.update_user(&a.id, UserChange::SetBanned(true))
+        .await
+        .unwrap();
+    let now = u.user(&a.id).await.unwrap().unwrap();
+    assert_eq!(now.password_hash, "new-hash");
+    assert!(now.banned);
+    assert!(matches!(
+        u.update_user(
+            &UserId::from_string("nobody".into()),
+            UserChange::SetBanned(true)
+        )
+        .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// Concurrent creates racing for one username, phone or email: exactly one
+/// winner each.
+pub async fn users_concurrent_create_one_winner(s: &Stores) {
+    let mut tasks = Vec::new();
+    for i in 0..32u32 {
+        let users = s.users.clone();
+        tasks.push(tokio::spawn(async move {
+            let r1 = users
+                .create_user(user(i, Some("racer"), None, None))
+                .await
+                .is_ok();
+            let r2 = users
+                .create_user(user(100 + i, None, Some("13700000000"), None))
+                .await
+                .is_ok();
+            let r3 = users
+                .create_user(user(200 + i, None, None, Some("race@x.io")))
+                .await
+                .is_ok();
+            (r1, r2, r3)
+        }));
+    }
+    let mut wins = (0, 0, 0);
+    for t in tasks {
+        let (a, b, c) = t.await.expect("task");
+        wins.0 += a as u32;
+        wins.1 += b as u32;
+        wins.2 += c as u32;
+    }
+    assert_eq!(wins, (1, 1, 1));
+}
+
+fn session(token: &str, user_n: u32, issued_at: i64) -> Session {
+    Session {
+        token_hash: Token::from_client(token).hash(),
+        user_id: UserId::from_string(format!("{user_n:032x}")),
+        origin: SessionOrigin::Login,
+        issued_at,
+        expires_at: issued_at + 100,
+        first_used_at: None,
+    }
+}
+
+/// Insert, find by hash only, revoke one, revoke all of a user but one.
+pub async fn sessions_lifecycle(s: &Stores) {
+    let ss = &s.sessions;
+    for (t, u) in [("t1", 1), ("t2", 1), ("t3", 1), ("t4", 2)] {
+        ss.insert_session(session(t, u, 10)).await.unwrap();
+    }
+    let h1 = Token::from_client("t1").hash();
+    assert_eq!(
+        ss.session(&h1).await.unwrap().unwrap().user_id,
+        session("t1", 1, 0).user_id
+    );
+    assert!(ss
+        .session(&Token::from_client("nope").hash())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(ss.revoke_session(&h1).await.unwrap());
+    assert!(!ss.revoke_session(&h1).await.unwrap());
+    assert!(ss.session(&h1).await.unwrap().is_none());
+    let u1 = session("x", 1, 0).user_id;
+    assert_eq!(ss.user_sessions(&u1).await.unwrap().len(), 2);
+    let keep = Token::from_client("t3").hash();
+    assert_eq!(ss.revoke_user_sessions(&u1, Some(keep)).await.unwrap(), 1);
+    assert!(ss
+        .session(&Token::from_client("t2").hash())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(ss.session(&keep).await.unwrap().is_some());
+    assert_eq!(ss.revoke_user_sessions(&u1, None).await.unwrap(), 1);
+    assert!(ss.user_sessions(&u1).await.unwrap().is_empty());
+    // The other user's session is untouched.
+    assert!(ss
+        .session(&Token::from_client("t4").hash())
+        .await
+        .unwrap()
+        .is_some());
+}
+
+/// `mark_session_used`: of concurrent callers exactly one sees it unused.
+pub async fn sessions_first_use_once(s: &Stores) {
+    s.sessions
+        .insert_session(session("tok", 1, 10))
+        .await
+        .unwrap();
+    let h = Token::from_client("tok").hash();
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let ss = s.sessions.clone();
+        tasks.push(tokio::spawn(async move {
+            ss.mark_session_used(&h, 20 + i).await.unwrap()
+        }));
+    }
+    let mut firsts = 0;
+    for t in tasks {
+        let before = t.await.unwrap().expect("session exists");
+        if before.first_used_at.is_none() {
+            firsts += 1;
+        }
+    }
+    assert_eq!(firsts, 1);
+    let now = s.sessions.session(&h).await.unwrap().unwrap();
+    assert!(now.first_used_at.is_some());
+    assert!(s
+        .sessions
+        .mark_session_used(&Token::from_client("none").hash(), 1)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+fn code_record(hasher: &CodeHasher, code: &str, issued_at: i64) -> CodeRecord {
+    let key = CodeKey {
+        address: "+8613811112222".into(),
+        purpose: Purpose::Register,
+    };
+    CodeRecord {
+        hash: hasher.hash(&key.flat(), code),
+        key,
+        issued_at,
+        expires_at: issued_at + 300,
+        attempts: 0,
+        used: false,
+    }
+}
+
+/// A new code replaces the old only outside the cooldown; keys are
+/// per (address, purpose).
+pub async fn codes_cooldown_and_replace(s: &Stores) {
+    let h = CodeHasher::new([7; 32]);
+    let c = &s.codes;
+    assert_eq!(
+        c.replace_code(code_record(&h, "111111", 100), 60)
+            .await
+            .unwrap(),
+        ReplaceOutcome::Stored
+    );
+    assert_eq!(
+        c.replace_code(code_record(&h, "222222", 159), 60)
+            .await
+            .unwrap(),
+        ReplaceOutcome::Cooldown { retry_at: 160 }
+    );
+    let key = code_record(&h, "", 0).key;
+    assert_eq!(
+        c.code(&key).await.unwrap().unwrap().hash,
+        h.hash(&key.flat(), "111111")
+    );
+    assert_eq!(
+        c.replace_code(code_record(&h, "333333", 160), 60)
+            .await
+            .unwrap(),
+        ReplaceOutcome::Stored
+    );
+    assert_eq!(
+        c.code(&key).await.unwrap().unwrap().hash,
+        h.hash(&key.flat(), "333333")
+    );
+    // Another purpose is another key.
+    let mut other = code_record(&h, "444444", 161);
+    other.key.purpose = Purpose::Reset;
+    assert_eq!(
+        c.replace_code(other, 60).await.unwrap(),
+        ReplaceOutcome::Stored
+    );
+
+    // Concurrent replaces within one cooldown: at most one stores.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let codes = s.codes.clone();
+        let rec = code_record(&h, &format!("{:06}", i), 1_000);
+        tasks.push(tokio::spawn(async move {
+            codes.replace_code(rec, 60).await.unwrap()
+        }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        if t.await.unwrap() == ReplaceOutcome::Stored {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 1);
+}
+
+/// 50 concurrent checks of the right code: exactly one succeeds.
+pub async fn codes_single_use_under_concurrency(s: &Stores) {
+    let h = CodeHasher::new([7; 32]);
+    let rec = code_record(&h, "123456", 100);
+    let key = rec.key.clone();
+    s.codes.replace_code(rec, 60).await.unwrap();
+    let right = h.hash(&key.flat(), "123456");
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let codes = s.codes.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            codes.redeem_code(&key, &right, 150, 5).await.unwrap()
+        }));
+    }
+    let mut redeemed = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            RedeemOutcome::Redeemed => redeemed += 1,
+            RedeemOutcome::Used => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(redeemed, 1);
+}
+
+/// Wrong tries are counted (never lost under concurrency); the code is void
+/// after the maximum; expiry is exact.
+pub async fn codes_attempts_and_expiry(s: &Stores) {
+    let h = CodeHasher::new([7; 32]);
+    let rec = code_record(&h, "123456", 100);
+    let key = rec.key.clone();
+    s.codes.replace_code(rec, 60).await.unwrap();
+    let wrong = h.hash(&key.flat(), "000000");
+    let right = h.hash(&key.flat(), "123456");
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let codes = s.codes.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            codes.redeem_code(&key, &wrong, 150, 5).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), RedeemOutcome::Mismatch { .. }));
+    }
+    assert_eq!(s.codes.code(&key).await.unwrap().unwrap().attempts, 5);
+    assert_eq!(
+        s.codes.redeem_code(&key, &right, 150, 5).await.unwrap(),
+        RedeemOutcome::Exhausted
+    );
+
+    let rec = code_record(&h, "654321", 1_000);
+    s.codes.replace_code(rec, 60).await.unwrap();
+    let right = h.hash(&key.flat(), "654321");
+    assert_eq!(
+        s.codes.redeem_code(&key, &right, 1_300, 5).await.unwrap(),
+        RedeemOutcome::Expired
+    );
+    let mut missing = key.clone();
+    missing.address = "+8613900000000".into();
+    assert_eq!(
+        s.codes
+            .redeem_code(&missing, &right, 1_000, 5)
+            .await
+            .unwrap(),
+        RedeemOutcome::Missing
+    );
+}
+
+/// One grant per (kind, phone); consumed exactly once under concurrency;
+/// used grants stay readable; token mismatch is told apart.
+pub async fn grants_single_use(s: &Stores) {
+    let phone = PhoneNumber::parse_cn_mobile("13811112222").unwrap();
+    let tok = Token::from_client("grant-token").hash();
+    let g = Grant {
+        kind: GrantKind::Registration,
+        phone: phone.clone(),
+        token_hash: Some(tok),
+        issued_at: 100,
+        expires_at: 200,
+        used: false,
+    };
+    assert_eq!(
+        s.grants
+            .consume_grant(GrantKind::Registration, &phone, Some(tok), 150)
+            .await
+            .unwrap(),
+        ConsumeOutcome::Missing
+    );
+    s.grants.put_grant(g.clone()).await.unwrap();
+    assert_eq!(
+        s.grants
+            .consume_grant(
+                GrantKind::Registration,
+                &phone,
+                Some(Token::from_client("x").hash()),
+                150
+            )
+            .await
+            .unwrap(),
+        ConsumeOutcome::Mismatch
+    );
+    // Another kind for the same phone is separate.
+    assert_eq!(
+        s.grants
+            .consume_grant(GrantKind::PasswordReset, &phone, None, 150)
+            .await
+            .unwrap(),
+        ConsumeOutcome::Missing
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let grants = s.grants.clone();
+        let phone = phone.clone();
+        tasks.push(tokio::spawn(async move {
+            grants
+                .consume_grant(GrantKind::Registration, &phone, Some(tok), 150)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut consumed = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            ConsumeOutcome::Consumed => consumed += 1,
+            ConsumeOutcome::Used => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(consumed, 1);
+    assert!(
+        s.grants
+            .grant(GrantKind::Registration, &phone)
+            .await
+            .unwrap()
+            .unwrap()
+            .used
+    );
+    // Replacing makes a fresh grant; expiry is exact.
+    s.grants.put_grant(g).await.unwrap();
+    assert_eq!(
+        s.grants
+            .consume_grant(GrantKind::Registration, &phone, Some(tok), 200)
+            .await
+            .unwrap(),
+        ConsumeOutcome::Expired
+    );
+}
+
+/// `acquire` records on every key only when every check passes; `peek`
+/// records nothing.
+pub async fn limits_all_or_nothing(s: &Stores) {
+    let l = &s.limits;
+    let a = LimitCheck::new("a", LimitRule::per(2, 100));
+    let b = LimitCheck::new("b", LimitRule::per(1, 100));
+    assert_eq!(
+        l.acquire(&[a.clone(), b.clone()], 10).await.unwrap(),
+        LimitDecision::Allowed
+    );
+    // b is full: nothing recorded on a either.
+    assert_eq!(
+        l.acquire(&[a.clone(), b.clone()], 20).await.unwrap(),
+        LimitDecision::Denied {
+            index: 1,
+            retry_at: 110
+        }
+    );
+    assert_eq!(
+        l.acquire(std::slice::from_ref(&a), 30).await.unwrap(),
+        LimitDecision::Allowed
+    );
+    assert_eq!(
+        l.peek(std::slice::from_ref(&a), 40).await.unwrap(),
+        LimitDecision::Denied {
+            index: 0,
+            retry_at: 110
+        }
+    );
+    // Window slides.
+    assert_eq!(
+        l.peek(std::slice::from_ref(&a), 110).await.unwrap(),
+        LimitDecision::Allowed
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            l.peek(std::slice::from_ref(&b), 110).await.unwrap(),
+            LimitDecision::Allowed
+        );
+    }
+    assert_eq!(
+        l.acquire(std::slice::from_ref(&b), 110).await.unwrap(),
+        LimitDecision::Allowed
+    );
+}
+
+/// Concurrent acquirers never get more than `max` hits allowed.
+pub async fn limits_concurrent_never_exceed(s: &Stores) {
+    let check = LimitCheck::new("hot", LimitRule::per(10, 1_000));
+    let mut tasks = Vec::new();
+    for _ in 0..60 {
+        let l = s.limits.clone();
+        let c = check.clone();
+        tasks.push(tokio::spawn(
+            async move { l.acquire(&[c], 5).await.unwrap() },
+        ));
+    }
+    let mut allowed = 0;
+    for t in tasks {
+        if t.await.unwrap().is_allowed() {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 10);
+    // Concurrent unconditional records are never lost.
+    let counted = LimitCheck::new("counted", LimitRule::per(20, 1_000));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let l = s.limits.clone();
+        let c = counted.clone();
+        tasks.push(tokio::spawn(async move { l.record(&c, 5).await.unwrap() }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(!s.limits.peek(&[counted], 5).await.unwrap().is_allowed());
+}
+
+/// A lockout fires at `max` and lasts its time; `reset` forgets the key.
+pub async fn limits_lockout_and_reset(s: &Stores) {
+    let c = LimitCheck::new("login", LimitRule::per(3, 900).with_lockout(900));
+    for t in [1, 2, 3] {
+        s.limits.record(&c, t).await.unwrap();
+    }
+    assert_eq!(
+        s.limits.peek(std::slice::from_ref(&c), 500).await.unwrap(),
+        LimitDecision::Denied {
+            index: 0,
+            retry_at: 903
+        }
+    );
+    assert!(s
+        .limits
+        .peek(std::slice::from_ref(&c), 903)
+        .await
+        .unwrap()
+        .is_allowed());
+    s.limits.record(&c, 1_000).await.unwrap();
+    s.limits.reset("login").await.unwrap();
+    s.limits.record(&c, 1_001).await.unwrap();
+    s.limits.record(&c, 1_002).await.unwrap();
+    assert!(s
+        .limits
+        .peek(std::slice::from_ref(&c), 1_003)
+        .await
+        .unwrap()
+        .is_allowed());
+    // unrecord takes back exactly one hit.
+    let u = LimitCheck::new("undo", LimitRule::per(2, 100));
+    let one = std::slice::from_ref(&u);
+    assert!(s.limits.acquire(one, 10).await.unwrap().is_allowed());
+    assert!(s.limits.acquire(one, 11).await.unwrap().is_allowed());
+    assert!(!s.limits.peek(one, 12).await.unwrap().is_allowed());
+    s.limits.unrecord(&u, 11).await.unwrap();
+    assert!(s.limits.peek(one, 12).await.unwrap().is_allowed());
+    s.limits.unrecord(&u, 99).await.unwrap();
+    assert!(s.limits.acquire(one, 12).await.unwrap().is_allowed());
+    assert!(!s.limits.peek(one, 13).await.unwrap().is_allowed());
+}
+
+fn info(mobile: &str, cid: &str, area: Option<&str>) -> NumberInfo {
+    NumberInfo {
+        mobile: PhoneNumber::parse_cn_mobile(mobile).expect("valid phone"),
+        cid: cid.into(),
+        imsi: format!("imsi-{mobile}"),
+        imei: "imei".into(),
+        iccid: "iccid".into(),
+        ip: "10.0.0.1".into(),
+        area: area.map(str::to_owned),
+    }
+}
+
+fn numbers(n: usize) -> Vec<NumberInfo> {
+    (0..n)
+        .map(|i| info(&format!("1380000{:04}", i), "dev", None))
+        .collect()
+}
+
+fn lease_req(user: u32, item: &str, ids: &[&str], now: i64, filter: LeaseFilter) -> LeaseRequest {
+    LeaseRequest {
+        user: UserId::from_string(format!("{user:032x}")),
+        item: item.into(),
+        lease_ids: ids.iter().map(|s| s.to_string()).collect(),
+        filter,
+        now,
+        until: now + 100,
+        hold_id: format!("hold-{user}-{now}"),
+        price: 5,
+    }
+}
+
+/// Intake: capped by the pool size minus available numbers, in order;
+/// re-uploads refresh and are listed without counting; `full` when nothing
+/// could be taken.
+pub async fn pool_intake_caps_and_refresh(s: &Stores) {
+    let p = &s.pool;
+    assert_eq!(p.pool_size().await.unwrap(), DEFAULT_POOL_SIZE);
+    p.set_pool_size(3).await.unwrap();
+    assert_eq!(p.pool_size().await.unwrap(), 3);
+    let first = p.intake(numbers(5), 10).await.unwrap();
+    let all: Vec<PhoneNumber> = numbers(5).into_iter().map(|i| i.mobile).collect();
+    assert_eq!(first.used, all[..3].to_vec());
+    assert!(!first.full);
+    let again = p.intake(numbers(5)[3..].to_vec(), 11).await.unwrap();
+    assert!(again.used.is_empty());
+    assert!(again.full);
+    // A known number refreshes its metadata and is "used"; it does not count.
+    let mut refreshed = numbers(1)[0].clone();
+    refreshed.cid = "other-device".into();
+    refreshed.area = Some("北京".into());
+    let r = p
+        .intake(vec![refreshed.clone(), numbers(5)[4].clone()], 12)
+        .await
+        .unwrap();
+    assert_eq!(r.used, vec![refreshed.mobile.clone()]);
+    assert!(!r.full);
+    let n = p.number(&refreshed.mobile).await.unwrap().unwrap();
+    assert_eq!(n.info.cid, "other-device");
+    assert_eq!(n.info.area.as_deref(), Some("北京"));
+    assert_eq!(n.added_at, 10);
+    assert_eq!(n.operator, Operator::Cmcc);
+    assert!(p.number(&all[4]).await.unwrap().is_none());
+    // Leased numbers are not available: leasing one frees a place.
+    let leased = p
+        .lease(lease_req(1, "app", &["l1"], 20, LeaseFilter::default()))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1);
+    let r = p.intake(vec![numbers(5)[4].clone()], 21).await.unwrap();
+    assert_eq!(r.used, vec![all[4].clone()]);
+    p.set_pool_size(0).await.unwrap();
+    let r = p
+        .intake(vec![info("13900000000", "d", None)], 22)
+        .await
+        .unwrap();
+    assert!(r.full && r.used.is_empty());
+}
+
+/// A number is leased to one user at a time and never handed out twice for
+/// one item, by leases and hand-outs alike.
+pub async fn pool_lease_exclusive_and_once_per_item(s: &Stores) {
+    let p = &s.pool;
+    p.intake(numbers(5), 0).await.unwrap();
+    let a = p
+        .lease(lease_req(1, "A", &["a1", "a2"], 10, LeaseFilter::default()))
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 2);
+    assert_ne!(a[0].mobile, a[1].mobile);
+    assert_eq!(a[0].until, 110);
+    assert_eq!(a[0].hold_id, "hold-1-10");
+    assert!(!a[0].charged && !a[0].settled);
+    // Another user, another item: only the 3 free numbers.
+    let b = p
+        .lease(lease_req(
+            2,
+            "B",
+            &["b1", "b2", "b3", "b4", "b5"],
+            20,
+            LeaseFilter::default(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(b.len(), 3);
+    for l in &b {
+        assert!(a.iter().all(|x| x.mobile != l.mobile));
+    }
+    let n = p.number(&a[0].mobile).await.unwrap().unwrap();
+    assert_eq!(n.lease.as_ref().map(|l| l.lease_id.as_str()), Some("a1"));
+    assert!(!n.is_free(50) && n.is_free(110));
+    // Hand-outs skip leased numbers.
+    assert!(p.hand_out("C", 10, 50).await.unwrap().is_empty());
+    // After the leases end: item A never gets A's numbers again, but may get B's.
+    let again = p
+        .lease(lease_req(
+            3,
+            "A",
+            &["x1", "x2", "x3", "x4", "x5"],
+            200,
+            LeaseFilter::default(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 3);
+    for l in &again {
+        assert!(a.iter().all(|x| x.mobile != l.mobile));
+    }
+    // Hand-outs count as use for an app, and leases for the item count for hand-outs.
+    let h = p.hand_out("B", 10, 400).await.unwrap();
+    assert_eq!(h.len(), 2, "B leased 3 of 5 already");
+    assert!(p.hand_out("B", 10, 400).await.unwrap().is_empty());
+    let h = p.hand_out("D", 2, 400).await.unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!(p.hand_out("D", 10, 400).await.unwrap().len(), 3);
+    assert_eq!(p.lease_record("a1").await.unwrap().unwrap().user, a[0].user);
+    assert!(p.lease_record("nope").await.unwrap().is_none());
+}
+
+/// Concurrent leases never get the same number.
+pub async fn pool_concurrent_leases_distinct(s: &Stores) {
+    s.pool.intake(numbers(10), 0).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40u32 {
+        let p = s.pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("c{i}");
+            p.lease(lease_req(
+                i,
+                "item",
+                &[id.as_str()],
+                5,
+                LeaseFilter::default(),
+            ))
+            .await
+            .unwrap()
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.extend(t.await.unwrap());
+    }
+    assert_eq!(got.len(), 10);
+    let mut mobiles: Vec<_> = got.iter().map(|l| l.mobile.clone()).collect();
+    mobiles.sort();
+    mobiles.dedup();
+    assert_eq!(mobiles.len(), 10);
+    // Concurrent hand-outs for one app: each number once.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let p = s.pool.clone();
+        tasks.push(tokio::spawn(async move {
+            p.hand_out("app", 3, 1_000).await.unwrap()
+        }));
+    }
+    let mut handed = Vec::new();
+    for t in tasks {
+        handed.extend(t.await.unwrap().into_iter().map(|i| i.mobile));
+    }
+    assert_eq!(handed.len(), 10);
+    handed.sort();
+    handed.dedup();
+    assert_eq!(handed.len(), 10);
+}
+
+/// Area, operator and custom-number filters.
+pub async fn pool_filters(s: &Stores) {
+    let p = &s.pool;
+    p.intake(
+        vec![
+            info("13800000001", "d", Some("北京")),
+            info("13000000002", "d", Some("上海")),
+            info("13300000003", "d", None),
+        ],
+        0,
+    )
+    .await
+    .unwrap();
+    let f = LeaseFilter {
+        operator: Some(Operator::Unicom),
+        ..Default::default()
+    };
+    let l = p.lease(lease_req(1, "i", &["1", "2"], 1, f)).await.unwrap();
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].mobile.to_string(), "13000000002");
+    let f = LeaseFilter {
+        area: Some("北京".into()),
+        ..Default::default()
+    };
+    let l = p.lease(lease_req(1, "i", &["3"], 1, f)).await.unwrap();
+    assert_eq!(l[0].mobile.to_string(), "13800000001");
+    let f = LeaseFilter {
+        custom: Some(PhoneNumber::parse_cn_mobile("13300000003").unwrap()),
+        ..Default::default()
+    };
+    let l = p
+        .lease(lease_req(1, "j", &["4", "5"], 1, f.clone()))
+        .await
+        .unwrap();
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].mobile.to_string(), "13300000003");
+    assert!(p
+        .lease(lease_req(2, "k", &["6"], 2, f))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// `mark_charged` and `mark_settled` succeed once; due leases are the ended,
+/// unsettled ones; settling frees the place in the pool.
+pub async fn pool_charged_and_settled_once(s: &Stores) {
+    let p = &s.pool;
+    p.set_pool_size(2).await.unwrap();
+    p.intake(numbers(2), 0).await.unwrap();
+    let l = p
+        .lease(lease_req(1, "i", &["z1", "z2"], 10, LeaseFilter::default()))
+        .await
+        .unwrap();
+    assert_eq!(l.len(), 2);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let p = s.pool.clone();
+        tasks.push(tokio::spawn(
+            async move { p.mark_charged("z1").await.unwrap() },
+        ));
+    }
+    let mut trues = 0;
+    for t in tasks {
+        trues += t.await.unwrap() as u32;
+    }
+    assert_eq!(trues, 1);
+    assert!(p.lease_record("z1").await.unwrap().unwrap().charged);
+    assert!(p.due_leases(109, 10).await.unwrap().is_empty());
+    let due = p.due_leases(110, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    assert_eq!(p.due_leases(110, 1).await.unwrap().len(), 1);
+    // Both numbers are under unsettled leases: a new one fits in the pool of 2.
+    let r = p
+        .intake(vec![info("13900000009", "d", None)], 111)
+        .await
+        .unwrap();
+    assert_eq!(r.used.len(), 1);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let p = s.pool.clone();
+        tasks.push(tokio::spawn(
+            async move { p.mark_settled("z2").await.unwrap() },
+        ));
+    }
+    let mut trues = 0;
+    for t in tasks {
+        trues += t.await.unwrap() as u32;
+    }
+    assert_eq!(trues, 1);
+    let due = p.due_leases(500, 10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+        vec!["z1"]
+    );
+    assert!(p.lease_record("z2").await.unwrap().unwrap().settled);
+    assert!(!p.mark_settled("nope").await.unwrap());
+    // z2 settled: 3 stored, 1 unsettled lease → 2 available, the pool of 2 is full.
+    let r = p
+        .intake(vec![info("13900000010", "d", None)], 501)
+        .await
+        .unwrap();
+    assert!(r.full);
+}
+
+/// Items are created and replaced by id.
+pub async fn items_put_and_get(s: &Stores) {
+    let mut item = Item {
+        id: "com.yy.huanju".into(),
+        name: "欢聚".into(),
+        price: 10,
+        send_price: 2,
+        code_pattern: None,
+    };
+    assert!(s.items.item(&item.id).await.unwrap().is_none());
+    s.items.put_item(item.clone()).await.unwrap();
+    assert_eq!(s.items.item(&item.id).await.unwrap(), Some(item.clone()));
+    item.price = 12;
+    item.code_pattern = Some(r"(\d{6})".into());
+    s.items.put_item(item.clone()).await.unwrap();
+    assert_eq!(s.items.item(&item.id).await.unwrap(), Some(item));
+}
+
+fn sms(i: usize) -> ReceivedSms {
+    ReceivedSms {
+        mobile: PhoneNumber::parse_cn_mobile("13800000000").unwrap(),
+        text: format!("code {i:06}"),
+        code: format!("{i:06}"),
+        appname: Some("app".into()),
+        chanlid: None,
+        at: i as i64,
+    }
+}
+
+/// Queues are FIFO and each entry goes to exactly one taker.
+pub async fn queues_fifo_and_take_once(s: &Stores) {
+    let q = &s.queues;
+    for i in 0..5 {
+        q.push_sms("app", sms(i)).await.unwrap();
+    }
+    q.push_sms("other", sms(99)).await.unwrap();
+    let first = q.take_sms("app", 2).await.unwrap();
+    assert_eq!(first, vec![sms(0), sms(1)]);
+    let rest = q.take_sms("app", 10).await.unwrap();
+    assert_eq!(rest, vec![sms(2), sms(3), sms(4)]);
+    assert!(q.take_sms("app", 10).await.unwrap().is_empty());
+    assert_eq!(q.take_sms("other", 10).await.unwrap(), vec![sms(99)]);
+    for i in 0..50 {
+        q.push_sms("hot", sms(i)).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let q = s.queues.clone();
+        tasks.push(tokio::spawn(
+            async move { q.take_sms("hot", 7).await.unwrap() },
+        ));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap().into_iter().map(|m| m.at));
+    }
+    let got = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), got, "an entry went to two takers");
+    let left = q.take_sms("hot", 100).await.unwrap().len();
+    assert_eq!(got + left, 50);
+    let m = |i: i64| DeviceMessage {
+        mobile: PhoneNumber::parse_cn_mobile("13800000000").unwrap(),
+        item_id: "app".into(),
+        msg: format!("m{i}"),
+        at: i,
+    };
+    q.push_device_message("cid-1", m(1)).await.unwrap();
+    q.push_device_message("cid-1", m(2)).await.unwrap();
+    q.push_device_message("cid-2", m(3)).await.unwrap();
+    assert_eq!(
+        q.take_device_messages("cid-1", 10).await.unwrap(),
+        vec![m(1), m(2)]
+    );
+    assert!(q
+        .take_device_messages("cid-1", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        q.take_device_messages("cid-2", 10).await.unwrap(),
+        vec![m(3)]
+    );
+}
+
+/// Mailbox entries keep increasing sequence numbers and stay until acked.
+pub async fn mailbox_sequence_and_ack(s: &Stores) {
+    let q = &s.queues;
+    let u = UserId::from_string("u1".into());
+    let v = UserId::from_string("u2".into());
+    let push = |m: &str| Push::RecvMsg {
+        mobile: "13800000000".into(),
+        msg: m.into(),
+    };
+    let a = q.mailbox_push(&u, push("a")).await.unwrap();
+    let b = q.mailbox_push(&u, push("b")).await.unwrap();
+    let c = q.mailbox_push(&v, push("c")).await.unwrap();
+    assert!(a < b && b < c);
+    assert_eq!(
+        q.mailbox(&u).await.unwrap(),
+        vec![(a, push("a")), (b, push("b"))]
+    );
+    q.mailbox_ack(&u, a).await.unwrap();
+    q.mailbox_ack(&u, 12345).await.unwrap();
+    assert_eq!(q.mailbox(&u).await.unwrap(), vec![(b, push("b"))]);
+    assert_eq!(q.mailbox(&v).await.unwrap(), vec![(c, push("c"))]);
+}
+
+fn lreq(op_id: &str, user: &str, op: LedgerOp) -> LedgerRequest {
+    LedgerRequest {
+        op_id: op_id.into(),
+        user: UserId::from_string(user.into()),
+        op,
+        at: 1,
+    }
+}
+
+/// Operation ids apply once; holds, captures and releases move exactly what
+/// they say; the total equals the sum of the entries.
+pub async fn ledger_idempotent_and_exact(s: &Stores) {
+    let l = &s.ledger;
+    let u = UserId::from_string("payer".into());
+    assert_eq!(l.balance(&u).await.unwrap().total, 0);
+    let r = l
+        .apply(lreq("c1", "payer", LedgerOp::Charge { amount: 100 }))
+        .await
+        .unwrap();
+    assert!(matches!(r, LedgerOutcome::Applied(b) if b.total == 100));
+    let r = l
+        .apply(lreq("c1", "payer", LedgerOp::Charge { amount: 100 }))
+        .await
+        .unwrap();
+    assert!(matches!(r, LedgerOutcome::Duplicate(b) if b.total == 100));
+    let r = l
+        .apply(lreq(
+            "h1",
+            "payer",
+            LedgerOp::Hold {
+                amount: 60,
+                expires_at: None,
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(r, LedgerOutcome::Applied(b) if b.held == 60 && b.available() == 40));
+    let r = l
+        .apply(lreq("d1", "payer", LedgerOp::Debit { amount: 41 }))
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        LedgerOutcome::Refused(Refusal::Insufficient { available: 40 })
+    );
+    assert!(
+        l.entry("d1").await.unwrap().is_none(),
+        "refusals record nothing"
+    );
+    let cap = |id: &str, amount| {
+        lreq(
+            id,
+            "payer",
+            LedgerOp::Capture {
+                hold_id: "h1".into(),
+                amount,
+            },
+        )
+    };
+    let rel = |id: &str, amount| {
+        lreq(
+            id,
+            "payer",
+            LedgerOp::Release {
+                hold_id: "h1".into(),
+                amount,
+            },
+        )
+    };
+    assert!(
+        matches!(l.apply(cap("x1", 20)).await.unwrap(), LedgerOutcome::Applied(b) if b.total == 80 && b.held == 40)
+    );
+    assert!(matches!(
+        l.apply(cap("x1", 20)).await.unwrap(),
+        LedgerOutcome::Duplicate(_)
+    ));
+    assert_eq!(
+        l.apply(rel("r1", 41)).await.unwrap(),
+        LedgerOutcome::Refused(Refusal::BadHold)
+    );
+    assert!(
+        matches!(l.apply(rel("r1", 40)).await.unwrap(), LedgerOutcome::Applied(b) if b.total == 80 && b.held == 0)
+    );
+    assert_eq!(l.hold("h1").await.unwrap().unwrap().remaining, 0);
+    let other = lreq(
+        "r2",
+        "thief",
+        LedgerOp::Release {
+            hold_id: "h1".into(),
+            amount: 1,
+        },
+    );
+    assert_eq!(
+        l.apply(other).await.unwrap(),
+        LedgerOutcome::Refused(Refusal::BadHold)
+    );
+    assert!(matches!(
+        l.apply(lreq("d2", "payer", LedgerOp::Debit { amount: 30 }))
+            .await
+            .unwrap(),
+        LedgerOutcome::Applied(_)
+    ));
+    assert!(matches!(
+        l.apply(lreq("f1", "payer", LedgerOp::Refund { amount: 5 })).await.unwrap(),
+        LedgerOutcome::Applied(b) if b.total == 55
+    ));
+    let entries = l.entries(&u).await.unwrap();
+    let ids: Vec<_> = entries.iter().map(|e| e.request.op_id.as_str()).collect();
+    assert_eq!(ids, vec!["c1", "h1", "x1", "r1", "d2", "f1"]);
+    let sum: i64 = entries.iter().map(|e| e.request.op.total_delta()).sum();
+    assert_eq!(sum, l.balance(&u).await.unwrap().total);
+    assert_eq!(
+        l.entry("x1").await.unwrap().unwrap().balance_after.total,
+        80
+    );
+}
+
+/// 100 concurrent debits of 10 against 500: exactly 50 apply; concurrent
+/// holds never overdraw; retried ids apply once.
+pub async fn ledger_concurrent_never_overdraw(s: &Stores) {
+    let u = UserId::from_string("busy".into());
+    s.ledger
+        .apply(lreq("top-up", "busy", LedgerOp::Charge { amount: 500 }))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let l = s.ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            l.apply(lreq(
+                &format!("d{i}"),
+                "busy",
+                LedgerOp::Debit { amount: 10 },
+            ))
+            .await
+            .unwrap()
+        }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), LedgerOutcome::Applied(_)) {
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 50);
+    let b = s.ledger.balance(&u).await.unwrap();
+    assert_eq!((b.total, b.held), (0, 0));
+    // Holds and retries of one id, concurrently.
+    s.ledger
+        .apply(lreq("top-up-2", "busy", LedgerOp::Charge { amount: 100 }))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let l = s.ledger.clone();
+        let id = format!("h{}", i % 20);
+        tasks.push(tokio::spawn(async move {
+            l.apply(lreq(
+                &id,
+                "busy",
+                LedgerOp::Hold {
+                    amount: 7,
+                    expires_at: None,
+                },
+            ))
+            .await
+            .unwrap()
+        }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), LedgerOutcome::Applied(_)) {
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 14, "100 / 7 = 14 holds fit");
+    let b = s.ledger.balance(&u).await.unwrap();
+    assert_eq!((b.total, b.held), (100, 98));
+    let entries = s.ledger.entries(&u).await.unwrap();
+    let sum: i64 = entries.iter().map(|e| e.request.op.total_delta()).sum();
+    assert_eq!(sum, b.total);
+}
+
+fn signature(owner: &str) -> Signature {
+    Signature {
+        id: 0,
+        owner: UserId::from_string(owner.into()),
+        text: "签名".into(),
+        source: "app".into(),
+        pics: vec!["https://x/1.png".into()],
+        audit: AuditStatus::Pending,
+        reject_reason: String::new(),
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn template(owner: &str, sign_id: i64) -> Template {
+    Template {
+        id: 0,
+        owner: UserId::from_string(owner.into()),
+        sign_id,
+        name: "t".into(),
+        content: "验证码${code}".into(),
+        kind: TemplateType::Code,
+        description: "d".into(),
+        audit: AuditStatus::Pending,
+        reject_reason: String::new(),
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+/// Ids are fresh and increasing; compare-and-set replaces; a signature with
+/// templates is not deleted; templates need their signature.
+pub async fn sending_signatures_and_templates(s: &Stores) {
+    let st = &s.sending;
+    let a = st.create_signature(signature("u1")).await.unwrap();
+    let b = st.create_signature(signature("u2")).await.unwrap();
+    assert!(a.id > 0 && b.id > a.id);
+    assert_eq!(st.signature(a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(st.signatures_of(&a.owner).await.unwrap(), vec![a.clone()]);
+    let mut passed = a.clone();
+    passed.audit = AuditStatus::Passed;
+    assert!(st.replace_signature(&a, passed.clone()).await.unwrap());
+    assert!(
+        !st.replace_signature(&a, a.clone()).await.unwrap(),
+        "stale CAS must fail"
+    );
+    let t = st
+        .create_template(template("u1", a.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(t.id > b.id);
+    assert!(st
+        .create_template(template("u1", 9_999))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(st.templates_of(&t.owner).await.unwrap(), vec![t.clone()]);
+    assert_eq!(
+        st.delete_signature(a.id).await.unwrap(),
+        DeleteOutcome::InUse
+    );
+    let mut t2 = t.clone();
+    t2.audit = AuditStatus::Rejected;
+    t2.reject_reason = "no".into();
+    assert!(st.replace_template(&t, t2.clone()).await.unwrap());
+    assert!(!st.replace_template(&t, t.clone()).await.unwrap());
+    assert_eq!(st.template(t.id).await.unwrap(), Some(t2));
+    assert!(st.delete_template(t.id).await.unwrap());
+    assert!(!st.delete_template(t.id).await.unwrap());
+    assert_eq!(
+        st.delete_signature(a.id).await.unwrap(),
+        DeleteOutcome::Deleted
+    );
+    assert_eq!(
+        st.delete_signature(a.id).await.unwrap(),
+        DeleteOutcome::Missing
+    );
+    assert!(st.signature(a.id).await.unwrap().is_none());
+    // A new id is never a reused one.
+    let c = st.create_signature(signature("u1")).await.unwrap();
+    assert!(c.id > t.id);
+    // Racing deletes and template creations never leave an orphan.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let st = s.sending.clone();
+        let id = c.id;
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                st.delete_signature(id).await.unwrap();
+            } else {
+                st.create_template(template("u1", id)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let orphans = st
+        .templates_of(&c.owner)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.sign_id == c.id)
+        .count();
+    let sig_exists = st.signature(c.id).await.unwrap().is_some();
+    assert!(
+        sig_exists || orphans == 0,
+        "templates left on a deleted signature"
+    );
+}
+
+/// Tasks start with every recipient pending; statuses move only from
+/// pending; state moves by compare-and-set; open tasks are listed in order.
+pub async fn sending_tasks_and_statuses(s: &Stores) {
+    let st = &s.sending;
+    let recipients: Vec<PhoneNumber> = (0..1_000)
+        .map(|i| PhoneNumber::parse_cn_mobile(&format!("1390000{i:04}")).unwrap())
+        .collect();
+    let task = |uuid: &str| SendTask {
+        uuid: uuid.into(),
+        owner: UserId::from_string("u1".into()),
+        sign_id: 1,
+        temp_id: 2,
+        text: "【签名】hi".into(),
+        segments: 1,
+        unit_price: 1,
+        recipients: recipients.clone(),
+        state: TaskState::Created,
+        created_at: 5,
+        finished_at: None,
+    };
+    st.create_task(task("t-1")).await.unwrap();
+    st.create_task(task("t-2")).await.unwrap();
+    assert!(st.create_task(task("t-1")).await.is_err(), "uuid is unique");
+    assert_eq!(st.task("t-1").await.unwrap(), Some(task("t-1")));
+    let statuses = st.recipient_statuses("t-1").await.unwrap();
+    assert_eq!(statuses.len(), 1_000);
+    assert!(statuses.iter().all(|x| *x == RecipientStatus::Pending));
+    assert_eq!(
+        st.open_tasks().await.unwrap(),
+        vec!["t-1".to_string(), "t-2".to_string()]
+    );
+    assert!(st
+        .set_task_state("t-1", TaskState::Created, TaskState::Queued, 6)
+        .await
+        .unwrap());
+    assert!(!st
+        .set_task_state("t-1", TaskState::Created, TaskState::Cancelled, 6)
+        .await
+        .unwrap());
+    let sent = |n: usize| RecipientStatus::Sent {
+        gateway_id: format!("g{n}"),
+        at: 7,
+    };
+    let failed = RecipientStatus::Failed {
+        reason: "no".into(),
+        at: 7,
+    };
+    st.record_statuses("t-1", (0..999).map(|i| (i, sent(i))).collect())
+        .await
+        .unwrap();
+    st.record_statuses(
+        "t-1",
+        vec![
+            (0, failed.clone()),
+            (999, failed.clone()),
+            (5_000, failed.clone()),
+        ],
+    )
+    .await
+    .unwrap();
+    let statuses = st.recipient_statuses("t-1").await.unwrap();
+    assert_eq!(statuses[0], sent(0), "a final status is never overwritten");
+    assert_eq!(statuses[998], sent(998));
+    assert_eq!(statuses[999], failed);
+    assert!(st
+        .set_task_state("t-1", TaskState::Queued, TaskState::Done, 8)
+        .await
+        .unwrap());
+    let done = st.task("t-1").await.unwrap().unwrap();
+    assert_eq!((done.state, done.finished_at), (TaskState::Done, Some(8)));
+    assert_eq!(st.open_tasks().await.unwrap(), vec!["t-2".to_string()]);
+    assert!(st.recipient_statuses("none").await.unwrap().is_empty());
+}
+
+/// Holds with an expiry are listed once expired while they still reserve
+/// something, earliest first.
+pub async fn ledger_expired_holds(s: &Stores) {
+    let l = &s.ledger;
+    l.apply(lreq("c", "u", LedgerOp::Charge { amount: 100 }))
+        .await
+        .unwrap();
+    for (id, exp) in [
+        ("h-late", Some(50)),
+        ("h-early", Some(20)),
+        ("h-never", None),
+    ] {
+        l.apply(lreq(
+            id,
+            "u",
+            LedgerOp::Hold {
+                amount: 10,
+                expires_at: exp,
+            },
+        ))
+        .await
+        .unwrap();
+    }
+    assert!(l.expired_holds(19, 10).await.unwrap().is_empty());
+    let ids = |v: Vec<crate::ledger::Hold>| v.into_iter().map(|h| h.hold_id).collect::<Vec<_>>();
+    assert_eq!(ids(l.expired_holds(20, 10).await.unwrap()), vec!["h-early"]);
+    assert_eq!(
+        ids(l.expired_holds(1_000, 10).await.unwrap()),
+        vec!["h-early", "h-late"]
+    );
+    assert_eq!(
+        ids(l.expired_holds(1_000, 1).await.unwrap()),
+        vec!["h-early"]
+    );
+    assert_eq!(
+        l.hold("h-early").await.unwrap().unwrap().expires_at,
+        Some(20)
+    );
+    // Fully released holds are no longer listed.
+    l.apply(lreq(
+        "r",
+        "u",
+        LedgerOp::Release {
+            hold_id: "h-early".into(),
+            amount: 10,
+        },
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        ids(l.expired_holds(1_000, 10).await.unwrap()),
+        vec!["h-late"]
+    );
+    // Partly captured ones still are.
+    l.apply(lreq(
+        "x",
+        "u",
+        LedgerOp::Capture {
+            hold_id: "h-late".into(),
+            amount: 4,
+        },
+    ))
+    .await
+    .unwrap();
+    let left = l.expired_holds(1_000, 10).await.unwrap();
+    assert_eq!((left.len(), left[0].remaining), (1, 6));
+}

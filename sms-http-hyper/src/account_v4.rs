@@ -1,0 +1,289 @@
+//! The `account_v4` dialect (seed 004): `/api/v4.0/…`, GET or POST,
+//! parameters as G2. `code` is always a JSON integer: 200 success, -1 the
+//! seed's failure, -2 wrong code at registration, and the extensions -3
+//! invalid parameter and -4 too frequent or locked, each with a `msg`.
+
+use http::Response;
+use serde_json::{json, Value};
+use sms_core::identity::{DisplayName, Password, PasswordPolicy};
+use sms_core::phone::PhoneNumber;
+use sms_core::{Core, CoreError};
+
+use crate::params::{Field, Params};
+use crate::response;
+use crate::service::{HttpBody, Incoming};
+
+/// `code` for failures of the platform itself, which the seed does not name.
+pub const INTERNAL: i64 = -500;
+
+/// An `account_v4` endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/api/v4.0/sendsms/<mobile>`.
+    SendSms,
+    /// `/api/v4.0/isregister/<phone>`.
+    IsRegister,
+    /// `/api/v4.0/register`.
+    Register,
+    /// `/api/v4.0/login`.
+    Login,
+    /// `/api/v4.0/verify_code`.
+    VerifyCode,
+    /// `/api/v4.0/forget_password`.
+    ForgetPassword,
+}
+
+const PREFIX: &str = "/api/v4.0/";
+
+impl Endpoint {
+    /// The endpoint at `path`, with its path segment (the phone) if it has
+    /// one, percent-decoded.
+    pub fn from_path(path: &str) -> Option<(Self, Option<String>)> {
+        let rest = path.strip_prefix(PREFIX)?;
+        let (name, seg) = match rest.split_once('/') {
+            Some((n, s)) => (n, Some(s)),
+            None => (rest, None),
+        };
+        let decode = percent_decode;
+        Some(match (name, seg) {
+            ("sendsms", Some(s)) if !s.contains('/') => (Self::SendSms, Some(decode(s))),
+            ("isregister", Some(s)) if !s.contains('/') => (Self::IsRegister, Some(decode(s))),
+            ("register", None) => (Self::Register, None),
+            ("login", None) => (Self::Login, None),
+            ("verify_code", None) => (Self::VerifyCode, None),
+            ("forget_password", None) => (Self::ForgetPassword, None),
+            _ => return None,
+        })
+    }
+}
+
+/// Percent-decodes a path segment (`+` stays `+`).
+pub fn percent_decode(s: &str) -> String {
+    // form_urlencoded would turn '+' into a space; a path keeps '+' as is.
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn reply(code: i64, msg: &str) -> Value {
+    json!({ "code": code, "data": "", "msg": msg })
+}
+
+fn invalid(what: &str) -> Value {
+    reply(-3, &format!("参数错误: {what}"))
+}
+
+fn limited(e: &CoreError) -> Option<Value> {
+    let msg = match e {
+        CoreError::CodeCooldown { .. } => "请求过于频繁，请稍后再试",
+        CoreError::RateLimited { .. } => "请求过于频繁，请稍后再试",
+        CoreError::AccountLocked { .. } => "登录失败次数过多，账号暂时锁定",
+        CoreError::CodeChecksLocked { .. } => "验证失败次数过多，请稍后再试",
+        CoreError::Banned => "账号已被封禁",
+        _ => return None,
+    };
+    Some(reply(-4, msg))
+}
+
+fn internal(e: &CoreError) -> Value {
+    tracing::error!(error = %e, "account_v4: internal failure");
+    reply(INTERNAL, "服务器繁忙，请稍后再试")
+}
+
+/// Serves one `account_v4` request.
+pub async fn handle(
+    core: &Core,
+    endpoint: Endpoint,
+    segment: Option<String>,
+    req: &Incoming,
+) -> Response<HttpBody> {
+    let mut p = Params::from_parts(req.query.as_deref(), req.content_type.as_deref(), &req.body);
+    if let Some(seg) = segment {
+        let name = match endpoint {
+            Endpoint::SendSms => "mobile",
+            _ => "phone",
+        };
+        p.set(name, seg);
+    }
+    let body = match endpoint {
+        Endpoint::SendSms => send_sms(core, &p, req).await,
+        Endpoint::IsRegister => is_register(core, &p, req).await,
+        Endpoint::Register => register(core, &p).await,
+        Endpoint::Login => login(core, &p).await,
+        Endpoint::VerifyCode => verify_code(core, &p).await,
+        Endpoint::ForgetPassword => forget_password(core, &p).await,
+    };
+    response::ok(&body)
+}
+
+fn phone(p: &Params, name: &str) -> Result<PhoneNumber, Value> {
+    p.text(name)
+        .and_then(|s| PhoneNumber::parse_cn_mobile(s).ok())
+        .ok_or_else(|| invalid("手机号格式错误"))
+}
+
+/// `expect`: 0 (default) or 1.
+fn expect(p: &Params) -> Result<bool, Value> {
+    match p.field("expect") {
+        Field::Missing => Ok(false),
+        Field::Text("0") => Ok(false),
+        Field::Text("1") => Ok(true),
+        _ => Err(invalid("expect 只能为 0 或 1")),
+    }
+}
+
+fn password(p: &Params) -> Result<Password, Value> {
+    let raw = match p.field("password") {
+        Field::Text(s) => s,
+        _ => "",
+    };
+    Password::parse(raw, PasswordPolicy::SHORT).map_err(|_| invalid("密码须为 6-14 位可见字符"))
+}
+
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(v) => return v,
+        }
+    };
+}
+
+async fn send_sms(core: &Core, p: &Params, req: &Incoming) -> Value {
+    let phone = tri!(phone(p, "mobile"));
+    let expect = tri!(expect(p));
+    match core
+        .accounts
+        .send_phone_code(&phone, expect, req.client_ip)
+        .await
+    {
+        Ok(_) => json!({ "code": 200, "msg": "发送成功" }),
+        Err(CoreError::AlreadyRegistered) => reply(-1, "手机号已经被注册"),
+        Err(CoreError::NotRegistered) => reply(-1, "手机号未注册"),
+        Err(e) => limited(&e).unwrap_or_else(|| internal(&e)),
+    }
+}
+
+async fn is_register(core: &Core, p: &Params, req: &Incoming) -> Value {
+    let phone = tri!(phone(p, "phone"));
+    let expect = tri!(expect(p));
+    match core.accounts.probe_registered(&phone, req.client_ip).await {
+        Ok(registered) => match (expect, registered) {
+            (false, false) => reply(200, "手机号未注册"),
+            (true, true) => reply(200, "手机号已注册"),
+            (false, true) => reply(-1, "手机号已经被注册"),
+            (true, false) => reply(-1, "手机号未注册"),
+        },
+        Err(e) => limited(&e).unwrap_or_else(|| internal(&e)),
+    }
+}
+
+fn session_data(core_user: &sms_core::user::User, token: &str, change_device: bool) -> Value {
+    json!({
+        "change_device": change_device,
+        "enterprise_id": -1,
+        "token": token,
+        "user_id": core_user.id.as_str(),
+        "name": core_user.name.as_ref().map(|n| n.as_str()).unwrap_or(""),
+        "pemissions": [],
+        "apply": {},
+    })
+}
+
+async fn register(core: &Core, p: &Params) -> Value {
+    let phone = tri!(phone(p, "phone"));
+    let name = tri!(p
+        .text("name")
+        .and_then(|n| DisplayName::parse(n).ok())
+        .ok_or_else(|| invalid("姓名不能为空")));
+    let password = tri!(password(p));
+    let device = p.text("device_identifier");
+    let code = p.text("code").unwrap_or("");
+    match core
+        .accounts
+        .register_phone(&phone, name, password, device, code)
+        .await
+    {
+        Ok(out) => json!({
+            "code": 200,
+            "data": session_data(&out.user, out.token.expose(), out.change_device),
+            "msg": "注册成功",
+        }),
+        Err(CoreError::PhoneTaken) => reply(-1, "手机号已经被注册"),
+        Err(CoreError::CodeInvalid) => reply(-2, "验证码错误"),
+        Err(e) => limited(&e).unwrap_or_else(|| internal(&e)),
+    }
+}
+
+async fn login(core: &Core, p: &Params) -> Value {
+    let phone = tri!(phone(p, "phone"));
+    let password = p.text("password").unwrap_or("");
+    let device = p.text("device_identifier");
+    match core.accounts.login_phone(&phone, password, device).await {
+        Ok(out) => json!({
+            "code": 200,
+            "data": session_data(&out.user, out.token.expose(), out.change_device),
+            "msg": "登录成功",
+        }),
+        Err(CoreError::WrongPassword | CoreError::UserNotFound) => reply(-1, "手机号或密码错误"),
+        Err(e) => limited(&e).unwrap_or_else(|| internal(&e)),
+    }
+}
+
+async fn verify_code(core: &Core, p: &Params) -> Value {
+    let phone = tri!(phone(p, "phone"));
+    let code = p.text("code").unwrap_or("");
+    match core.accounts.verify_reset_code(&phone, code).await {
+        Ok(()) => reply(200, "验证码正确"),
+        Err(CoreError::CodeInvalid) => reply(-1, "验证码不正确"),
+        Err(e) => limited(&e).unwrap_or_else(|| internal(&e)),
+    }
+}
+
+async fn forget_password(core: &Core, p: &Params) -> Value {
+    let phone = tri!(phone(p, "phone"));
+    let password = tri!(password(p));
+    match core
+        .accounts
+        .reset_password_with_permit(&phone, password)
+        .await
+    {
+        Ok(()) => reply(200, "修改成功"),
+        Err(CoreError::NotValidated | CoreError::GrantInvalid) => reply(-1, "请先验证验证码"),
+        Err(e) => limited(&e).unwrap_or_else(|| internal(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_segments() {
+        assert_eq!(
+            Endpoint::from_path("/api/v4.0/sendsms/%2B8613811112222"),
+            Some((Endpoint::SendSms, Some("+8613811112222".into())))
+        );
+        assert_eq!(Endpoint::from_path("/api/v4.0/sendsms/a/b"), None);
+        assert_eq!(
+            Endpoint::from_path("/api/v4.0/login"),
+            Some((Endpoint::Login, None))
+        );
+        assert_eq!(Endpoint::from_path("/api/v4.0/login/x"), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("a%20b"), "a b");
+    }
+}

@@ -1,0 +1,52 @@
+//! # sms-http-hyper
+//!
+//! The HTTP front end of the SMS platform on hyper 1.x: the `hub`,
+//! `telsignup` and `account_v4` dialects over one [`sms_core::Core`].
+//!
+//! * [`SmsService`] is a `tower_service::Service<http::Request<B>>` for any
+//!   body `B` (`Error = Infallible`, `Clone + Send + Sync`): mount it in axum
+//!   with `nest_service`/`fallback_service`, or in raw hyper through
+//!   `hyper_util::service::TowerToHyperService`.
+//! * [`serve`] runs it on a listener with hyper-util's auto (HTTP/1 + HTTP/2)
+//!   builder, a header-read timeout, a connection cap and graceful shutdown.
+//!
+//! Each dialect lives in its own module ([`hub`], [`telsignup`],
+//! [`account_v4`]) holding its wire shapes and the one `match` that maps
+//! [`sms_core::CoreError`] to its seed's codes.
+//!
+//! ## Usage
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use sms_core::prelude::*;
+//! use sms_http_hyper::{serve, HttpConfig, ServerConfig, SmsService};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let core = Core::builder(
+//!     Stores::from_single(Arc::new(MemoryStore::new())),
+//!     Arc::new(RecordingSender::new()),
+//! )
+//! .build();
+//! let service = SmsService::new(core, HttpConfig::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! serve(listener, service, ServerConfig::default(), std::future::pending()).await;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod account_v4;
+pub mod client_addr;
+pub mod hub;
+pub mod idle;
+pub mod openapi;
+pub mod params;
+pub mod pool;
+pub mod response;
+pub mod sendapi;
+pub mod server;
+pub mod service;
+pub mod telsignup;
+
+pub use client_addr::{ClientAddr, TrustedProxies};
+pub use server::{serve, ServerConfig};
+pub use service::{HttpBody, HttpConfig, SmsService};

@@ -1,0 +1,287 @@
+//! [`SmsService`]: routing, body limits and client addresses, in front of the
+//! dialect modules.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use sms_core::Core;
+
+use crate::client_addr::{ClientAddr, TrustedProxies};
+use crate::response;
+use crate::{account_v4, hub, openapi, pool, sendapi, telsignup};
+
+/// The response body of every route.
+pub type HttpBody = Full<Bytes>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Settings of the HTTP front end.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest request body accepted; larger answers 413 (default 1 MiB, G4).
+    pub body_limit: usize,
+    /// Proxies whose `X-Forwarded-For` is believed (G11; none by default).
+    pub trusted_proxies: TrustedProxies,
+    /// The whole body must arrive within this time, else 408 (default 30 s).
+    pub body_timeout: std::time::Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            body_limit: 1024 * 1024,
+            trusted_proxies: TrustedProxies::default(),
+            body_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// The dialect and endpoint a request is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    Hub(hub::Endpoint),
+    Telsignup,
+    AccountV4(account_v4::Endpoint, Option<String>),
+    Pool(pool::Endpoint),
+    Admin(sendapi::Admin),
+    SendApi(sendapi::Route),
+    OpenApi(openapi::Document),
+}
+
+impl Route {
+    fn find(path: &str) -> Option<Self> {
+        if let Some(d) = openapi::Document::from_path(path) {
+            return Some(Self::OpenApi(d));
+        }
+        if let Some(e) = hub::Endpoint::from_path(path) {
+            return Some(Self::Hub(e));
+        }
+        if path == "/index.php" {
+            return Some(Self::Telsignup);
+        }
+        if let Some(r) = sendapi::Route::from_path(path) {
+            return Some(Self::SendApi(r));
+        }
+        if let Some(a) = sendapi::Admin::from_path(path) {
+            return Some(Self::Admin(a));
+        }
+        if let Some(e) = pool::Endpoint::from_path(path) {
+            return Some(Self::Pool(e));
+        }
+        account_v4::Endpoint::from_path(path).map(|(e, seg)| Self::AccountV4(e, seg))
+    }
+
+    /// The methods the route takes, as an `Allow` header value.
+    fn allowed(&self) -> &'static str {
+        match self {
+            Self::Hub(_) | Self::Telsignup | Self::Admin(_) => "POST",
+            Self::AccountV4(..) => "GET, POST",
+            Self::Pool(e) => match e.method() {
+                Method::GET => "GET",
+                Method::PUT => "PUT",
+                _ => "POST",
+            },
+            Self::SendApi(r) => r.allowed(),
+            Self::OpenApi(_) => "GET",
+        }
+    }
+
+    fn allows(&self, method: &Method) -> bool {
+        self.allowed().split(", ").any(|m| m == method.as_str())
+    }
+}
+
+/// A request after routing and body collection, as the dialects see it.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// The `Content-Type` header, if readable.
+    pub content_type: Option<String>,
+    /// The request headers.
+    pub headers: http::HeaderMap,
+    /// The whole body (within the limit).
+    pub body: Bytes,
+    /// The client's address (G11), when known.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// The HTTP front end as a tower service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SmsService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    core: Core,
+    config: HttpConfig,
+}
+
+impl SmsService {
+    /// A service over `core`.
+    pub fn new(core: Core, config: HttpConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner { core, config }),
+        }
+    }
+
+    /// The core behind the service.
+    pub fn core(&self) -> &Core {
+        &self.inner.core
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &HttpConfig {
+        &self.inner.config
+    }
+
+    /// True when this service answers `path` (so a router in front can send
+    /// everything else elsewhere).
+    pub fn handles_path(path: &str) -> bool {
+        Route::find(path).is_some()
+    }
+
+    /// Handles one request. Never fails; never answers 5xx for anything a
+    /// client can send.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<HttpBody>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let Some(route) = Route::find(&path) else {
+            return response::message(StatusCode::NOT_FOUND, "not found");
+        };
+        if !route.allows(req.method()) {
+            return method_not_allowed(route.allowed());
+        }
+        let client_ip = req.extensions().get::<ClientAddr>().map(|c| {
+            self.inner
+                .config
+                .trusted_proxies
+                .client_ip(c.0.ip(), req.headers())
+        });
+        let query = req.uri().query().map(str::to_owned);
+        let content_type = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (parts, body) = req.into_parts();
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.inner.config.body_limit as u64) {
+            // Refuse before reading (and before any `100 Continue`).
+            return closing(response::message(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload too large",
+            ));
+        }
+        let collect = Limited::new(body, self.inner.config.body_limit).collect();
+        let body = match tokio::time::timeout(self.inner.config.body_timeout, collect).await {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return closing(response::message(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload too large",
+                ));
+            }
+            Ok(Err(_)) => {
+                return closing(response::message(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable body",
+                ))
+            }
+            Err(_) => {
+                return closing(response::message(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body too slow",
+                ))
+            }
+        };
+        let incoming = Incoming {
+            query,
+            content_type,
+            headers: parts.headers,
+            body,
+            client_ip,
+        };
+        let core = &self.inner.core;
+        match route {
+            Route::Hub(e) => hub::handle(core, e, &incoming).await,
+            Route::Telsignup => telsignup::handle(core, &incoming).await,
+            Route::AccountV4(e, seg) => account_v4::handle(core, e, seg, &incoming).await,
+            Route::Pool(e) => pool::handle(core, e, &incoming).await,
+            Route::Admin(a) => sendapi::handle_admin(core, a, &incoming).await,
+            Route::SendApi(r) => sendapi::handle(core, r, &method, &incoming).await,
+            Route::OpenApi(d) => openapi::handle(d),
+        }
+    }
+}
+
+/// `405` with the `Allow` header RFC 9110 asks for.
+pub fn method_not_allowed(allow: &'static str) -> Response<HttpBody> {
+    let mut resp = response::message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    resp.headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    resp
+}
+
+/// Marks a response as the last on its connection (the request body was not
+/// read to its end).
+fn closing(mut resp: Response<HttpBody>) -> Response<HttpBody> {
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
+impl<B> tower_service::Service<Request<B>> for SmsService
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<HttpBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            // A safety net: a bug must cost one response, never the
+            // connection or the process.
+            match AssertUnwindSafe(this.handle(req)).catch_unwind().await {
+                Ok(resp) => Ok(resp),
+                Err(_) => {
+                    tracing::error!("request handler panicked");
+                    Ok(response::message(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error",
+                    ))
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,682 @@
+//! [`SendStore`]: signatures, templates and send tasks.
+//!
+//! * `signatures` / `templates`: big-endian id → record. Ids of both come
+//!   from one counter, `send_meta`'s `last_id` (the last id handed out),
+//!   incremented in the transaction that creates the record: increasing,
+//!   never reused, across restarts included.
+//! * `signatures_by_owner` / `templates_by_owner`: owner, 0 byte, big-endian
+//!   id → empty; scanned (outside transactions) by
+//!   [`signatures_of`](SendStore::signatures_of) and
+//!   [`templates_of`](SendStore::templates_of), so results come by id.
+//! * `templates_by_signature`: big-endian signature id, big-endian template
+//!   id → empty; and `template_counts`: big-endian signature id → how many
+//!   templates name it (absent: none). Both change in the same transactions
+//!   as the templates, and [`delete_signature`](SendStore::delete_signature)
+//!   reads the count in the transaction that deletes, which is what makes it
+//!   atomic with [`create_template`](SendStore::create_template) (sled
+//!   transactions cannot iterate).
+//! * `tasks`: uuid → [`SendTask`] (recipients included); `task_statuses`:
+//!   uuid, 0 byte, big-endian recipient index → [`RecipientStatus`], so a
+//!   prefix scan lists them in recipient order; `task_seq`: uuid → creation
+//!   sequence (big-endian, drawn inside the creating transaction, so it is
+//!   commit order); `tasks_open`: sequence → uuid of every task in `Created`
+//!   or `Queued`, kept in the transactions that create tasks and change their
+//!   state.
+
+use async_trait::async_trait;
+use sled::transaction::{abort, TransactionalTree};
+use sled::Transactional;
+
+use sms_core::error::UniqueField;
+use sms_core::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
+use sms_core::store::{DeleteOutcome, SendStore, StoreResult};
+use sms_core::user::UserId;
+
+use crate::{
+    decode, decode_opt, encode, seq_entries, seq_key, seq_of, seq_prefix, tx, Error, SledStore,
+    Trees, TxResult, SEND_META, SIGNATURES, TASKS, TASKS_OPEN, TASK_SEQ, TASK_STATUSES, TEMPLATES,
+    TEMPLATE_COUNTS,
+};
+
+/// `send_meta` key of the last signature or template id handed out.
+const META_LAST_ID: &[u8] = b"last_id";
+
+/// The key of a signature or template (and of a signature's count).
+fn id_key(id: i64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+/// The `*_by_owner` key of a record.
+fn owner_key(owner: &UserId, id: i64) -> Vec<u8> {
+    seq_key(owner.as_str().as_bytes(), id as u64)
+}
+
+/// The `templates_by_signature` key of a template.
+fn by_signature_key(sign_id: i64, id: i64) -> [u8; 16] {
+    let mut k = [0; 16];
+    k[..8].copy_from_slice(&sign_id.to_be_bytes());
+    k[8..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The `task_statuses` key of recipient `index` of task `uuid`.
+fn status_key(uuid: &str, index: usize) -> Vec<u8> {
+    seq_key(uuid.as_bytes(), index as u64)
+}
+
+/// States listed by [`SendStore::open_tasks`].
+fn is_open(state: TaskState) -> bool {
+    matches!(state, TaskState::Created | TaskState::Queued)
+}
+
+/// Draws the next signature or template id.
+fn tx_next_id(meta: &TransactionalTree) -> TxResult<i64> {
+    let last: i64 = tx(decode_opt(SEND_META, meta.get(META_LAST_ID)?))?.unwrap_or(0);
+    let Some(next) = last.checked_add(1) else {
+        return abort(Error::Malformed {
+            tree: SEND_META,
+            what: "id counter exhausted",
+        });
+    };
+    meta.insert(META_LAST_ID, tx(encode(SEND_META, &next))?)?;
+    Ok(next)
+}
+
+/// How many templates name signature `sign_id`.
+fn tx_template_count(counts: &TransactionalTree, sign_id: i64) -> TxResult<u64> {
+    Ok(tx(decode_opt(TEMPLATE_COUNTS, counts.get(id_key(sign_id))?))?.unwrap_or(0))
+}
+
+/// Adds a template to signature `sign_id` (`added`) or takes one away.
+fn tx_count_template(
+    counts: &TransactionalTree,
+    by_signature: &TransactionalTree,
+    sign_id: i64,
+    id: i64,
+    added: bool,
+) -> TxResult<()> {
+    let key = id_key(sign_id);
+    let count = tx_template_count(counts, sign_id)?;
+    let count = if added {
+        by_signature.insert(&by_signature_key(sign_id, id)[..], &b""[..])?;
+        count.saturating_add(1)
+    } else {
+        by_signature.remove(&by_signature_key(sign_id, id)[..])?;
+        count.saturating_sub(1)
+    };
+    if count == 0 {
+        counts.remove(&key[..])?;
+    } else {
+        counts.insert(&key[..], tx(encode(TEMPLATE_COUNTS, &count))?)?;
+    }
+    Ok(())
+}
+
+/// Moves a record's owner index entry when its owner changes.
+fn tx_move_owner(
+    by_owner: &TransactionalTree,
+    id: i64,
+    from: &UserId,
+    to: &UserId,
+) -> TxResult<()> {
+    if from != to {
+        by_owner.remove(owner_key(from, id))?;
+        by_owner.insert(owner_key(to, id), &b""[..])?;
+    }
+    Ok(())
+}
+
+impl Trees {
+    /// The records of `owner` that `index` lists, by id, re-checked with
+    /// `owner_of` (a concurrent replace may have moved one).
+    fn owned<T: serde::de::DeserializeOwned>(
+        &self,
+        index: &sled::Tree,
+        records: &sled::Tree,
+        tree: &'static str,
+        owner: &UserId,
+        owner_of: impl Fn(&T) -> &UserId,
+    ) -> Result<Vec<T>, Error> {
+        let owner_bytes = owner.as_str().as_bytes();
+        let prefix = seq_prefix(owner_bytes);
+        let mut out = Vec::new();
+        for (key, _) in seq_entries(index, owner_bytes, usize::MAX)? {
+            let Some(id) = seq_of(&prefix, &key) else {
+                continue;
+            };
+            if let Some(record) = decode_opt::<T>(tree, records.get(id.to_be_bytes())?)? {
+                if owner_of(&record) == owner {
+                    out.push(record);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl SendStore for SledStore {
+    async fn create_signature(&self, sig: Signature) -> StoreResult<Signature> {
+        self.write(move |t| {
+            let trees = (&t.signatures, &t.signatures_by_owner, &t.send_meta);
+            let sig = trees.transaction(|(sigs, by_owner, meta)| {
+                let mut sig = sig.clone();
+                sig.id = tx_next_id(meta)?;
+                sigs.insert(&id_key(sig.id)[..], tx(encode(SIGNATURES, &sig))?)?;
+                by_owner.insert(owner_key(&sig.owner, sig.id), &b""[..])?;
+                Ok(sig)
+            })?;
+            Ok(sig)
+        })
+        .await
+    }
+
+    async fn signature(&self, id: i64) -> StoreResult<Option<Signature>> {
+        self.run(move |t| decode_opt(SIGNATURES, t.signatures.get(id_key(id))?))
+            .await
+    }
+
+    async fn signatures_of(&self, owner: &UserId) -> StoreResult<Vec<Signature>> {
+        let owner = owner.clone();
+        self.run(move |t| {
+            t.owned(
+                &t.signatures_by_owner,
+                &t.signatures,
+                SIGNATURES,
+                &owner,
+                |s: &Signature| &s.owner,
+            )
+        })
+        .await
+    }
+
+    async fn replace_signature(&self, old: &Signature, new: Signature) -> StoreResult<bool> {
+        let old = old.clone();
+        self.write(move |t| {
+            let key = id_key(old.id);
+            let encoded = encode(SIGNATURES, &new)?;
+            let replaced =
+                (&t.signatures, &t.signatures_by_owner).transaction(|(sigs, by_owner)| {
+                    let Some(raw) = sigs.get(key)? else {
+                        return Ok(false);
+                    };
+                    let cur: Signature = tx(decode(SIGNATURES, &raw))?;
+                    if cur != old {
+                        return Ok(false);
+                    }
+                    sigs.insert(&key[..], encoded.as_slice())?;
+                    tx_move_owner(by_owner, old.id, &cur.owner, &new.owner)?;
+                    Ok(true)
+                })?;
+            Ok(replaced)
+        })
+        .await
+    }
+
+    async fn delete_signature(&self, id: i64) -> StoreResult<DeleteOutcome> {
+        self.write(move |t| {
+            let key = id_key(id);
+            let trees = (&t.signatures, &t.signatures_by_owner, &t.template_counts);
+            let outcome = trees.transaction(|(sigs, by_owner, counts)| {
+                let Some(raw) = sigs.get(key)? else {
+                    return Ok(DeleteOutcome::Missing);
+                };
+                if tx_template_count(counts, id)? > 0 {
+                    return Ok(DeleteOutcome::InUse);
+                }
+                let cur: Signature = tx(decode(SIGNATURES, &raw))?;
+                sigs.remove(&key[..])?;
+                by_owner.remove(owner_key(&cur.owner, id))?;
+                Ok(DeleteOutcome::Deleted)
+            })?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn create_template(&self, template: Template) -> StoreResult<Option<Template>> {
+        self.write(move |t| {
+            let trees = (
+                &t.signatures,
+                &t.templates,
+                &t.templates_by_owner,
+                &t.templates_by_signature,
+                &t.template_counts,
+                &t.send_meta,
+            );
+            let created =
+                trees.transaction(|(sigs, templates, by_owner, by_signature, counts, meta)| {
+                    if sigs.get(id_key(template.sign_id))?.is_none() {
+                        return Ok(None);
+                    }
+                    let mut template = template.clone();
+                    template.id = tx_next_id(meta)?;
+                    templates
+                        .insert(&id_key(template.id)[..], tx(encode(TEMPLATES, &template))?)?;
+                    by_owner.insert(owner_key(&template.owner, template.id), &b""[..])?;
+                    tx_count_template(counts, by_signature, template.sign_id, template.id, true)?;
+                    Ok(Some(template))
+                })?;
+            Ok(created)
+        })
+        .await
+    }
+
+    async fn template(&self, id: i64) -> StoreResult<Option<Template>> {
+        self.run(move |t| decode_opt(TEMPLATES, t.templates.get(id_key(id))?))
+            .await
+    }
+
+    async fn templates_of(&self, owner: &UserId) -> StoreResult<Vec<Template>> {
+        let owner = owner.clone();
+        self.run(move |t| {
+            t.owned(
+                &t.templates_by_owner,
+                &t.templates,
+                TEMPLATES,
+                &owner,
+                |x: &Template| &x.owner,
+            )
+        })
+        .await
+    }
+
+    async fn replace_template(&self, old: &Template, new: Template) -> StoreResult<bool> {
+        let old = old.clone();
+        self.write(move |t| {
+            let key = id_key(old.id);
+            let encoded = encode(TEMPLATES, &new)?;
+            let trees = (
+                &t.signatures,
+                &t.templates,
+                &t.templates_by_owner,
+                &t.templates_by_signature,
+                &t.template_counts,
+            );
+            let replaced =
+                trees.transaction(|(sigs, templates, by_owner, by_signature, counts)| {
+                    if sigs.get(id_key(new.sign_id))?.is_none() {
+                        return Ok(false);
+                    }
+                    let Some(raw) = templates.get(key)? else {
+                        return Ok(false);
+                    };
+                    let cur: Template = tx(decode(TEMPLATES, &raw))?;
+                    if cur != old {
+                        return Ok(false);
+                    }
+                    templates.insert(&key[..], encoded.as_slice())?;
+                    tx_move_owner(by_owner, old.id, &cur.owner, &new.owner)?;
+                    if cur.sign_id != new.sign_id {
+                        tx_count_template(counts, by_signature, cur.sign_id, old.id, false)?;
+                        tx_count_template(counts, by_signature, new.sign_id, old.id, true)?;
+                    }
+                    Ok(true)
+                })?;
+            Ok(replaced)
+        })
+        .await
+    }
+
+    async fn delete_template(&self, id: i64) -> StoreResult<bool> {
+        self.write(move |t| {
+            let key = id_key(id);
+            let trees = (
+                &t.templates,
+                &t.templates_by_owner,
+                &t.templates_by_signature,
+                &t.template_counts,
+            );
+            let deleted = trees.transaction(|(templates, by_owner, by_signature, counts)| {
+                let Some(raw) = templates.remove(&key[..])? else {
+                    return Ok(false);
+                };
+                let cur: Template = tx(decode(TEMPLATES, &raw))?;
+                by_owner.remove(owner_key(&cur.owner, id))?;
+                tx_count_template(counts, by_signature, cur.sign_id, id, false)?;
+                Ok(true)
+            })?;
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn create_task(&self, task: SendTask) -> StoreResult<()> {
+        self.write(move |t| {
+            let uuid = task.uuid.as_bytes();
+            let record = encode(TASKS, &task)?;
+            let pending = sled::IVec::from(encode(TASK_STATUSES, &RecipientStatus::Pending)?);
+            let mut statuses = sled::Batch::default();
+            for i in 0..task.recipients.len() {
+                statuses.insert(status_key(&task.uuid, i), pending.clone());
+            }
+            let open = is_open(task.state);
+            let trees = (&t.tasks, &t.task_statuses, &t.task_seq, &t.tasks_open);
+            trees.transaction(|(tasks, task_statuses, seqs, open_tasks)| {
+                if tasks.get(uuid)?.is_some() {
+                    return abort(Error::Conflict(UniqueField::Id));
+                }
+                tasks.insert(uuid, record.as_slice())?;
+                task_statuses.apply_batch(&statuses)?;
+                // Drawn inside the transaction: sequence order is commit
+                // order.
+                let seq = seqs.generate_id()?.to_be_bytes();
+                seqs.insert(uuid, &seq[..])?;
+                if open {
+                    open_tasks.insert(&seq[..], uuid)?;
+                }
+                Ok(())
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn task(&self, uuid: &str) -> StoreResult<Option<SendTask>> {
+        let uuid = uuid.to_owned();
+        self.run(move |t| decode_opt(TASKS, t.tasks.get(uuid.as_bytes())?))
+            .await
+    }
+
+    async fn set_task_state(
+        &self,
+        uuid: &str,
+        from: TaskState,
+        to: TaskState,
+        at: i64,
+    ) -> StoreResult<bool> {
+        let uuid = uuid.to_owned();
+        self.write(move |t| {
+            let key = uuid.as_bytes();
+            let trees = (&t.tasks, &t.task_seq, &t.tasks_open);
+            let moved = trees.transaction(|(tasks, seqs, open_tasks)| {
+                let Some(raw) = tasks.get(key)? else {
+                    return Ok(false);
+                };
+                let mut task: SendTask = tx(decode(TASKS, &raw))?;
+                if task.state != from {
+                    return Ok(false);
+                }
+                task.state = to;
+                if matches!(to, TaskState::Done | TaskState::Cancelled) {
+                    task.finished_at = Some(at);
+                }
+                tasks.insert(key, tx(encode(TASKS, &task))?)?;
+                if is_open(from) != is_open(to) {
+                    let Some(seq) = seqs.get(key)? else {
+                        return abort(Error::Malformed {
+                            tree: TASK_SEQ,
+                            what: "task without a creation sequence",
+                        });
+                    };
+                    if is_open(to) {
+                        open_tasks.insert(seq, key)?;
+                    } else {
+                        open_tasks.remove(seq)?;
+                    }
+                }
+                Ok(true)
+            })?;
+            Ok(moved)
+        })
+        .await
+    }
+
+    async fn recipient_statuses(&self, uuid: &str) -> StoreResult<Vec<RecipientStatus>> {
+        let uuid = uuid.to_owned();
+        self.run(move |t| {
+            seq_entries(&t.task_statuses, uuid.as_bytes(), usize::MAX)?
+                .into_iter()
+                .map(|(_, raw)| decode(TASK_STATUSES, &raw))
+                .collect()
+        })
+        .await
+    }
+
+    async fn record_statuses(
+        &self,
+        uuid: &str,
+        updates: Vec<(usize, RecipientStatus)>,
+    ) -> StoreResult<()> {
+        let uuid = uuid.to_owned();
+        self.write(move |t| {
+            // Writing `Pending` over `Pending` changes nothing: skipped.
+            let updates = updates
+                .into_iter()
+                .filter(|(_, status)| *status != RecipientStatus::Pending)
+                .map(|(i, status)| Ok((status_key(&uuid, i), encode(TASK_STATUSES, &status)?)))
+                .collect::<Result<Vec<_>, Error>>()?;
+            if updates.is_empty() {
+                return Ok(());
+            }
+            t.task_statuses.transaction(|statuses| {
+                for (key, encoded) in &updates {
+                    // No key: no such task, or an index past its recipients.
+                    let Some(raw) = statuses.get(key)? else {
+                        continue;
+                    };
+                    let cur: RecipientStatus = tx(decode(TASK_STATUSES, &raw))?;
+                    if cur == RecipientStatus::Pending {
+                        statuses.insert(key.as_slice(), encoded.as_slice())?;
+                    }
+                }
+                Ok(())
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn open_tasks(&self) -> StoreResult<Vec<String>> {
+        self.run(move |t| {
+            let mut out = Vec::new();
+            for entry in t.tasks_open.iter() {
+                let (_, uuid) = entry?;
+                let uuid = String::from_utf8(uuid.to_vec()).map_err(|_| Error::Malformed {
+                    tree: TASKS_OPEN,
+                    what: "task uuid is not UTF-8",
+                })?;
+                out.push(uuid);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sms_core::sending::{AuditStatus, TemplateType};
+
+    fn store() -> SledStore {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        SledStore::from_db(db).unwrap()
+    }
+
+    fn template(owner: &str, sign_id: i64) -> Template {
+        Template {
+            id: 0,
+            owner: UserId::from_string(owner.into()),
+            sign_id,
+            name: "t".into(),
+            content: "c".into(),
+            kind: TemplateType::Notice,
+            description: "d".into(),
+            audit: AuditStatus::Pending,
+            reject_reason: String::new(),
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    /// `template_counts` and `templates_by_signature` agree with the
+    /// templates themselves.
+    fn assert_indexes_exact(s: &SledStore) {
+        let t = &s.trees;
+        let mut expected = std::collections::BTreeMap::<i64, u64>::new();
+        let mut pairs = Vec::new();
+        for entry in t.templates.iter() {
+            let (key, raw) = entry.unwrap();
+            let tpl: Template = decode(TEMPLATES, &raw).unwrap();
+            let id = i64::from_be_bytes(key.as_ref().try_into().unwrap());
+            *expected.entry(tpl.sign_id).or_default() += 1;
+            pairs.push(by_signature_key(tpl.sign_id, id).to_vec());
+        }
+        pairs.sort();
+        let indexed: Vec<Vec<u8>> = t
+            .templates_by_signature
+            .iter()
+            .map(|e| e.unwrap().0.to_vec())
+            .collect();
+        assert_eq!(indexed, pairs);
+        let counts: std::collections::BTreeMap<i64, u64> = t
+            .template_counts
+            .iter()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (
+                    i64::from_be_bytes(k.as_ref().try_into().unwrap()),
+                    decode(TEMPLATE_COUNTS, &v).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(counts, expected);
+    }
+
+    #[tokio::test]
+    async fn template_counts_follow_creates_moves_and_deletes() {
+        let s = store();
+        let sig = |owner: &str| Signature {
+            id: 0,
+            owner: UserId::from_string(owner.into()),
+            text: "s".into(),
+            source: "app".into(),
+            pics: Vec::new(),
+            audit: AuditStatus::Pending,
+            reject_reason: String::new(),
+            created_at: 1,
+            updated_at: 1,
+        };
+        let a = s.create_signature(sig("u1")).await.unwrap();
+        let b = s.create_signature(sig("u1")).await.unwrap();
+        let t1 = s
+            .create_template(template("u1", a.id))
+            .await
+            .unwrap()
+            .unwrap();
+        let t2 = s
+            .create_template(template("u1", a.id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_indexes_exact(&s);
+
+        // Moving to a missing signature fails and changes nothing.
+        let mut lost = t1.clone();
+        lost.sign_id = 9_999;
+        assert!(!s.replace_template(&t1, lost).await.unwrap());
+        assert_indexes_exact(&s);
+
+        let mut moved = t1.clone();
+        moved.sign_id = b.id;
+        moved.owner = UserId::from_string("u2".into());
+        assert!(s.replace_template(&t1, moved.clone()).await.unwrap());
+        assert_indexes_exact(&s);
+        assert_eq!(
+            s.templates_of(&UserId::from_string("u2".into()))
+                .await
+                .unwrap(),
+            vec![moved.clone()]
+        );
+        assert_eq!(
+            s.templates_of(&UserId::from_string("u1".into()))
+                .await
+                .unwrap(),
+            vec![t2.clone()]
+        );
+
+        assert_eq!(
+            s.delete_signature(a.id).await.unwrap(),
+            DeleteOutcome::InUse
+        );
+        assert!(s.delete_template(t2.id).await.unwrap());
+        assert_indexes_exact(&s);
+        assert_eq!(
+            s.delete_signature(a.id).await.unwrap(),
+            DeleteOutcome::Deleted
+        );
+        assert_eq!(
+            s.delete_signature(b.id).await.unwrap(),
+            DeleteOutcome::InUse
+        );
+        assert!(s.delete_template(moved.id).await.unwrap());
+        assert_indexes_exact(&s);
+        assert!(s.trees.template_counts.is_empty());
+        assert_eq!(
+            s.delete_signature(b.id).await.unwrap(),
+            DeleteOutcome::Deleted
+        );
+        assert!(s.trees.signatures_by_owner.is_empty());
+        assert!(s.trees.templates_by_owner.is_empty());
+    }
+
+    #[tokio::test]
+    async fn statuses_of_uuids_sharing_a_prefix_are_kept_apart() {
+        let s = store();
+        let task = |uuid: &str, n: usize| SendTask {
+            uuid: uuid.into(),
+            owner: UserId::from_string("u".into()),
+            sign_id: 1,
+            temp_id: 2,
+            text: "x".into(),
+            segments: 1,
+            unit_price: 1,
+            recipients: (0..n)
+                .map(|i| {
+                    sms_core::phone::PhoneNumber::parse_cn_mobile(&format!("1390000{i:04}"))
+                        .unwrap()
+                })
+                .collect(),
+            state: TaskState::Created,
+            created_at: 1,
+            finished_at: None,
+        };
+        s.create_task(task("a", 2)).await.unwrap();
+        s.create_task(task("a\0\0\0\0\0\0\0\0\0", 3)).await.unwrap();
+        assert_eq!(s.recipient_statuses("a").await.unwrap().len(), 2);
+        assert_eq!(
+            s.recipient_statuses("a\0\0\0\0\0\0\0\0\0")
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+        // A task may come back to an open state: it keeps its place.
+        assert!(s
+            .set_task_state("a", TaskState::Created, TaskState::Done, 2)
+            .await
+            .unwrap());
+        assert_eq!(
+            s.open_tasks().await.unwrap(),
+            vec!["a\0\0\0\0\0\0\0\0\0".to_string()]
+        );
+        assert!(s
+            .set_task_state("a", TaskState::Done, TaskState::Queued, 3)
+            .await
+            .unwrap());
+        assert_eq!(
+            s.open_tasks().await.unwrap(),
+            vec!["a".to_string(), "a\0\0\0\0\0\0\0\0\0".into()]
+        );
+        // A corrupt task is a backend error, not a panic.
+        s.trees.tasks.insert("bad", &b"{"[..]).unwrap();
+        let r = s
+            .set_task_state("bad", TaskState::Created, TaskState::Queued, 1)
+            .await;
+        assert!(
+            matches!(r, Err(sms_core::error::StoreError::Backend(_))),
+            "{r:?}"
+        );
+    }
+}

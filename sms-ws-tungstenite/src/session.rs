@@ -1,0 +1,733 @@
+//! One connection: a single task with a select loop over the socket (reads
+//! and writes driven together), the user's event subscription, the ping
+//! timer, the idle deadline and the shutdown signal.
+//!
+//! Writes go through a bounded outbound queue drained by the same task; a
+//! push that must be acknowledged in the user's mailbox is acknowledged only
+//! after the frame carrying it was flushed to the socket.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::poll_fn;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Map, Value};
+use sms_core::events::{Event, Push};
+use sms_core::phone::PhoneNumber;
+use sms_core::pool::{LeaseFilter, Operator};
+use sms_core::secret::{Token, TokenHash};
+use sms_core::store::SessionOrigin;
+use sms_core::user::{User, UserId};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::protocol::{self, Classified, Request};
+use crate::Shared;
+
+/// Room the queue must have before another request is read: the largest
+/// answer (an `SCMobileNum` and one `PushMobileNum` per number) plus a
+/// little.
+const REQUEST_RESERVE: usize = 32;
+
+/// Decrements the live-session count when the connection ends, however it
+/// ends.
+pub(crate) struct LiveGuard(Arc<Shared>);
+
+impl LiveGuard {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        shared.live.send_modify(|n| *n += 1);
+        Self(shared)
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A mailbox entry to acknowledge once its frame is flushed.
+#[derive(Debug, Clone)]
+struct Ack {
+    user: UserId,
+    seq: u64,
+}
+
+/// A frame waiting to be written.
+#[derive(Debug)]
+struct Out {
+    msg: Message,
+    ack: Option<Ack>,
+}
+
+/// The outbound queue and the write state.
+#[derive(Debug)]
+struct Outbox {
+    queue: VecDeque<Out>,
+    cap: usize,
+    /// Acks of frames handed to tungstenite but not yet flushed.
+    unflushed: Vec<Ack>,
+    /// Frames were handed over since the last completed flush.
+    dirty: bool,
+}
+
+impl Outbox {
+    fn room(&self) -> usize {
+        self.cap.saturating_sub(self.queue.len())
+    }
+
+    fn push_json(&mut self, v: &Value) {
+        self.queue.push_back(Out {
+            msg: Message::text(v.to_string()),
+            ack: None,
+        });
+    }
+}
+
+/// What the socket did.
+enum Io {
+    Frame(Message),
+    /// Writes made room in a queue that was too full to read requests or
+    /// take events: the loop must look again.
+    Progress,
+    Flushed(Vec<Ack>),
+    Ended,
+    Error(WsError),
+}
+
+/// Drives writes (as far as the socket accepts them) and then reads one
+/// frame if the queue has room for its answer. Cancel-safe: all state lives
+/// in `ws` and `out`.
+fn poll_io<S>(cx: &mut Context<'_>, ws: &mut WebSocketStream<S>, out: &mut Outbox) -> Poll<Io>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let gated = out.room() < REQUEST_RESERVE;
+    while !out.queue.is_empty() {
+        match ws.poll_ready_unpin(cx) {
+            Poll::Ready(Ok(())) => {
+                let Some(item) = out.queue.pop_front() else {
+                    break;
+                };
+                if let Err(e) = ws.start_send_unpin(item.msg) {
+                    return Poll::Ready(Io::Error(e));
+                }
+                out.dirty = true;
+                if let Some(a) = item.ack {
+                    out.unflushed.push(a);
+                }
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Io::Error(e)),
+            Poll::Pending => break,
+        }
+    }
+    if out.dirty {
+        match ws.poll_flush_unpin(cx) {
+            Poll::Ready(Ok(())) => {
+                out.dirty = false;
+                if !out.unflushed.is_empty() {
+                    return Poll::Ready(Io::Flushed(std::mem::take(&mut out.unflushed)));
+                }
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Io::Error(e)),
+            Poll::Pending => {}
+        }
+    }
+    if out.room() < REQUEST_RESERVE {
+        return Poll::Pending;
+    }
+    if gated {
+        return Poll::Ready(Io::Progress);
+    }
+    match ws.poll_next_unpin(cx) {
+        Poll::Ready(Some(Ok(m))) => Poll::Ready(Io::Frame(m)),
+        Poll::Ready(Some(Err(e))) => Poll::Ready(Io::Error(e)),
+        Poll::Ready(None) => Poll::Ready(Io::Ended),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// A logged-in session.
+#[derive(Debug)]
+struct Login {
+    user: User,
+    /// The token this session stands for (after a password change made
+    /// here, the new one).
+    token: Token,
+    /// Token hashes a kickout must spare this session for: the login token,
+    /// and the old and new tokens of a password change made here.
+    own: Vec<TokenHash>,
+    events: mpsc::Receiver<Event>,
+    /// Mailbox entries read at login, not yet queued.
+    backlog: VecDeque<(u64, Push)>,
+    /// Sequence numbers taken from the mailbox: their live events are
+    /// duplicates.
+    from_mailbox: HashSet<u64>,
+}
+
+/// What the loop does next.
+enum Flow {
+    Continue,
+    /// End the connection, sending this close frame (after whatever is
+    /// queued) if any.
+    Exit(Option<CloseFrame>),
+}
+
+fn close(code: CloseCode, reason: &'static str) -> Flow {
+    Flow::Exit(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+enum Step {
+    Io(Io),
+    Event(Option<Event>),
+    Shutdown,
+    Ping,
+    Idle,
+}
+
+struct Conn<S> {
+    shared: Arc<Shared>,
+    ws: WebSocketStream<S>,
+    out: Outbox,
+    login: Option<Login>,
+    client_ip: Option<IpAddr>,
+    bad_frames: VecDeque<Instant>,
+}
+
+/// Waits for the next event of the logged-in user (never, when logged out).
+async fn next_event(login: &mut Option<Login>) -> Option<Event> {
+    match login {
+        Some(l) => l.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves one upgraded connection until it ends.
+pub(crate) async fn run<S>(
+    shared: Arc<Shared>,
+    ws: WebSocketStream<S>,
+    client_ip: Option<IpAddr>,
+    guard: LiveGuard,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let cap = shared.config.effective_outbound_queue();
+    let mut conn = Conn {
+        shared,
+        ws,
+        out: Outbox {
+            queue: VecDeque::with_capacity(8),
+            cap,
+            unflushed: Vec::new(),
+            dirty: false,
+        },
+        login: None,
+        client_ip,
+        bad_frames: VecDeque::new(),
+    };
+    let frame = conn.serve().await;
+    conn.finish(frame).await;
+    drop(guard);
+}
+
+impl<S> Conn<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    fn send(&mut self, v: &Value) {
+        self.out.push_json(v);
+    }
+
+    /// The select loop; returns the close frame to end with.
+    async fn serve(&mut self) -> Option<CloseFrame> {
+        let config = self.shared.config.clone();
+        let mut shutdown = self.shared.shutdown.subscribe();
+        if *shutdown.borrow_and_update() {
+            return self.kickout(1, CloseCode::Away);
+        }
+        let mut shutdown_live = true;
+        let ping_every = config.ping_interval.max(Duration::from_millis(10));
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let idle = tokio::time::sleep(config.idle_timeout);
+        tokio::pin!(idle);
+
+        loop {
+            self.refill();
+            let take_events =
+                self.out.room() > 0 && self.login.as_ref().is_some_and(|l| l.backlog.is_empty());
+            let can_ping = self.out.room() > 0;
+            let step = tokio::select! {
+                biased;
+                changed = shutdown.changed(), if shutdown_live => match changed {
+                    Ok(()) if *shutdown.borrow_and_update() => Step::Shutdown,
+                    Ok(()) => continue,
+                    Err(_) => {
+                        shutdown_live = false;
+                        continue;
+                    }
+                },
+                io = poll_fn(|cx| poll_io(cx, &mut self.ws, &mut self.out)) => Step::Io(io),
+                ev = next_event(&mut self.login), if take_events => Step::Event(ev),
+                _ = ping.tick(), if can_ping => Step::Ping,
+                () = &mut idle => Step::Idle,
+            };
+            let flow = match step {
+                Step::Shutdown => return self.kickout(1, CloseCode::Away),
+                Step::Idle => return close(CloseCode::Away, "idle timeout").into_frame(),
+                Step::Ping => {
+                    self.out.queue.push_back(Out {
+                        msg: Message::Ping(Default::default()),
+                        ack: None,
+                    });
+                    Flow::Continue
+                }
+                Step::Event(ev) => self.on_event(ev),
+                Step::Io(Io::Flushed(acks)) => {
+                    ack(&self.shared, acks).await;
+                    Flow::Continue
+                }
+                Step::Io(Io::Progress) => Flow::Continue,
+                Step::Io(Io::Ended) => return None,
+                Step::Io(Io::Error(e)) => return error_close(&e),
+                Step::Io(Io::Frame(msg)) => {
+                    idle.as_mut().reset(Instant::now() + config.idle_timeout);
+                    self.on_frame(msg).await
+                }
+            };
+            if let Flow::Exit(frame) = flow {
+                return frame;
+            }
+        }
+    }
+
+    /// Moves mailbox entries read at login into the queue as room allows.
+    fn refill(&mut self) {
+        let Some(login) = self.login.as_mut() else {
+            return;
+        };
+        while self.out.room() > 0 {
+            let Some((seq, push)) = login.backlog.pop_front() else {
+                break;
+            };
+            self.out
+                .queue
+                .push_back(push_frame(&login.user.id, seq, &push));
+        }
+    }
+
+    /// Queues `PushKickout` and ends the connection.
+    fn kickout(&mut self, state: u8, code: CloseCode) -> Option<CloseFrame> {
+        self.send(&protocol::kickout(state));
+        close(code, "kicked out").into_frame()
+    }
+
+    fn on_event(&mut self, ev: Option<Event>) -> Flow {
+        let Some(login) = self.login.as_mut() else {
+            return Flow::Continue;
+        };
+        match ev {
+            // The hub dropped this subscriber (it fell behind): close; the
+            // mailbox keeps what was not delivered.
+            None => close(CloseCode::Again, "too slow"),
+            Some(Event::Push { seq, push }) => {
+                if !login.from_mailbox.remove(&seq) {
+                    self.out
+                        .queue
+                        .push_back(push_frame(&login.user.id, seq, &push));
+                }
+                Flow::Continue
+            }
+            Some(Event::Kickout { reason, spare }) => {
+                if spare.is_some_and(|h| login.own.contains(&h)) {
+                    return Flow::Continue;
+                }
+                Flow::Exit(self.kickout(reason.state(), CloseCode::Normal))
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, msg: Message) -> Flow {
+        match msg {
+            Message::Text(text) => match protocol::classify(text.as_str()) {
+                Classified::Bad(code) => self.bad_frame(code),
+                Classified::Request(req, fields) => {
+                    self.on_request(req, &fields).await;
+                    Flow::Continue
+                }
+            },
+            Message::Binary(_) => self.bad_frame(protocol::NOT_AN_OBJECT),
+            // tungstenite answers pings itself and queues the reply to a
+            // close; the stream ends once the close handshake is done.
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Answers a bad frame and counts it against the limit.
+    fn bad_frame(&mut self, code: i64) -> Flow {
+        self.send(&protocol::error(code));
+        let now = Instant::now();
+        let window = self.shared.config.bad_frame_window;
+        while self
+            .bad_frames
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            self.bad_frames.pop_front();
+        }
+        self.bad_frames.push_back(now);
+        if self.bad_frames.len() > self.shared.config.bad_frame_limit {
+            close(CloseCode::Policy, "too many bad frames")
+        } else {
+            Flow::Continue
+        }
+    }
+
+    async fn on_request(&mut self, req: Request, f: &Map<String, Value>) {
+        if req == Request::Login {
+            return self.on_login(f).await;
+        }
+        if self.login.is_none() {
+            return self.send(&protocol::error(protocol::NOT_LOGGED_IN));
+        }
+        match req {
+            Request::Login => {}
+            Request::Logout => self.on_logout().await,
+            Request::ModifyPwd => self.on_modify_pwd(f).await,
+            Request::MobileNum => self.on_mobile_num(f).await,
+            Request::SendMsg => self.on_send_msg(f).await,
+            Request::BindEmailGetVCode => self.on_bind_get(f).await,
+            Request::BindEmailCheckVCode => self.on_bind_check(f).await,
+        }
+    }
+
+    // ----- requests ---------------------------------------------------------
+
+    async fn on_login(&mut self, f: &Map<String, Value>) {
+        let req = Request::Login;
+        let core = self.shared.core.clone();
+        let token = Token::from_client(protocol::str_or_empty(f, "token"));
+        if token.expose().is_empty() {
+            return self.send(&protocol::answer(req, -1));
+        }
+        let opened = match core.accounts.open_session(&token).await {
+            Ok(o) => o,
+            Err(e) => return self.send(&protocol::answer(req, protocol::login_code(&e))),
+        };
+        // Subscribe first, then look again: a ban or password change that
+        // raced with this login is either seen here or arrives as an event.
+        let events = core
+            .events
+            .subscribe(&opened.user.id, self.shared.config.event_queue);
+        let user = match core.accounts.authenticate(&token).await {
+            Ok((user, _)) => user,
+            Err(e) => return self.send(&protocol::answer(req, protocol::login_code(&e))),
+        };
+        let balance = match core.billing.balance(&user.id).await {
+            Ok(b) => b.available(),
+            Err(e) => return self.send(&protocol::answer(req, protocol::login_code(&e))),
+        };
+        let mailbox = match core.pool.mailbox(&user.id).await {
+            Ok(m) => m,
+            Err(e) => return self.send(&protocol::answer(req, protocol::login_code(&e))),
+        };
+        let flag = match (opened.first_use, opened.session.origin) {
+            (true, SessionOrigin::Renewal) => 2,
+            (true, SessionOrigin::Signup) => 3,
+            (true, SessionOrigin::PasswordChange) => 4,
+            _ => 1,
+        };
+        let name = match (&user.username, &user.phone) {
+            (Some(u), _) => u.as_str().to_owned(),
+            (None, Some(p)) => p.display_form().to_owned(),
+            (None, None) => String::new(),
+        };
+        let email = user
+            .email
+            .as_ref()
+            .map(|e| e.as_str().to_owned())
+            .unwrap_or_default();
+        self.send(&json!({
+            "protocol": req.answer(),
+            "code": 0,
+            "data": {
+                "userInfo": {
+                    "user": name,
+                    "email": email,
+                    "point": user.points,
+                    "balance": balance,
+                },
+                "flag": flag,
+            },
+        }));
+        let from_mailbox = mailbox.iter().map(|(seq, _)| *seq).collect();
+        self.login = Some(Login {
+            user,
+            own: vec![token.hash()],
+            token,
+            events,
+            backlog: mailbox.into(),
+            from_mailbox,
+        });
+    }
+
+    async fn on_logout(&mut self) {
+        let req = Request::Logout;
+        let Some(login) = self.login.take() else {
+            return;
+        };
+        match self.shared.core.accounts.logout(&login.token).await {
+            // Dropping the login drops the subscription and the backlog.
+            Ok(()) => self.send(&protocol::answer(req, 0)),
+            Err(e) => {
+                self.login = Some(login);
+                self.send(&protocol::answer(req, protocol::logout_code(&e)));
+            }
+        }
+    }
+
+    async fn on_modify_pwd(&mut self, f: &Map<String, Value>) {
+        let req = Request::ModifyPwd;
+        let core = self.shared.core.clone();
+        let Some(login) = self.login.as_mut() else {
+            return;
+        };
+        let token = Token::from_client(protocol::str_or_empty(f, "token"));
+        let password = match f.get("password") {
+            None | Some(Value::Null) => "",
+            Some(Value::String(s)) => s.as_str(),
+            // Another JSON type reads as a value no rule accepts.
+            Some(_) => "\u{0}",
+        };
+        // The token must be one of this session's user: a session changes
+        // its own user's password only.
+        match core.accounts.authenticate(&token).await {
+            Ok((u, _)) if u.id == login.user.id => {}
+            Ok(_) => return self.send(&protocol::answer(req, -1)),
+            Err(e) => return self.send(&protocol::answer(req, protocol::modify_pwd_code(&e))),
+        }
+        match core.accounts.change_password(&token, password).await {
+            Ok(new) => {
+                // The kickout the core publishes spares the token used; this
+                // session now stands for the new token.
+                login.own.push(token.hash());
+                login.own.push(new.hash());
+                login.token = new.clone();
+                self.send(&json!({ "protocol": req.answer(), "code": 0, "token": new.expose() }));
+            }
+            Err(e) => self.send(&protocol::answer(req, protocol::modify_pwd_code(&e))),
+        }
+    }
+
+    async fn on_mobile_num(&mut self, f: &Map<String, Value>) {
+        let req = Request::MobileNum;
+        let core = self.shared.core.clone();
+        let Some(user) = self.login.as_ref().map(|l| l.user.id.clone()) else {
+            return;
+        };
+        let code = |c| protocol::answer(req, c);
+        let item_id = protocol::str_or_empty(f, "itemId");
+        match core.pool.item(item_id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return self.send(&code(-1)),
+            Err(e) => return self.send(&code(protocol::mobile_num_code(&e))),
+        }
+        let Some(count) = protocol::parse_count(f.get("count"), core.pool.policy().max_lease_count)
+        else {
+            return self.send(&code(-2));
+        };
+        let area = match protocol::optional(f, "area") {
+            None => None,
+            Some(Value::String(s))
+                if !s.is_empty() && s.chars().count() <= protocol::MAX_AREA_CHARS =>
+            {
+                Some(s.clone())
+            }
+            Some(_) => return self.send(&code(-3)),
+        };
+        let operator = match protocol::optional(f, "operator") {
+            None => None,
+            Some(Value::String(s)) => match Operator::parse(s) {
+                Some(o) => Some(o),
+                None => return self.send(&code(-4)),
+            },
+            Some(_) => return self.send(&code(-4)),
+        };
+        let custom = match protocol::optional(f, "customNum") {
+            None => None,
+            Some(_) => match protocol::text_field(f, "customNum")
+                .and_then(|t| PhoneNumber::parse_cn_mobile(t.as_str()).ok())
+            {
+                Some(p) => Some(p),
+                None => return self.send(&code(-5)),
+            },
+        };
+        let filter = LeaseFilter {
+            area,
+            operator,
+            custom,
+        };
+        match core.pool.lease(&user, item_id, count, filter).await {
+            Ok(leases) => {
+                self.send(&code(0));
+                for l in leases {
+                    self.send(&protocol::push_mobile(l.mobile.display_form(), l.until));
+                }
+            }
+            Err(e) => self.send(&code(protocol::mobile_num_code(&e))),
+        }
+    }
+
+    async fn on_send_msg(&mut self, f: &Map<String, Value>) {
+        let req = Request::SendMsg;
+        let core = self.shared.core.clone();
+        let Some(user) = self.login.as_ref().map(|l| l.user.id.clone()) else {
+            return;
+        };
+        let item_id = protocol::str_or_empty(f, "itemId");
+        let mobile = protocol::text_field(f, "mobileNum");
+        let mobile = mobile.as_ref().map(|t| t.as_str()).unwrap_or("");
+        let msg = protocol::str_or_empty(f, "msg");
+        let c = match core.pool.send_from(&user, item_id, mobile, msg).await {
+            Ok(()) => 0,
+            Err(e) => protocol::send_msg_code(&e),
+        };
+        self.send(&protocol::answer(req, c));
+    }
+
+    async fn on_bind_get(&mut self, f: &Map<String, Value>) {
+        let req = Request::BindEmailGetVCode;
+        let core = self.shared.core.clone();
+        let Some(login) = self.login.as_ref() else {
+            return;
+        };
+        let email = protocol::str_or_empty(f, "email");
+        let v = match core
+            .accounts
+            .bind_email_send(&login.user, email, self.client_ip)
+            .await
+        {
+            Ok(issued) => {
+                json!({ "protocol": req.answer(), "code": 0, "againTimestamp": issued.again_at })
+            }
+            Err(e) => match protocol::bind_get_code(&e) {
+                (c, Some(at)) => {
+                    json!({ "protocol": req.answer(), "code": c, "againTimestamp": at })
+                }
+                (c, None) => protocol::answer(req, c),
+            },
+        };
+        self.send(&v);
+    }
+
+    async fn on_bind_check(&mut self, f: &Map<String, Value>) {
+        let req = Request::BindEmailCheckVCode;
+        let core = self.shared.core.clone();
+        let Some(login) = self.login.as_mut() else {
+            return;
+        };
+        let email = protocol::str_or_empty(f, "email");
+        let code = protocol::text_field(f, "vCode");
+        let code = code.as_ref().map(|t| t.as_str()).unwrap_or("");
+        let c = match core
+            .accounts
+            .bind_email_check(&login.user, email, code)
+            .await
+        {
+            Ok(user) => {
+                login.user = user;
+                0
+            }
+            Err(e) => protocol::bind_check_code(&e),
+        };
+        self.send(&protocol::answer(req, c));
+    }
+
+    // ----- the end ------------------------------------------------------------
+
+    /// Writes what is queued, acknowledges what was flushed, sends `frame`
+    /// and waits for the client's close, all within the close timeout.
+    async fn finish(mut self, frame: Option<CloseFrame>) {
+        let limit = self.shared.config.close_timeout;
+        let _ = tokio::time::timeout(limit, async {
+            let mut acks = std::mem::take(&mut self.out.unflushed);
+            while let Some(item) = self.out.queue.pop_front() {
+                if self.ws.feed(item.msg).await.is_err() {
+                    return;
+                }
+                acks.extend(item.ack);
+            }
+            if self.ws.flush().await.is_err() {
+                return;
+            }
+            ack(&self.shared, acks).await;
+            if let Some(frame) = frame {
+                if self.ws.close(Some(frame)).await.is_err() {
+                    return;
+                }
+                // The stream ends when the client's close arrives.
+                while let Some(Ok(_)) = self.ws.next().await {}
+            }
+        })
+        .await;
+    }
+}
+
+impl Flow {
+    fn into_frame(self) -> Option<CloseFrame> {
+        match self {
+            Flow::Exit(f) => f,
+            Flow::Continue => None,
+        }
+    }
+}
+
+/// Acknowledges flushed mailbox entries.
+async fn ack(shared: &Shared, acks: Vec<Ack>) {
+    for a in acks {
+        if let Err(e) = shared.core.pool.ack(&a.user, a.seq).await {
+            tracing::error!(error = %e, seq = a.seq, "hub ws: mailbox ack failed");
+        }
+    }
+}
+
+/// The close frame for a read or write failure, if one can still be sent.
+fn error_close(e: &WsError) -> Option<CloseFrame> {
+    tracing::debug!(error = %e, "hub ws: connection error");
+    let (code, reason) = match e {
+        WsError::Capacity(_) => (CloseCode::Size, "message too big"),
+        WsError::Utf8 => (CloseCode::Invalid, "invalid UTF-8"),
+        WsError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
+        _ => return None,
+    };
+    Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })
+}
+
+fn push_frame(user: &UserId, seq: u64, push: &Push) -> Out {
+    let v = match push {
+        Push::RecvMsg { mobile, msg } => protocol::push_recv(mobile, msg),
+    };
+    Out {
+        msg: Message::text(v.to_string()),
+        ack: Some(Ack {
+            user: user.clone(),
+            seq,
+        }),
+    }
+}

@@ -1,0 +1,91 @@
+//! The platform's flags (decision G10); every flag has an environment twin.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// `cargo run --release --example platform -- --help`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "platform",
+    about = "SMS platform: every dialect on one port",
+    version
+)]
+pub struct PlatformArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SMS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// sled data directory.
+    #[arg(long, env = "SMS_DATA", default_value = "./sms-data")]
+    pub data: PathBuf,
+
+    /// Password of the administrator account `root` (created or updated at
+    /// start). Without it no root account is set up.
+    #[arg(long, env = "SMS_ROOT_PASSWORD", hide_env_values = true)]
+    pub root_password: Option<String>,
+
+    /// Append outgoing messages as JSON lines to this file instead of stdout.
+    #[arg(long, env = "SMS_OUTBOX")]
+    pub outbox: Option<PathBuf>,
+
+    /// DEVELOPMENT ONLY: every issued code is this value.
+    #[arg(long, env = "SMS_DEV_CODE")]
+    pub dev_code: Option<String>,
+
+    /// A proxy (CIDR or address) whose X-Forwarded-For is believed; repeatable.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SMS_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+
+    /// Largest request body in bytes (larger answers 413).
+    #[arg(long, env = "SMS_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+
+    /// Concurrent connections served at once.
+    #[arg(long, env = "SMS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, env = "SMS_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+
+    /// Seconds a connection may stay silent (keep-alive idle, stalled body,
+    /// silent WebSocket peer) before it is closed.
+    #[arg(long, env = "SMS_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds a request body may take to arrive (else 408).
+    #[arg(long, env = "SMS_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
+
+    /// Length of a number lease in seconds (hub `useTimestamp`).
+    #[arg(long, env = "SMS_LEASE_SECS", default_value_t = 1200)]
+    pub lease_secs: i64,
+
+    /// Seconds after a lease's end at which what its hold still reserves is
+    /// released (covers holds orphaned by a crash).
+    #[arg(long, env = "SMS_HOLD_GRACE_SECS", default_value_t = 120)]
+    pub hold_grace_secs: i64,
+
+    /// argon2id memory cost in KiB.
+    #[arg(long, env = "SMS_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id passes.
+    #[arg(long, env = "SMS_ARGON2_PASSES", default_value_t = 2)]
+    pub argon2_passes: u32,
+}
+
+impl PlatformArgs {
+    /// Defaults for a data directory (tests and embedding).
+    pub fn for_data_dir(data: PathBuf) -> Self {
+        let mut a = Self::parse_from(["platform"]);
+        a.data = data;
+        a
+    }
+}

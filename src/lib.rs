@@ -1,0 +1,18 @@
+//! # sms-platform
+//!
+//! The platform server assembled from the `sms-*` crates: every dialect on
+//! one listener (decision G1), over the sled store, with the outbox sender of
+//! decision G9 and the flags of decision G10. `examples/platform.rs` is a thin
+//! `main` around [`Platform`]; the integration tests start the same thing on a
+//! free port.
+#![deny(missing_docs)]
+
+pub mod blocking;
+pub mod config;
+pub mod logging;
+pub mod outbox;
+pub mod platform;
+pub mod router;
+
+pub use config::PlatformArgs;
+pub use platform::{Platform, PlatformError, RunningPlatform};

@@ -1,0 +1,129 @@
+//! The platform's default sender (decision G9): one JSON line per message,
+//! to stdout or appended to a file.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde_json::json;
+use sms_core::gateway::{DeliveryError, GatewayMessage, MessageGateway};
+use sms_core::sender::{Channel, CodeSender, OutboundMessage, SendError};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+/// Where outbox lines go.
+#[derive(Debug)]
+enum Target {
+    Stdout,
+    File(PathBuf, Mutex<tokio::fs::File>),
+}
+
+/// Writes every message as a JSON line:
+/// `{"channel","to","text","code","purpose","at"}`.
+#[derive(Debug)]
+pub struct OutboxSender {
+    target: Target,
+}
+
+impl OutboxSender {
+    /// Lines to stdout.
+    pub fn stdout() -> Self {
+        Self {
+            target: Target::Stdout,
+        }
+    }
+
+    /// Lines appended to `path` (created if missing); each line is on disk
+    /// before the send is acknowledged.
+    pub async fn file(path: &Path) -> std::io::Result<Self> {
+        let f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await?;
+        Ok(Self {
+            target: Target::File(path.to_owned(), Mutex::new(f)),
+        })
+    }
+
+    /// The JSON line of a message (without the newline).
+    pub fn line(m: &OutboundMessage) -> String {
+        json!({
+            "channel": m.channel,
+            "to": m.to,
+            "text": m.text,
+            "code": m.code,
+            "purpose": m.purpose,
+            "at": m.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
+        .to_string()
+    }
+}
+
+impl OutboxSender {
+    async fn write_line(&self, mut line: String) -> Result<(), SendError> {
+        line.push('\n');
+        match &self.target {
+            Target::Stdout => {
+                let mut out = tokio::io::stdout();
+                out.write_all(line.as_bytes())
+                    .await
+                    .map_err(|e| SendError(e.to_string()))?;
+                out.flush().await.map_err(|e| SendError(e.to_string()))
+            }
+            Target::File(path, f) => {
+                let mut f = f.lock().await;
+                let r = async {
+                    f.write_all(line.as_bytes()).await?;
+                    f.flush().await?;
+                    f.sync_data().await
+                }
+                .await;
+                r.map_err(|e| SendError(format!("{}: {e}", path.display())))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl CodeSender for OutboxSender {
+    async fn send(&self, message: &OutboundMessage) -> Result<(), SendError> {
+        self.write_line(Self::line(message)).await
+    }
+}
+
+/// The platform's carrier for send tasks: each message becomes an outbox
+/// line (channel `sms`, no code or purpose) with its idempotency key as
+/// `id`, so a consumer of the outbox can drop a repeat.
+#[derive(Debug)]
+pub struct OutboxGateway {
+    outbox: std::sync::Arc<OutboxSender>,
+}
+
+impl OutboxGateway {
+    /// A gateway writing to `outbox`.
+    pub fn new(outbox: std::sync::Arc<OutboxSender>) -> Self {
+        Self { outbox }
+    }
+}
+
+#[async_trait]
+impl MessageGateway for OutboxGateway {
+    async fn deliver(&self, m: &GatewayMessage) -> Result<String, DeliveryError> {
+        let msg = OutboundMessage {
+            channel: Channel::Sms,
+            to: m.to.to_string(),
+            text: m.text.clone(),
+            code: None,
+            purpose: None,
+            at: chrono::Utc::now(),
+        };
+        let mut v: serde_json::Value = serde_json::from_str(&OutboxSender::line(&msg))
+            .map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
+        v["id"] = json!(m.idempotency_key);
+        self.outbox
+            .write_line(v.to_string())
+            .await
+            .map_err(|e| DeliveryError::Unavailable(e.0))?;
+        Ok(m.idempotency_key.clone())
+    }
+}

@@ -1,0 +1,55 @@
+//! The platform's one service: `GET /ws` goes to the `hub` WebSocket, every
+//! other path to the HTTP dialects (decision G1).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use sms_http_hyper::{ClientAddr, HttpBody, SmsService};
+use sms_ws_tungstenite::HubWs;
+
+/// Routes between the WebSocket and the HTTP dialects.
+#[derive(Debug, Clone)]
+pub struct PlatformService {
+    http: SmsService,
+    ws: HubWs,
+}
+
+impl PlatformService {
+    /// Both front ends over one core.
+    pub fn new(http: SmsService, ws: HubWs) -> Self {
+        Self { http, ws }
+    }
+}
+
+impl tower_service::Service<Request<Incoming>> for PlatformService {
+    type Response = Response<HttpBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        if req.uri().path() == "/ws" {
+            if req.method() != http::Method::GET {
+                let resp = sms_http_hyper::service::method_not_allowed("GET");
+                return Box::pin(async move { Ok(resp) });
+            }
+            let ip = req.extensions().get::<ClientAddr>().map(|c| {
+                self.http
+                    .config()
+                    .trusted_proxies
+                    .client_ip(c.0.ip(), req.headers())
+            });
+            // The original request: it carries hyper's upgrade handle.
+            let resp = self.ws.upgrade(req, ip);
+            return Box::pin(async move { Ok(resp) });
+        }
+        tower_service::Service::call(&mut self.http, req)
+    }
+}

@@ -1,0 +1,255 @@
+//! Security rules over the real platform: probes are rate-limited, tokens
+//! die on logout, password change and reset, and no code or token ever
+//! reaches the logs.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use common::{TestPlatform, Ws};
+use serde_json::json;
+
+/// Every log line of this test binary, with the platform's own filter asked
+/// for `trace` everywhere.
+fn captured() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter(sms_platform::logging::filter(Some("trace")))
+            .with_ansi(false)
+            // Timestamps are digits: a six-digit code could match the
+            // microseconds of one by chance.
+            .without_time()
+            .with_writer(move || Capture(sink.clone()))
+            .init();
+        buf
+    })
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn codes_and_tokens_never_reach_the_logs() {
+    let logs = captured();
+    let t = TestPlatform::start().await;
+    let mut secrets = Vec::new();
+    // hub
+    let r = t
+        .post_form("/signup", &[("user", "alice"), ("password", "secret-pw1")])
+        .await;
+    secrets.push(r["token"].as_str().unwrap().to_owned());
+    let r = t
+        .post_form("/login", &[("user", "alice"), ("password", "secret-pw1")])
+        .await;
+    secrets.push(r["token"].as_str().unwrap().to_owned());
+    t.post_form("/login", &[("user", "alice"), ("password", "wrong-pw")])
+        .await;
+    // account_v4
+    t.post_form("/api/v4.0/sendsms/13811112222", &[("expect", "0")])
+        .await;
+    let code = t.last_code("13811112222");
+    secrets.push(code.clone());
+    let r = t
+        .post_form(
+            "/api/v4.0/register",
+            &[
+                ("phone", "13811112222"),
+                ("name", "n"),
+                ("password", "pw-secret2"),
+                ("code", &code),
+            ],
+        )
+        .await;
+    secrets.push(r["data"]["token"].as_str().unwrap().to_owned());
+    // telsignup
+    t.post_json(
+        "/index.php?r=user/sms-validation-request",
+        json!({"type": "sms_validation_request", "tel": "13900000000", "time": "1"}),
+    )
+    .await;
+    let code = t.last_code("13900000000");
+    secrets.push(code.clone());
+    let r = t
+        .post_json(
+            "/index.php?r=user/sms-validation-code",
+            json!({"type": "sms_validation_code", "tel": "13900000000", "time": "1", "code": code}),
+        )
+        .await;
+    secrets.push(r["token"].as_str().unwrap().to_owned());
+    // hub WebSocket
+    let mut ws = Ws::connect(&t).await;
+    assert_eq!(ws.login(&secrets[0]).await["code"], 0);
+    let mut skipped = Vec::new();
+    let r = ws
+        .request(
+            json!({"protocol": "CSModifyPwd", "token": secrets[0], "password": "new-secret3"}),
+            "SCModifyPwd",
+            &mut skipped,
+        )
+        .await;
+    secrets.push(r["token"].as_str().unwrap().to_owned());
+    drop(ws);
+    t.stop().await;
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("verification code issued"),
+        "the logs were captured"
+    );
+    for s in &secrets {
+        let line = text.lines().find(|l| contains_standalone(l, s));
+        assert!(line.is_none(), "a secret reached the logs: {line:?}");
+    }
+    for pw in ["secret-pw1", "wrong-pw", "pw-secret2", "new-secret3"] {
+        assert!(!text.contains(pw), "a password reached the logs");
+    }
+}
+
+/// Whether `needle` occurs in `line` not as part of a longer run of
+/// alphanumerics (a six-digit code inside a port number or an id is chance,
+/// not a leak).
+fn contains_standalone(line: &str, needle: &str) -> bool {
+    line.match_indices(needle).any(|(at, _)| {
+        let before = line[..at].chars().next_back();
+        let after = line[at + needle.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric())
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
+
+#[test]
+fn standalone_match_ignores_longer_runs() {
+    assert!(contains_standalone("code=123456 sent", "123456"));
+    assert!(contains_standalone("123456", "123456"));
+    assert!(!contains_standalone("t=0.1234567", "123456"));
+    assert!(!contains_standalone("id 9123456", "123456"));
+}
+
+#[tokio::test]
+async fn registration_probes_are_rate_limited_per_ip() {
+    let t = TestPlatform::start().await;
+    let mut codes = Vec::new();
+    for i in 0..40 {
+        let r = t
+            .get(&format!("/api/v4.0/isregister/1390000{i:04}"), &[])
+            .await;
+        codes.push(r["code"].as_i64().unwrap());
+    }
+    assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 30, "{codes:?}");
+    assert!(codes[30..].iter().all(|&c| c == -4), "{codes:?}");
+    // sendsms shares the probe budget.
+    let r = t
+        .post_form("/api/v4.0/sendsms/13700000000", &[("expect", "0")])
+        .await;
+    assert_eq!(r["code"], -4);
+}
+
+#[tokio::test]
+async fn tokens_die_on_logout_password_change_and_reset() {
+    let t = TestPlatform::start().await;
+    // Logout.
+    let token = t
+        .post_form("/signup", &[("user", "bob"), ("password", "secret1")])
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ws = Ws::connect(&t).await;
+    assert_eq!(ws.login(&token).await["code"], 0);
+    let mut skipped = Vec::new();
+    let r = ws
+        .request(json!({"protocol": "CSLogout"}), "SCLogout", &mut skipped)
+        .await;
+    assert_eq!(r["code"], 0);
+    assert_eq!(Ws::connect(&t).await.login(&token).await["code"], -1);
+    // Password change: every older token dies.
+    let a = t
+        .post_form("/login", &[("user", "bob"), ("password", "secret1")])
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = t
+        .post_form("/login", &[("user", "bob"), ("password", "secret1")])
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ws = Ws::connect(&t).await;
+    assert_eq!(ws.login(&a).await["code"], 0);
+    let r = ws
+        .request(
+            json!({"protocol": "CSModifyPwd", "token": a, "password": "secret2"}),
+            "SCModifyPwd",
+            &mut skipped,
+        )
+        .await;
+    assert_eq!(r["code"], 0);
+    let fresh = r["token"].as_str().unwrap().to_owned();
+    for old in [&a, &b] {
+        assert_eq!(Ws::connect(&t).await.login(old).await["code"], -1);
+    }
+    assert_eq!(Ws::connect(&t).await.login(&fresh).await["code"], 0);
+    // Reset (account_v4): the phone account's tokens die; others live on.
+    let mut tokens = Vec::new();
+    for phone in ["13811112222", "13811113333"] {
+        t.post_form(&format!("/api/v4.0/sendsms/{phone}"), &[("expect", "0")])
+            .await;
+        let code = t.last_code(phone);
+        let r = t
+            .post_form(
+                "/api/v4.0/register",
+                &[
+                    ("phone", phone),
+                    ("name", "n"),
+                    ("password", "secret1"),
+                    ("code", &code),
+                ],
+            )
+            .await;
+        tokens.push(r["data"]["token"].as_str().unwrap().to_owned());
+    }
+    for token in &tokens {
+        assert_eq!(Ws::connect(&t).await.login(token).await["code"], 0);
+    }
+    // A reset code is another purpose: no shared cooldown with the sign-up code.
+    let r = t
+        .post_form("/api/v4.0/sendsms/13811112222", &[("expect", "1")])
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let code = t.last_code("13811112222");
+    assert_eq!(
+        t.get(
+            "/api/v4.0/verify_code",
+            &[("phone", "13811112222"), ("code", &code)]
+        )
+        .await["code"],
+        200
+    );
+    assert_eq!(
+        t.post_form(
+            "/api/v4.0/forget_password",
+            &[("phone", "13811112222"), ("password", "secret9")]
+        )
+        .await["code"],
+        200
+    );
+    assert_eq!(Ws::connect(&t).await.login(&tokens[0]).await["code"], -1);
+    assert_eq!(
+        Ws::connect(&t).await.login(&tokens[1]).await["code"],
+        0,
+        "other accounts untouched"
+    );
+}
