@@ -2216,12 +2216,12 @@ async fn slow_headers_are_cut_off_by_the_header_timeout() {
             break;
         }
     }
+    // The loop gives up after 4 s: `cut` means the server cut it first.
     assert!(
         cut,
         "a dripped header is not cut off after {:?}",
         start.elapsed()
     );
-    assert!(start.elapsed() < Duration::from_secs(4));
     // An idle keep-alive connection after a full answer is closed too.
     let mut s = TcpStream::connect(t.addr).await.unwrap();
     s.write_all(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")

@@ -171,6 +171,14 @@ const SCHEMA_VERSION: &[u8] = b"1";
 /// it found no longer holds the address (a concurrent `update_user`).
 const INDEX_RETRIES: usize = 16;
 
+/// How long [`SledStore::open`] waits for a directory lock held elsewhere.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether sled refused to open because the directory's lock file is held.
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
+}
+
 /// The private error of this crate; converted into [`StoreError`] at the
 /// port boundary.
 #[derive(Debug, thiserror::Error)]
@@ -601,11 +609,26 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (creating if needed) the database in the directory `path`.
     ///
+    /// sled locks the directory while any handle to it lives, and a store
+    /// dropped a moment ago may still hold the lock from one of sled's
+    /// background threads; so a lock held by someone else is waited for, up
+    /// to [`LOCK_WAIT`], before giving up.
+    ///
     /// Fails with [`StoreError::Backend`] if sled cannot open it (for
-    /// instance because another process holds it) or it holds another
-    /// layout version.
+    /// instance because another process still holds it after that wait) or
+    /// it holds another layout version.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let db = sled::open(path).map_err(Error::from)?;
+        let path = path.as_ref();
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::open(path) {
+                Ok(db) => break db,
+                Err(e) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(Error::from(e).into()),
+            }
+        };
         Self::from_db(db)
     }
 
@@ -1116,6 +1139,22 @@ mod tests {
         let check = LimitCheck::new("k", sms_core::limits::LimitRule::per(1, 10));
         let r = s.acquire(&[check], 1).await;
         assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
+    }
+
+    #[test]
+    fn open_waits_for_a_lock_released_late() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledStore::open(dir.path()).unwrap();
+        // Held elsewhere (here: by a handle another thread keeps a while).
+        let holder = first.db().clone();
+        drop(first);
+        let released = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(holder);
+        });
+        let second = SledStore::open(dir.path());
+        assert!(second.is_ok(), "{:?}", second.err());
+        released.join().unwrap();
     }
 
     #[test]
