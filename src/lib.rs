@@ -13,6 +13,8 @@ pub mod logging;
 pub mod outbox;
 pub mod platform;
 pub mod router;
+pub mod workers;
 
 pub use config::PlatformArgs;
 pub use platform::{Platform, PlatformError, RunningPlatform};
+pub use workers::BackgroundWorkers;

@@ -23,6 +23,7 @@ use crate::blocking::BlockingHasher;
 use crate::config::PlatformArgs;
 use crate::outbox::{OutboxGateway, OutboxSender};
 use crate::router::PlatformService;
+use crate::workers::BackgroundWorkers;
 
 /// Why the platform could not start.
 #[derive(Debug, thiserror::Error)]
@@ -191,8 +192,7 @@ impl Platform {
             ..ServerConfig::default()
         };
         let (tx, rx) = oneshot::channel::<()>();
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let workers = spawn_workers(core.clone(), stop_rx);
+        let workers = BackgroundWorkers::spawn(core.clone());
         let task = tokio::spawn(async move {
             let ws_for_stop = ws.clone();
             sms_http_hyper::serve(listener, service, server_config, async move {
@@ -203,10 +203,7 @@ impl Platform {
             })
             .await;
             let _ = tokio::time::timeout(Duration::from_secs(5), ws.closed()).await;
-            let _ = stop_tx.send(true);
-            for w in workers {
-                let _ = w.await;
-            }
+            workers.stop().await;
         });
         tracing::info!(%addr, "platform listening");
         Ok(RunningPlatform {
@@ -216,52 +213,4 @@ impl Platform {
             task,
         })
     }
-}
-
-/// Background work: the send-task worker (woken by new tasks, and every
-/// second for retries) and the lease sweeper (every second). Both stop when
-/// `stop` turns true.
-fn spawn_workers(core: Core, stop: tokio::sync::watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-    let sender_core = core.clone();
-    let mut sender_stop = stop.clone();
-    let sending = tokio::spawn(async move {
-        loop {
-            // Cancellable: a stop drops the pass mid-flight; what was not
-            // recorded is pending in the store and resumes at next start.
-            let pass = tokio::select! {
-                r = sender_core.sending.work_once() => r,
-                _ = sender_stop.changed() => break,
-            };
-            match pass {
-                Ok(r) if r.sent + r.failed > 0 => {
-                    tracing::info!(
-                        sent = r.sent,
-                        failed = r.failed,
-                        finished = r.finished,
-                        "send tasks progressed"
-                    );
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "send worker"),
-            }
-            tokio::select! {
-                () = sender_core.sending.work_queued() => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = sender_stop.changed() => break,
-            }
-        }
-    });
-    let mut sweep_stop = stop;
-    let sweeper = tokio::spawn(async move {
-        loop {
-            if let Err(e) = core.pool.settle_due(1_000).await {
-                tracing::error!(error = %e, "lease sweeper");
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = sweep_stop.changed() => break,
-            }
-        }
-    });
-    vec![sending, sweeper]
 }
