@@ -115,7 +115,7 @@ impl MessageGateway for OutboxGateway {
             text: m.text.clone(),
             code: None,
             purpose: None,
-            at: chrono::Utc::now(),
+            at: written_at(),
         };
         let mut v: serde_json::Value = serde_json::from_str(&OutboxSender::line(&msg))
             .map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
@@ -126,4 +126,11 @@ impl MessageGateway for OutboxGateway {
             .map_err(|e| DeliveryError::Unavailable(e.0))?;
         Ok(m.idempotency_key.clone())
     }
+}
+
+/// The wall-clock time a gateway line is written (the carrier's side of the
+/// world, outside the core's injected clock).
+#[allow(clippy::disallowed_methods, reason = "the outbox is the real world")]
+fn written_at() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
 }

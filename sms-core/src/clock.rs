@@ -26,6 +26,7 @@ pub trait Clock: Debug + Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    #[allow(clippy::disallowed_methods, reason = "the one system clock")]
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
     }
