@@ -3,6 +3,7 @@
 //! every operation trivially atomic.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -543,12 +544,23 @@ impl QueueStore for MemoryStore {
         Ok(seq)
     }
 
-    async fn mailbox(&self, user: &UserId) -> StoreResult<Vec<(u64, Push)>> {
+    async fn mailbox(
+        &self,
+        user: &UserId,
+        after: Option<u64>,
+        max: usize,
+    ) -> StoreResult<Vec<(u64, Push)>> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(self
             .lock()
             .mailboxes
             .get(user)
-            .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .map(|m| {
+                m.range((from, Bound::Unbounded))
+                    .take(max)
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 

@@ -455,9 +455,21 @@ impl PoolService {
         Ok(())
     }
 
-    /// The user's mailbox (pushes not yet delivered), oldest first.
+    /// The user's whole mailbox (pushes not yet delivered), oldest first.
+    /// Sessions read it a page at a time with [`mailbox_page`](Self::mailbox_page).
     pub async fn mailbox(&self, user: &UserId) -> Result<Vec<(u64, Push)>, CoreError> {
-        Ok(self.stores.queues.mailbox(user).await?)
+        Ok(self.stores.queues.mailbox(user, None, usize::MAX).await?)
+    }
+
+    /// Up to `max` mailbox entries with a sequence number above `after`
+    /// (from the start when `None`), oldest first.
+    pub async fn mailbox_page(
+        &self,
+        user: &UserId,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<(u64, Push)>, CoreError> {
+        Ok(self.stores.queues.mailbox(user, after, max).await?)
     }
 
     /// Acknowledges one delivered push.

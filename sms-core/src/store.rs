@@ -456,7 +456,10 @@ pub trait ItemStore: Debug + Send + Sync + 'static {
 /// # Contract
 /// * Each queue is first in, first out; a `take_*` removes what it returns,
 ///   and of concurrent takers each entry goes to exactly one.
-/// * Mailbox sequence numbers increase; an entry stays until acknowledged.
+/// * Mailbox sequence numbers increase (a later push has a larger number
+///   than every earlier one of the same user); an entry stays until
+///   acknowledged; a page after a sequence number holds exactly the entries
+///   above it, so paging never skips nor repeats one.
 /// * Writes are durable when the call returns `Ok`.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
@@ -471,8 +474,14 @@ pub trait QueueStore: Debug + Send + Sync + 'static {
     async fn take_device_messages(&self, cid: &str, max: usize) -> StoreResult<Vec<DeviceMessage>>;
     /// Appends to a user's mailbox; returns the entry's sequence number.
     async fn mailbox_push(&self, user: &UserId, push: Push) -> StoreResult<u64>;
-    /// The user's unacknowledged entries, oldest first.
-    async fn mailbox(&self, user: &UserId) -> StoreResult<Vec<(u64, Push)>>;
+    /// The user's unacknowledged entries with a sequence number above
+    /// `after` (all, when `None`), oldest first, at most `max`.
+    async fn mailbox(
+        &self,
+        user: &UserId,
+        after: Option<u64>,
+        max: usize,
+    ) -> StoreResult<Vec<(u64, Push)>>;
     /// Removes one entry.
     async fn mailbox_ack(&self, user: &UserId, seq: u64) -> StoreResult<()>;
 }

@@ -71,6 +71,7 @@ macro_rules! store_conformance_tests {
             items_put_and_get,
             queues_fifo_and_take_once,
             mailbox_sequence_and_ack,
+            mailbox_pages,
             ledger_idempotent_and_exact,
             ledger_concurrent_never_overdraw,
             ledger_expired_holds,
@@ -1094,13 +1095,58 @@ pub async fn mailbox_sequence_and_ack(s: &Stores) {
     let c = q.mailbox_push(&v, push("c")).await.unwrap();
     assert!(a < b && b < c);
     assert_eq!(
-        q.mailbox(&u).await.unwrap(),
+        q.mailbox(&u, None, usize::MAX).await.unwrap(),
         vec![(a, push("a")), (b, push("b"))]
     );
     q.mailbox_ack(&u, a).await.unwrap();
     q.mailbox_ack(&u, 12345).await.unwrap();
-    assert_eq!(q.mailbox(&u).await.unwrap(), vec![(b, push("b"))]);
-    assert_eq!(q.mailbox(&v).await.unwrap(), vec![(c, push("c"))]);
+    assert_eq!(
+        q.mailbox(&u, None, usize::MAX).await.unwrap(),
+        vec![(b, push("b"))]
+    );
+    assert_eq!(
+        q.mailbox(&v, None, usize::MAX).await.unwrap(),
+        vec![(c, push("c"))]
+    );
+}
+
+/// Paging a mailbox after a sequence number never skips nor repeats an
+/// entry, and stays within one user's entries.
+pub async fn mailbox_pages(s: &Stores) {
+    let q = &s.queues;
+    let u = UserId::from_string("pager".into());
+    // A user whose id extends this one's must not leak into its pages.
+    let other = UserId::from_string("pager2".into());
+    let push = |i: usize| Push::RecvMsg {
+        mobile: "13800000000".into(),
+        msg: format!("m{i}"),
+    };
+    let mut seqs = Vec::new();
+    for i in 0..7 {
+        seqs.push(q.mailbox_push(&u, push(i)).await.unwrap());
+        q.mailbox_push(&other, push(100 + i)).await.unwrap();
+    }
+    q.mailbox_ack(&u, seqs[3]).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = q.mailbox(&u, after, 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        seen.extend(page);
+    }
+    let expected: Vec<(u64, Push)> = (0..7)
+        .filter(|&i| i != 3)
+        .map(|i| (seqs[i], push(i)))
+        .collect();
+    assert_eq!(seen, expected);
+    assert!(q.mailbox(&u, Some(u64::MAX), 10).await.unwrap().is_empty());
+    assert!(q.mailbox(&u, None, 0).await.unwrap().is_empty());
+    assert_eq!(
+        q.mailbox(&u, Some(seqs[5]), 10).await.unwrap(),
+        vec![(seqs[6], push(6))]
+    );
 }
 
 fn lreq(op_id: &str, user: &str, op: LedgerOp) -> LedgerRequest {

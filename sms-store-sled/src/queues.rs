@@ -118,12 +118,34 @@ impl QueueStore for SledStore {
             .await
     }
 
-    async fn mailbox(&self, user: &UserId) -> StoreResult<Vec<(u64, Push)>> {
+    async fn mailbox(
+        &self,
+        user: &UserId,
+        after: Option<u64>,
+        max: usize,
+    ) -> StoreResult<Vec<(u64, Push)>> {
         let user = user.clone();
         self.run(move |t| {
-            let prefix = seq_prefix(user.as_str().as_bytes());
+            let owner = user.as_str().as_bytes();
+            let prefix = seq_prefix(owner);
+            // Keys are owner, 0, big-endian sequence: the entries above
+            // `after` start right after its key.
+            let start = match after {
+                Some(seq) => match seq.checked_add(1) {
+                    Some(next) => seq_key(owner, next),
+                    None => return Ok(Vec::new()),
+                },
+                None => prefix.clone(),
+            };
             let mut out = Vec::new();
-            for (key, value) in seq_entries(&t.mailbox, user.as_str().as_bytes(), usize::MAX)? {
+            for entry in t.mailbox.range(start..) {
+                if out.len() >= max {
+                    break;
+                }
+                let (key, value) = entry?;
+                if !key.starts_with(&prefix) {
+                    break;
+                }
                 if let Some(seq) = seq_of(&prefix, &key) {
                     out.push((seq, decode(MAILBOX, &value)?));
                 }
@@ -168,8 +190,14 @@ mod tests {
         let long = UserId::from_string("a\0\0\0\0\0\0\0\0\u{1}".into());
         let p1 = s.mailbox_push(&short, push("short")).await.unwrap();
         let p2 = s.mailbox_push(&long, push("long")).await.unwrap();
-        assert_eq!(s.mailbox(&short).await.unwrap(), vec![(p1, push("short"))]);
-        assert_eq!(s.mailbox(&long).await.unwrap(), vec![(p2, push("long"))]);
+        assert_eq!(
+            s.mailbox(&short, None, 10).await.unwrap(),
+            vec![(p1, push("short"))]
+        );
+        assert_eq!(
+            s.mailbox(&long, None, 10).await.unwrap(),
+            vec![(p2, push("long"))]
+        );
         let sms = |t: &str| ReceivedSms {
             mobile: sms_core::phone::PhoneNumber::parse_cn_mobile("13800000000").unwrap(),
             text: t.into(),

@@ -556,12 +556,19 @@ async fn pool_queues_and_ledger_survive_reopen() {
         vec![device_message(0), device_message(1)]
     );
     assert_eq!(
-        s.queues.mailbox(&id(7)).await.unwrap(),
+        s.queues.mailbox(&id(7), None, usize::MAX).await.unwrap(),
         vec![(b_seq, recv("b")), (c_seq, recv("c"))]
     );
     let d = s.queues.mailbox_push(&id(7), recv("d")).await.unwrap();
     assert!(d > c_seq, "sequence numbers keep increasing across reopen");
-    assert_eq!(s.queues.mailbox(&id(7)).await.unwrap().len(), 3);
+    assert_eq!(
+        s.queues
+            .mailbox(&id(7), None, usize::MAX)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
 
     // Ledger balances, holds and entries.
     let balance = s.ledger.balance(&id(7)).await.unwrap();

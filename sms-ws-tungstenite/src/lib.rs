@@ -75,7 +75,10 @@
 //!   The session that changed the password stays open and from then on
 //!   stands for the new token (a later `CSLogout` revokes that one).
 //! * A push is acknowledged in the mailbox only after its frame was flushed;
-//!   a user's sessions each get every push.
+//!   a user's sessions each get every push. After a login the mailbox is
+//!   read a page (one outbound queue's worth) at a time, oldest first, so a
+//!   long-offline user's backlog never sits in memory whole; SMS landing
+//!   meanwhile come after it, once.
 //!
 //! ## Usage
 //!

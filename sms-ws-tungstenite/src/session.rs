@@ -6,7 +6,7 @@
 //! push that must be acknowledged in the user's mailbox is acknowledged only
 //! after the frame carrying it was flushed to the socket.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -166,11 +166,14 @@ struct Login {
     /// and the old and new tokens of a password change made here.
     own: Vec<TokenHash>,
     events: mpsc::Receiver<Event>,
-    /// Mailbox entries read at login, not yet queued.
+    /// Mailbox entries read from the store, not yet queued.
     backlog: VecDeque<(u64, Push)>,
-    /// Sequence numbers taken from the mailbox: their live events are
-    /// duplicates.
-    from_mailbox: HashSet<u64>,
+    /// The last sequence number read from the mailbox: live events up to it
+    /// are duplicates.
+    read_upto: Option<u64>,
+    /// The mailbox was read to its end. Until then every live push is in it
+    /// (stored before published) and comes from a later page, in order.
+    mailbox_done: bool,
 }
 
 /// What the loop does next.
@@ -264,9 +267,19 @@ where
         tokio::pin!(idle);
 
         loop {
-            self.refill();
-            let take_events =
-                self.out.room() > 0 && self.login.as_ref().is_some_and(|l| l.backlog.is_empty());
+            if let Err(e) = self.refill().await {
+                tracing::warn!(error = %e, "hub ws: mailbox read failed");
+                return close(CloseCode::Error, "mailbox unavailable").into_frame();
+            }
+            // Live pushes wait while older ones from the mailbox are queued
+            // (order), except while the mailbox is still being paged: then
+            // they are all duplicates, dropped at once so that the event
+            // queue does not fill up.
+            let take_events = self.out.room() > 0
+                && self
+                    .login
+                    .as_ref()
+                    .is_some_and(|l| l.backlog.is_empty() || !l.mailbox_done);
             let can_ping = self.out.room() > 0;
             let step = tokio::select! {
                 biased;
@@ -312,19 +325,37 @@ where
         }
     }
 
-    /// Moves mailbox entries read at login into the queue as room allows.
-    fn refill(&mut self) {
+    /// Moves mailbox entries into the queue as room allows, reading the
+    /// mailbox a page (one queue's worth) at a time, so that a long-offline
+    /// user's backlog never sits in memory whole.
+    async fn refill(&mut self) -> Result<(), sms_core::CoreError> {
         let Some(login) = self.login.as_mut() else {
-            return;
+            return Ok(());
         };
+        let page = self.out.cap.max(1);
         while self.out.room() > 0 {
             let Some((seq, push)) = login.backlog.pop_front() else {
-                break;
+                if login.mailbox_done {
+                    break;
+                }
+                let entries = self
+                    .shared
+                    .core
+                    .pool
+                    .mailbox_page(&login.user.id, login.read_upto, page)
+                    .await?;
+                login.mailbox_done = entries.len() < page;
+                if let Some((last, _)) = entries.last() {
+                    login.read_upto = Some(*last);
+                }
+                login.backlog.extend(entries);
+                continue;
             };
             self.out
                 .queue
                 .push_back(push_frame(&login.user.id, seq, &push));
         }
+        Ok(())
     }
 
     /// Queues `PushKickout` and ends the connection.
@@ -342,7 +373,8 @@ where
             // mailbox keeps what was not delivered.
             None => close(CloseCode::Again, "too slow"),
             Some(Event::Push { seq, push }) => {
-                if !login.from_mailbox.remove(&seq) {
+                let from_mailbox = !login.mailbox_done || login.read_upto.is_some_and(|r| seq <= r);
+                if !from_mailbox {
                     self.out
                         .queue
                         .push_back(push_frame(&login.user.id, seq, &push));
@@ -440,10 +472,6 @@ where
             Ok(b) => b.available(),
             Err(e) => return self.send(&protocol::answer(req, protocol::login_code(&e))),
         };
-        let mailbox = match core.pool.mailbox(&user.id).await {
-            Ok(m) => m,
-            Err(e) => return self.send(&protocol::answer(req, protocol::login_code(&e))),
-        };
         let flag = match (opened.first_use, opened.session.origin) {
             (true, SessionOrigin::Renewal) => 2,
             (true, SessionOrigin::Signup) => 3,
@@ -473,14 +501,15 @@ where
                 "flag": flag,
             },
         }));
-        let from_mailbox = mailbox.iter().map(|(seq, _)| *seq).collect();
+        // The mailbox follows, a page at a time (`refill`).
         self.login = Some(Login {
             user,
             own: vec![token.hash()],
             token,
             events,
-            backlog: mailbox.into(),
-            from_mailbox,
+            backlog: VecDeque::new(),
+            read_upto: None,
+            mailbox_done: false,
         });
     }
 

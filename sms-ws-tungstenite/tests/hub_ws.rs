@@ -187,6 +187,22 @@ impl Env {
             .unwrap();
     }
 
+    /// alice, who leased a number of a free item and went offline:
+    /// (her token, her id, the number).
+    async fn offline_lessee(&self) -> (String, UserId, String) {
+        self.put_item(ITEM, 0, 0).await;
+        self.numbers(&[("13811110001", "beijing")]).await;
+        let token = self.sign_up("alice").await;
+        let alice = self.user_id("alice").await;
+        let mut ws = self.connect().await;
+        assert_eq!(code(&login(&mut ws, &token).await), 0);
+        let number = lease(&mut ws, 1).await.remove(0);
+        ws.close(None).await.unwrap();
+        expect_closed(&mut ws).await;
+        timeout(WAIT, self.hub.closed()).await.unwrap();
+        (token, alice, number)
+    }
+
     async fn wait_mailbox_empty(&self, user: &UserId) {
         for _ in 0..250 {
             if self.core.pool.mailbox(user).await.unwrap().is_empty() {
@@ -930,16 +946,7 @@ async fn recv_msg_waits_in_the_mailbox_while_offline() {
 #[tokio::test]
 async fn live_events_already_read_from_the_mailbox_are_not_sent_twice() {
     let env = start().await;
-    env.put_item(ITEM, 0, 0).await;
-    env.numbers(&[("13811110001", "beijing")]).await;
-    let token = env.sign_up("alice").await;
-    let alice = env.user_id("alice").await;
-    let mut ws = env.connect().await;
-    assert_eq!(code(&login(&mut ws, &token).await), 0);
-    let number = lease(&mut ws, 1).await.remove(0);
-    ws.close(None).await.unwrap();
-    expect_closed(&mut ws).await;
-    timeout(WAIT, env.hub.closed()).await.unwrap();
+    let (token, alice, number) = env.offline_lessee().await;
     env.sms(&number, "first").await;
     let (seq, push) = env.core.pool.mailbox(&alice).await.unwrap().remove(0);
 
@@ -966,6 +973,50 @@ async fn live_events_already_read_from_the_mailbox_are_not_sent_twice() {
     )
     .await;
     assert_eq!(r, -1, "no duplicate before the answer");
+}
+
+#[tokio::test]
+async fn a_long_mailbox_is_paged_in_order_with_live_pushes_after_it() {
+    // Pages of 64 (the smallest queue): 150 waiting pushes take three reads.
+    let env = start_with(WsConfig {
+        outbound_queue: 64,
+        ..WsConfig::default()
+    })
+    .await;
+    let (token, alice, number) = env.offline_lessee().await;
+    for i in 0..150 {
+        env.sms(&number, &format!("offline {i}")).await;
+    }
+
+    let mut ws = env.connect().await;
+    assert_eq!(code(&login(&mut ws, &token).await), 0);
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.push(recv(&mut ws).await["msg"].as_str().unwrap().to_owned());
+    }
+    // SMS landing while the backlog is being paged: they are in the
+    // mailbox too, and must come once, after the older ones.
+    for i in 0..5 {
+        env.sms(&number, &format!("live {i}")).await;
+    }
+    for _ in 10..155 {
+        got.push(recv(&mut ws).await["msg"].as_str().unwrap().to_owned());
+    }
+    let expected: Vec<String> = (0..150)
+        .map(|i| format!("offline {i}"))
+        .chain((0..5).map(|i| format!("live {i}")))
+        .collect();
+    assert_eq!(got, expected);
+    let r = mobile_num(
+        &mut ws,
+        json!({"protocol":"CSMobileNum","itemId":"no.such","count":1}),
+    )
+    .await;
+    assert_eq!(r, -1, "no duplicate before the answer");
+    env.wait_mailbox_empty(&alice).await;
+    // Then live as usual.
+    env.sms(&number, "after").await;
+    assert_eq!(recv(&mut ws).await["msg"], "after");
 }
 
 #[tokio::test]
