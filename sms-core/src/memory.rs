@@ -55,7 +55,8 @@ struct Inner {
     user_entries: HashMap<UserId, Vec<String>>,
     signatures: BTreeMap<i64, Signature>,
     templates: BTreeMap<i64, Template>,
-    next_send_id: i64,
+    next_sign_id: i64,
+    next_temp_id: i64,
     tasks: HashMap<String, SendTask>,
     task_order: Vec<String>,
     statuses: HashMap<String, Vec<RecipientStatus>>,
@@ -646,8 +647,8 @@ impl LedgerStore for MemoryStore {
 impl SendStore for MemoryStore {
     async fn create_signature(&self, mut sig: Signature) -> StoreResult<Signature> {
         let mut g = self.lock();
-        g.next_send_id += 1;
-        sig.id = g.next_send_id;
+        g.next_sign_id += 1;
+        sig.id = g.next_sign_id;
         g.signatures.insert(sig.id, sig.clone());
         Ok(sig)
     }
@@ -694,8 +695,8 @@ impl SendStore for MemoryStore {
         if !g.signatures.contains_key(&template.sign_id) {
             return Ok(None);
         }
-        g.next_send_id += 1;
-        template.id = g.next_send_id;
+        g.next_temp_id += 1;
+        template.id = g.next_temp_id;
         g.templates.insert(template.id, template.clone());
         Ok(Some(template))
     }

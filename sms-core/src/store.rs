@@ -528,7 +528,9 @@ pub enum DeleteOutcome {
 /// Signatures, templates and send tasks.
 ///
 /// # Contract
-/// * Ids are assigned by the store, increasing, never reused.
+/// * Ids are assigned by the store, increasing, never reused; signatures and
+///   templates count separately (each from 1 in a fresh store, as tables
+///   with their own auto-increment would).
 /// * `replace_*` writes only if the stored record equals `old`
 ///   (compare-and-set): of concurrent writers from one state, one wins.
 /// * [`delete_signature`](Self::delete_signature) and

@@ -1368,7 +1368,7 @@ pub async fn sending_signatures_and_templates(s: &Stores) {
     let st = &s.sending;
     let a = st.create_signature(signature("u1")).await.unwrap();
     let b = st.create_signature(signature("u2")).await.unwrap();
-    assert!(a.id > 0 && b.id > a.id);
+    assert_eq!((a.id, b.id), (1, 2), "signatures count from 1");
     assert_eq!(st.signature(a.id).await.unwrap(), Some(a.clone()));
     assert_eq!(st.signatures_of(&a.owner).await.unwrap(), vec![a.clone()]);
     let mut passed = a.clone();
@@ -1383,7 +1383,7 @@ pub async fn sending_signatures_and_templates(s: &Stores) {
         .await
         .unwrap()
         .unwrap();
-    assert!(t.id > b.id);
+    assert_eq!(t.id, 1, "templates count on their own, from 1");
     assert!(st
         .create_template(template("u1", 9_999))
         .await

@@ -39,7 +39,13 @@ use crate::{
 };
 
 /// `send_meta` key of the last signature or template id handed out.
+/// The one id counter of layouts before signatures and templates each had
+/// their own; a fresh per-kind counter starts above it.
 const META_LAST_ID: &[u8] = b"last_id";
+/// The last signature id drawn.
+const META_LAST_SIGN_ID: &[u8] = b"last_sign_id";
+/// The last template id drawn.
+const META_LAST_TEMP_ID: &[u8] = b"last_temp_id";
 
 /// The key of a signature or template (and of a signature's count).
 fn id_key(id: i64) -> [u8; 8] {
@@ -69,16 +75,21 @@ fn is_open(state: TaskState) -> bool {
     matches!(state, TaskState::Created | TaskState::Queued)
 }
 
-/// Draws the next signature or template id.
-fn tx_next_id(meta: &TransactionalTree) -> TxResult<i64> {
-    let last: i64 = tx(decode_opt(SEND_META, meta.get(META_LAST_ID)?))?.unwrap_or(0);
+/// Draws the next id from the counter at `key` (signatures and templates
+/// count separately, like tables with their own auto-increment).
+fn tx_next_id(meta: &TransactionalTree, key: &'static [u8]) -> TxResult<i64> {
+    let last: i64 = match tx(decode_opt(SEND_META, meta.get(key)?))? {
+        Some(last) => last,
+        // Ids drawn from the old shared counter are never handed out again.
+        None => tx(decode_opt(SEND_META, meta.get(META_LAST_ID)?))?.unwrap_or(0),
+    };
     let Some(next) = last.checked_add(1) else {
         return abort(Error::Malformed {
             tree: SEND_META,
             what: "id counter exhausted",
         });
     };
-    meta.insert(META_LAST_ID, tx(encode(SEND_META, &next))?)?;
+    meta.insert(key, tx(encode(SEND_META, &next))?)?;
     Ok(next)
 }
 
@@ -161,7 +172,7 @@ impl SendStore for SledStore {
             let trees = (&t.signatures, &t.signatures_by_owner, &t.send_meta);
             let sig = trees.transaction(|(sigs, by_owner, meta)| {
                 let mut sig = sig.clone();
-                sig.id = tx_next_id(meta)?;
+                sig.id = tx_next_id(meta, META_LAST_SIGN_ID)?;
                 sigs.insert(&id_key(sig.id)[..], tx(encode(SIGNATURES, &sig))?)?;
                 by_owner.insert(owner_key(&sig.owner, sig.id), &b""[..])?;
                 Ok(sig)
@@ -250,7 +261,7 @@ impl SendStore for SledStore {
                         return Ok(None);
                     }
                     let mut template = template.clone();
-                    template.id = tx_next_id(meta)?;
+                    template.id = tx_next_id(meta, META_LAST_TEMP_ID)?;
                     templates
                         .insert(&id_key(template.id)[..], tx(encode(TEMPLATES, &template))?)?;
                     by_owner.insert(owner_key(&template.owner, template.id), &b""[..])?;
@@ -508,6 +519,38 @@ mod tests {
             created_at: 1,
             updated_at: 1,
         }
+    }
+
+    #[tokio::test]
+    async fn ids_continue_above_the_old_shared_counter() {
+        let s = store();
+        // A layout from before per-kind counters: one shared `last_id`.
+        s.trees
+            .send_meta
+            .insert(META_LAST_ID, encode(SEND_META, &7i64).unwrap())
+            .unwrap();
+        let sig = s
+            .create_signature(Signature {
+                id: 0,
+                owner: UserId::from_string("u".into()),
+                text: "s".into(),
+                source: "x".into(),
+                pics: Vec::new(),
+                audit: AuditStatus::Pending,
+                reject_reason: String::new(),
+                created_at: 1,
+                updated_at: 1,
+            })
+            .await
+            .unwrap();
+        let t = s
+            .create_template(template("u", sig.id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((sig.id, t.id), (8, 8), "no id already handed out is reused");
+        let sig2 = s.create_signature(sig.clone()).await.unwrap();
+        assert_eq!(sig2.id, 9);
     }
 
     /// `template_counts` and `templates_by_signature` agree with the

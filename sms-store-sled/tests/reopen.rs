@@ -670,7 +670,7 @@ async fn signatures_templates_and_tasks_survive_reopen() {
         at: 7,
     };
 
-    let (a, b, t1, t2, last_id);
+    let (a, b, t1, t2, last_sign_id, last_temp_id);
     {
         let s = open(dir.path());
         let st = &s.sending;
@@ -706,7 +706,8 @@ async fn signatures_templates_and_tasks_survive_reopen() {
             st.delete_signature(doomed.id).await.unwrap(),
             DeleteOutcome::Deleted
         );
-        last_id = gone.id;
+        last_sign_id = doomed.id;
+        last_temp_id = gone.id;
 
         for uuid in ["t-1", "t-2", "t-3", "t-4"] {
             st.create_task(send_task(uuid, 300)).await.unwrap();
@@ -737,7 +738,7 @@ async fn signatures_templates_and_tasks_survive_reopen() {
     assert_eq!(st.templates_of(&id(1)).await.unwrap(), vec![t1.clone()]);
     assert_eq!(st.templates_of(&id(2)).await.unwrap(), vec![t2.clone()]);
     assert_eq!(st.template(t2.id).await.unwrap(), Some(t2.clone()));
-    assert!(st.template(last_id).await.unwrap().is_none());
+    assert!(st.template(last_temp_id).await.unwrap().is_none());
     // The per-signature template counts survived: both signatures are in use
     // until their templates go.
     assert_eq!(
@@ -756,13 +757,13 @@ async fn signatures_templates_and_tasks_survive_reopen() {
     assert!(st.signatures_of(&id(2)).await.unwrap().is_empty());
     // Ids keep increasing after the reopen.
     let c = st.create_signature(signature(1, "丁")).await.unwrap();
-    assert!(c.id > last_id, "id {} reused after reopen", c.id);
+    assert!(c.id > last_sign_id, "id {} reused after reopen", c.id);
     let t3 = st
         .create_template(template(1, c.id, "three"))
         .await
         .unwrap()
         .unwrap();
-    assert!(t3.id > c.id);
+    assert!(t3.id > last_temp_id, "id {} reused after reopen", t3.id);
 
     // Tasks, statuses and the open list.
     let mut t1_task = send_task("t-1", 300);
