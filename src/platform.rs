@@ -179,6 +179,7 @@ impl Platform {
                 body_limit: a.body_limit,
                 trusted_proxies: TrustedProxies::new(nets),
                 body_timeout: Duration::from_secs(a.body_timeout_secs.max(1)),
+                ..HttpConfig::default()
             },
         );
         let ws = HubWs::new(core.clone(), WsConfig::default());

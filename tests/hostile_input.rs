@@ -1138,6 +1138,95 @@ async fn huge_strings_get_validation_errors_quickly() {
     assert_alive(&t).await;
 }
 
+/// Reads one response (headers and a `Content-Length` body) from a
+/// connection that stays open.
+async fn read_one(s: &mut TcpStream) -> RawReply {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(at) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&bytes[..at]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if bytes.len() >= at + 4 + len {
+                return RawReply {
+                    bytes,
+                    closed: false,
+                };
+            }
+        }
+        match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => bytes.extend_from_slice(&buf[..n]),
+            _ => {
+                return RawReply {
+                    bytes,
+                    closed: true,
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn refused_bodies_written_whole_before_reading_get_their_answer() {
+    // Clients such as Python's http.client write the whole body before they
+    // read: the answer must reach them, not a reset connection.
+    let t = TestPlatform::start().await;
+    let cases: [(&str, usize, u16); 3] = [
+        ("/signup", 4 * LIMIT, 413),
+        ("/api/v4.0/login", LIMIT + 1, 413),
+        ("/no/such/route", 2 * LIMIT, 404),
+    ];
+    for (path, size, status) in cases {
+        let mut s = TcpStream::connect(t.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        // The server reads (and throws away) the body: the write completes.
+        tokio::time::timeout(WAIT, s.write_all(&vec![b'a'; size]))
+            .await
+            .expect("the server reads the body")
+            .expect("the connection is not reset");
+        let r = read_one(&mut s).await;
+        assert_eq!(r.status(), Some(status), "{path}: {}", r.text());
+        // The body was read to its end: the connection serves on.
+        s.write_all(b"GET /mobiles/com.app/1 HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let r = read_one(&mut s).await;
+        assert_eq!(r.status(), Some(200), "{path}: {}", r.text());
+        assert_eq!(r.json().unwrap()["code"], 208);
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_announced_with_expect_or_beyond_the_discard_limit_are_refused_unread() {
+    let t = TestPlatform::start().await;
+    // `Expect: 100-continue`: 413 at once, no `100 Continue`, nothing read.
+    let mut s = TcpStream::connect(t.addr).await.unwrap();
+    let head = format!(
+        "POST /signup HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        2 * LIMIT
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let r = read_reply(&mut s, WAIT).await;
+    assert_eq!(r.statuses(), vec![413], "{}", r.text());
+    assert!(r.closed);
+    // Far beyond what is worth reading: 413 at once, connection closed.
+    let mut s = TcpStream::connect(t.addr).await.unwrap();
+    s.write_all(b"POST /signup HTTP/1.1\r\nHost: test\r\nContent-Length: 107374182400\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_reply(&mut s, WAIT).await;
+    assert_eq!(r.statuses(), vec![413], "{}", r.text());
+    assert!(r.closed);
+    assert_alive(&t).await;
+}
+
 #[tokio::test]
 async fn bodies_over_one_mib_answer_413_and_one_mib_is_fine() {
     let t = TestPlatform::start().await;

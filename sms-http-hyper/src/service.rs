@@ -9,11 +9,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes};
 use futures_util::FutureExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use sms_core::Core;
 
 use crate::client_addr::{ClientAddr, TrustedProxies};
@@ -34,6 +34,13 @@ pub struct HttpConfig {
     pub trusted_proxies: TrustedProxies,
     /// The whole body must arrive within this time, else 408 (default 30 s).
     pub body_timeout: std::time::Duration,
+    /// A body that is refused (over `body_limit`, or sent to a route that
+    /// does not exist) is still read and thrown away up to this many bytes
+    /// (default 16 MiB), so that a client that writes its whole body before
+    /// reading gets the answer instead of a reset connection. Larger bodies,
+    /// and requests that asked `Expect: 100-continue`, get the answer at once
+    /// and the connection is closed.
+    pub discard_limit: u64,
 }
 
 impl Default for HttpConfig {
@@ -42,6 +49,7 @@ impl Default for HttpConfig {
             body_limit: 1024 * 1024,
             trusted_proxies: TrustedProxies::default(),
             body_timeout: std::time::Duration::from_secs(30),
+            discard_limit: 16 * 1024 * 1024,
         }
     }
 }
@@ -163,10 +171,11 @@ impl SmsService {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         let Some(route) = Route::find(&path) else {
-            return response::message(StatusCode::NOT_FOUND, "not found");
+            let resp = response::message(StatusCode::NOT_FOUND, "not found");
+            return self.refuse(req, resp).await;
         };
         if !route.allows(req.method()) {
-            return method_not_allowed(route.allowed());
+            return self.refuse(req, method_not_allowed(route.allowed())).await;
         }
         let client_ip = req.extensions().get::<ClientAddr>().map(|c| {
             self.inner
@@ -186,23 +195,20 @@ impl SmsService {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.inner.config.body_limit as u64) {
+        let config = &self.inner.config;
+        let too_large = || response::message(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
+        if declared.is_some_and(|n| n > config.body_limit as u64)
+            && (expects_continue(&parts.headers) || declared > Some(config.discard_limit))
+        {
             // Refuse before reading (and before any `100 Continue`).
-            return closing(response::message(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload too large",
-            ));
+            return closing(too_large());
         }
-        let collect = Limited::new(body, self.inner.config.body_limit).collect();
-        let body = match tokio::time::timeout(self.inner.config.body_timeout, collect).await {
-            Ok(Ok(c)) => c.to_bytes(),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return closing(response::message(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload too large",
-                ));
-            }
-            Ok(Err(_)) => {
+        let read = read_body(body, config.body_limit, config.discard_limit);
+        let body = match tokio::time::timeout(config.body_timeout, read).await {
+            Ok(BodyRead::Complete(b)) => b,
+            Ok(BodyRead::TooLarge { drained: true }) => return too_large(),
+            Ok(BodyRead::TooLarge { drained: false }) => return closing(too_large()),
+            Ok(BodyRead::Unreadable) => {
                 return closing(response::message(
                     StatusCode::BAD_REQUEST,
                     "unreadable body",
@@ -232,6 +238,94 @@ impl SmsService {
             Route::SendApi(r) => sendapi::handle(core, r, &method, &incoming).await,
             Route::OpenApi(d) => openapi::handle(d),
         }
+    }
+}
+
+impl SmsService {
+    /// Answers `resp` to a request whose body is not wanted, after reading
+    /// and discarding that body (see [`HttpConfig::discard_limit`]).
+    async fn refuse<B>(&self, req: Request<B>, resp: Response<HttpBody>) -> Response<HttpBody>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let config = &self.inner.config;
+        let (parts, body) = req.into_parts();
+        if body.is_end_stream() {
+            return resp;
+        }
+        if expects_continue(&parts.headers) {
+            return closing(resp);
+        }
+        let read = read_body(body, 0, config.discard_limit);
+        match tokio::time::timeout(config.body_timeout, read).await {
+            Ok(BodyRead::Complete(_) | BodyRead::TooLarge { drained: true }) => resp,
+            _ => closing(resp),
+        }
+    }
+}
+
+/// Whether the client waits for `100 Continue` before sending its body.
+fn expects_continue(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// How reading a request body ended.
+#[derive(Debug)]
+enum BodyRead {
+    /// The whole body, within the limit.
+    Complete(Bytes),
+    /// Over the limit; `drained` when the rest was read and thrown away to
+    /// its end (the connection can serve another request).
+    TooLarge {
+        /// The body was read to its end.
+        drained: bool,
+    },
+    /// The body broke off (a bad chunk, a reset).
+    Unreadable,
+}
+
+/// Reads a body, keeping at most `limit` bytes; past that, reads on and
+/// discards up to `discard_limit` bytes in all.
+async fn read_body<B>(body: B, limit: usize, discard_limit: u64) -> BodyRead
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut kept = bytes::BytesMut::new();
+    let mut seen: u64 = 0;
+    let mut over = false;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return if over {
+                BodyRead::TooLarge { drained: false }
+            } else {
+                BodyRead::Unreadable
+            };
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        seen = seen.saturating_add(data.remaining() as u64);
+        if seen > limit as u64 && !over {
+            over = true;
+            kept = bytes::BytesMut::new();
+        }
+        if !over {
+            kept.put(data);
+        } else if seen > discard_limit {
+            return BodyRead::TooLarge { drained: false };
+        }
+    }
+    if over {
+        BodyRead::TooLarge { drained: true }
+    } else {
+        BodyRead::Complete(kept.freeze())
     }
 }
 
