@@ -139,7 +139,7 @@ async fn pool_size_caps_intake_with_406() {
 async fn mobiles_count_rules() {
     let t = TestPlatform::start().await;
     upload(&t, json!([entry("13800000001")])).await;
-    for n in ["0", "101", "abc", "-1", "1.5"] {
+    for n in ["0", "101", "abc", "-1", "1.5", "+5", "%2B5", "%205"] {
         assert_eq!(
             t.get(&format!("/mobiles/app/{n}"), &[]).await["code"],
             400,

@@ -185,8 +185,10 @@ fn info_json(i: &NumberInfo) -> Value {
 }
 
 async fn mobiles(core: &Core, app: &str, n: &str) -> Value {
+    // Digits only (`str::parse` would also take a leading `+`).
+    let digits = !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit());
     let n = match n.parse::<u32>() {
-        Ok(n) if (1..=core.pool.policy().max_hand_out).contains(&n) => n,
+        Ok(n) if digits && (1..=core.pool.policy().max_hand_out).contains(&n) => n,
         _ => return bad(),
     };
     match core.pool.hand_out(app, n).await {
