@@ -23,8 +23,8 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("Ctrl-C: shutting down gracefully");
+    let signal = sms_platform::signals::shutdown_signal().await;
+    tracing::info!("{signal}: shutting down gracefully");
     running.shutdown().await;
     std::process::ExitCode::SUCCESS
 }
