@@ -149,11 +149,38 @@ async fn registration_probes_are_rate_limited_per_ip() {
     }
     assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 30, "{codes:?}");
     assert!(codes[30..].iter().all(|&c| c == -4), "{codes:?}");
-    // sendsms shares the probe budget.
+    // A sendsms refusal would tell as much as isregister: it shares the
+    // probe budget (-4 instead of -1 once it is spent)…
     let r = t
-        .post_form("/api/v4.0/sendsms/13700000000", &[("expect", "0")])
+        .post_form("/api/v4.0/sendsms/13700000000", &[("expect", "1")])
         .await;
     assert_eq!(r["code"], -4);
+    // …while a send is governed by the code caps of G7.
+    let r = t
+        .post_form("/api/v4.0/sendsms/13700000001", &[("expect", "0")])
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+}
+
+#[tokio::test]
+async fn one_client_ip_sends_exactly_the_g7_hourly_cap() {
+    // 300 codes an hour per client IP (G7), to distinct numbers of one
+    // 7-digit prefix: neither the probe limit nor the SMS-pumping breaker
+    // cuts in before the cap.
+    let t = TestPlatform::start().await;
+    let mut codes = Vec::new();
+    for i in 0..301 {
+        let r = t
+            .post_form(
+                &format!("/api/v4.0/sendsms/1390000{i:04}"),
+                &[("expect", "0")],
+            )
+            .await;
+        codes.push(r["code"].as_i64().unwrap());
+    }
+    assert!(codes[..300].iter().all(|&c| c == 200), "{codes:?}");
+    assert_eq!(codes[300], -4, "the 301st send in the hour is refused");
+    assert_eq!(t.outbox_lines().len(), 300);
 }
 
 #[tokio::test]

@@ -604,20 +604,29 @@ impl Accounts {
         Ok(self.stores.users.user_by_phone(phone).await?.is_some())
     }
 
-    /// `account_v4` `sendsms`: checks the probe limit, then the expectation
+    /// `account_v4` `sendsms`: checks the expectation
     /// ([`CoreError::AlreadyRegistered`] / [`CoreError::NotRegistered`]),
-    /// then sends a `register` (expect 0) or `reset` (expect 1) code.
+    /// then sends a `register` (expect 0) or `reset` (expect 1) code under
+    /// the code caps (G7).
+    ///
+    /// A refusal tells whether the phone is registered, so it is counted
+    /// against the client's probe limit like `isregister`; once that is
+    /// spent, refusals answer [`CoreError::RateLimited`] instead. A send
+    /// reveals as much, but costs the client one of its G7 sends per IP.
     pub async fn send_phone_code(
         &self,
         phone: &PhoneNumber,
         expect_registered: bool,
         client_ip: Option<IpAddr>,
     ) -> Result<Issued, CoreError> {
-        let registered = self.probe_registered(phone, client_ip).await?;
-        match (expect_registered, registered) {
-            (false, true) => return Err(CoreError::AlreadyRegistered),
-            (true, false) => return Err(CoreError::NotRegistered),
-            _ => {}
+        let registered = self.stores.users.user_by_phone(phone).await?.is_some();
+        if expect_registered != registered {
+            self.count_probe(client_ip).await?;
+            return Err(if registered {
+                CoreError::AlreadyRegistered
+            } else {
+                CoreError::NotRegistered
+            });
         }
         let purpose = if expect_registered {
             Purpose::Reset

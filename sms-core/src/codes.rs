@@ -79,7 +79,10 @@ pub struct CodePolicy {
     pub pump_prefix_digits: usize,
     /// … within this window (1 h) …
     pub pump_window_secs: i64,
-    /// … once this many codes went to one prefix (30) …
+    /// … once this many codes went to one prefix (500: above what one client
+    /// IP may send in that hour, 300, so the breaker never stands in for the
+    /// per-IP caps and trips only on traffic spread over many addresses,
+    /// which those caps cannot stop) …
     pub pump_min_sends: u32,
     /// … while fewer than this share of them (percent, 10) were checked
     /// successfully …
@@ -105,7 +108,7 @@ impl Default for CodePolicy {
             failed_checks_window_secs: 86_400,
             pump_prefix_digits: 7,
             pump_window_secs: 3_600,
-            pump_min_sends: 30,
+            pump_min_sends: 500,
             pump_min_success_pct: 10,
             pump_trip_secs: 3_600,
             fixed_code: None,

@@ -159,6 +159,10 @@ fn default_policy_is_g7() {
     assert_eq!(p.failed_checks_max, 20);
     assert_eq!(p.failed_checks_window_secs, 86_400);
     assert_eq!(p.fixed_code, None);
+    // One client IP alone can never trip the SMS-pumping breaker: its
+    // hourly cap comes first.
+    assert_eq!(p.pump_min_sends, 500);
+    assert!(p.pump_min_sends > p.per_ip_hour);
     // The builder's default is this policy.
     assert_eq!(fixture().codes().policy(), &p);
 }
@@ -207,7 +211,7 @@ async fn code_is_six_digits_sent_by_sms_with_purpose_and_national_to() {
 #[tokio::test]
 async fn every_code_is_six_digits() {
     let fx = fixture();
-    // 25 numbers of one prefix: below the SMS-pumping burst of 30.
+    // 25 numbers of one prefix: far below the SMS-pumping burst.
     for i in 0..25 {
         fx.codes()
             .send(&phone_addr(&nth_phone(i)), Purpose::Signup, None)
@@ -1032,6 +1036,8 @@ fn pumping_fixture() -> (Core, Arc<ManualClock>) {
     .password_hasher(Arc::new(Argon2Hasher::fast_insecure_for_tests()))
     .code_policy(CodePolicy {
         fixed_code: Some("123456".into()),
+        // A smaller burst than the default, to keep the tests short.
+        pump_min_sends: 30,
         ..CodePolicy::default()
     })
     .build();
