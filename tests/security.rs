@@ -6,6 +6,7 @@ mod common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use common::{TestPlatform, Ws};
 use serde_json::json;
@@ -248,8 +249,12 @@ async fn tokens_die_on_logout_password_change_and_reset() {
             .await;
         tokens.push(r["data"]["token"].as_str().unwrap().to_owned());
     }
+    // Live sessions of both accounts stay open across the reset.
+    let mut live = Vec::new();
     for token in &tokens {
-        assert_eq!(Ws::connect(&t).await.login(token).await["code"], 0);
+        let mut ws = Ws::connect(&t).await;
+        assert_eq!(ws.login(token).await["code"], 0);
+        live.push(ws);
     }
     // A reset code is another purpose: no shared cooldown with the sign-up code.
     let r = t
@@ -274,9 +279,70 @@ async fn tokens_die_on_logout_password_change_and_reset() {
         200
     );
     assert_eq!(Ws::connect(&t).await.login(&tokens[0]).await["code"], -1);
+    // The reset account's live session is closed too (PushKickout 2), not
+    // only its token refused at the next login.
+    assert_eq!(
+        live[0].recv().await,
+        json!({"protocol": "PushKickout", "state": 2})
+    );
+    assert_eq!(live[0].try_recv(Duration::from_secs(5)).await, None);
     assert_eq!(
         Ws::connect(&t).await.login(&tokens[1]).await["code"],
         0,
         "other accounts untouched"
     );
+    assert_eq!(
+        live[1].try_recv(Duration::from_millis(300)).await,
+        None,
+        "and their sessions get nothing"
+    );
+}
+
+#[tokio::test]
+async fn hub_recovery_closes_the_live_sessions() {
+    let t = TestPlatform::start().await;
+    let token = t
+        .post_form("/signup", &[("user", "carol"), ("password", "secret1")])
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ws = Ws::connect(&t).await;
+    assert_eq!(ws.login(&token).await["code"], 0);
+    let mut skipped = Vec::new();
+    let r = ws
+        .request(
+            json!({"protocol": "CSBindEmailGetVCode", "email": "carol@example.com"}),
+            "SCBindEmailGetVCode",
+            &mut skipped,
+        )
+        .await;
+    assert_eq!(r["code"], 0);
+    let code = t.last_code("carol@example.com");
+    let r = ws
+        .request(
+            json!({"protocol": "CSBindEmailCheckVCode", "email": "carol@example.com", "vCode": code}),
+            "SCBindEmailCheckVCode",
+            &mut skipped,
+        )
+        .await;
+    assert_eq!(r["code"], 0);
+    let who = [("user", "carol"), ("email", "carol@example.com")];
+    assert_eq!(t.post_form("/forgot/vcode", &who).await["code"], 0);
+    let code = t.last_code("carol@example.com");
+    let r = t
+        .post_form(
+            "/forgot/verify",
+            &[who[0], who[1], ("verify", code.as_str())],
+        )
+        .await;
+    assert_eq!(r["code"], 0, "{r}");
+    assert_eq!(
+        ws.recv().await,
+        json!({"protocol": "PushKickout", "state": 2})
+    );
+    assert_eq!(ws.try_recv(Duration::from_secs(5)).await, None);
+    assert_eq!(Ws::connect(&t).await.login(&token).await["code"], -1);
+    let fresh = r["token"].as_str().unwrap();
+    assert_eq!(Ws::connect(&t).await.login(fresh).await["code"], 0);
 }

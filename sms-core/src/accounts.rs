@@ -711,7 +711,22 @@ impl Accounts {
             .consume_grant(GrantKind::PasswordReset, phone, None, self.clock.unix())
             .await?;
         grant_result(outcome)?;
-        self.replace_password(&user, &password).await
+        self.replace_password(&user, &password).await?;
+        self.kick_out_everywhere(&user.id);
+        Ok(())
+    }
+
+    /// Closes every live session of the user after a password reset
+    /// (`hub` `PushKickout` state 2): a session opened by whoever made the
+    /// reset necessary must not outlive it.
+    fn kick_out_everywhere(&self, user: &UserId) {
+        self.events.publish(
+            user,
+            Event::Kickout {
+                reason: KickoutReason::PasswordChanged,
+                spare: None,
+            },
+        );
     }
 
     // ----- telsignup ------------------------------------------------------
@@ -869,6 +884,7 @@ impl Accounts {
             .limits
             .reset(&self.login_check(&user.id).key)
             .await?;
+        self.kick_out_everywhere(&user.id);
         self.issue_session(&user.id, SessionOrigin::Recovery).await
     }
 
