@@ -185,11 +185,13 @@ async fn serve(
             }
         }
         Action::Register => {
-            // `tel` of a wrong type or empty is "tel not found" (3), checked
-            // first as the decisions order it; other fields must be strings.
+            // A field of the wrong JSON type is "input not valid" (2) at
+            // once; a missing (or null) one is judged in the decisions'
+            // order: tel (3), validation (5), token (4), names (2).
             let tel = match o.get("tel") {
+                None | Some(Value::Null) => "",
                 Some(Value::String(s)) => s.as_str(),
-                _ => return Err(3),
+                Some(_) => return Err(2),
             };
             let token = match o.get("token") {
                 None | Some(Value::Null) => "",
