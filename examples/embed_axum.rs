@@ -92,7 +92,7 @@ async fn main() -> std::io::Result<()> {
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        sms_platform::signals::shutdown_signal().await;
         hub.shutdown();
     })
     .await?;

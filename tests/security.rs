@@ -184,18 +184,25 @@ async fn one_client_ip_sends_exactly_the_g7_hourly_cap() {
     assert_eq!(t.outbox_lines().len(), 300);
 }
 
-#[tokio::test]
-async fn tokens_die_on_logout_password_change_and_reset() {
-    let t = TestPlatform::start().await;
-    // Logout.
+/// Signs `user` up (password `secret1`) and logs a WebSocket session in
+/// with the sign-up token.
+async fn signed_in(t: &TestPlatform, user: &str) -> (String, Ws) {
     let token = t
-        .post_form("/signup", &[("user", "bob"), ("password", "secret1")])
+        .post_form("/signup", &[("user", user), ("password", "secret1")])
         .await["token"]
         .as_str()
         .unwrap()
         .to_owned();
-    let mut ws = Ws::connect(&t).await;
+    let mut ws = Ws::connect(t).await;
     assert_eq!(ws.login(&token).await["code"], 0);
+    (token, ws)
+}
+
+#[tokio::test]
+async fn tokens_die_on_logout_password_change_and_reset() {
+    let t = TestPlatform::start().await;
+    // Logout.
+    let (token, mut ws) = signed_in(&t, "bob").await;
     let mut skipped = Vec::new();
     let r = ws
         .request(json!({"protocol": "CSLogout"}), "SCLogout", &mut skipped)
@@ -301,14 +308,7 @@ async fn tokens_die_on_logout_password_change_and_reset() {
 #[tokio::test]
 async fn hub_recovery_closes_the_live_sessions() {
     let t = TestPlatform::start().await;
-    let token = t
-        .post_form("/signup", &[("user", "carol"), ("password", "secret1")])
-        .await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut ws = Ws::connect(&t).await;
-    assert_eq!(ws.login(&token).await["code"], 0);
+    let (token, mut ws) = signed_in(&t, "carol").await;
     let mut skipped = Vec::new();
     let r = ws
         .request(

@@ -20,7 +20,7 @@ use crate::password::PasswordHasher;
 use crate::phone::PhoneNumber;
 use crate::provision::{ChatCredentials, ChatProvisioner};
 use crate::random::RandomSource;
-use crate::secret::Token;
+use crate::secret::{Token, TokenHash};
 pub use crate::store::SessionOrigin;
 use crate::store::{ConsumeOutcome, Grant, GrantKind, Purpose, Session, Stores};
 use crate::user::{User, UserChange, UserId};
@@ -468,13 +468,7 @@ impl Accounts {
             .issue_session(&user.id, SessionOrigin::PasswordChange)
             .await?;
         // Every other live session of the user is closed (hub PushKickout 2).
-        self.events.publish(
-            &user.id,
-            Event::Kickout {
-                reason: KickoutReason::PasswordChanged,
-                spare: Some(token.hash()),
-            },
-        );
+        self.kick_out(&user.id, Some(token.hash()));
         Ok(new)
     }
 
@@ -712,19 +706,20 @@ impl Accounts {
             .await?;
         grant_result(outcome)?;
         self.replace_password(&user, &password).await?;
-        self.kick_out_everywhere(&user.id);
+        // A session opened by whoever made the reset necessary must not
+        // outlive it.
+        self.kick_out(&user.id, None);
         Ok(())
     }
 
-    /// Closes every live session of the user after a password reset
-    /// (`hub` `PushKickout` state 2): a session opened by whoever made the
-    /// reset necessary must not outlive it.
-    fn kick_out_everywhere(&self, user: &UserId) {
+    /// Closes the user's live sessions after a password change or reset
+    /// (`hub` `PushKickout` state 2), except the one logged in with `spare`.
+    fn kick_out(&self, user: &UserId, spare: Option<TokenHash>) {
         self.events.publish(
             user,
             Event::Kickout {
                 reason: KickoutReason::PasswordChanged,
-                spare: None,
+                spare,
             },
         );
     }
@@ -884,7 +879,7 @@ impl Accounts {
             .limits
             .reset(&self.login_check(&user.id).key)
             .await?;
-        self.kick_out_everywhere(&user.id);
+        self.kick_out(&user.id, None);
         self.issue_session(&user.id, SessionOrigin::Recovery).await
     }
 

@@ -185,10 +185,8 @@ fn info_json(i: &NumberInfo) -> Value {
 }
 
 async fn mobiles(core: &Core, app: &str, n: &str) -> Value {
-    // Digits only (`str::parse` would also take a leading `+`).
-    let digits = !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit());
-    let n = match n.parse::<u32>() {
-        Ok(n) if digits && (1..=core.pool.policy().max_hand_out).contains(&n) => n,
+    let n = match digits_u32(n) {
+        Some(n) if (1..=core.pool.policy().max_hand_out).contains(&n) => n,
         _ => return bad(),
     };
     match core.pool.hand_out(app, n).await {
@@ -246,12 +244,7 @@ async fn codes(core: &Core, app: &str) -> Value {
 
 async fn set_size(core: &Core, req: &Incoming) -> Value {
     let p = Params::from_parts(req.query.as_deref(), req.content_type.as_deref(), &req.body);
-    let size = match p.text("newsize").map(str::trim) {
-        Some(s) if !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse::<u32>().ok()
-        }
-        _ => None,
-    };
+    let size = p.text("newsize").map(str::trim).and_then(digits_u32);
     let Some(size) = size else {
         return bad();
     };
@@ -278,4 +271,13 @@ async fn sends(core: &Core, cid: &str) -> Value {
         }),
         Err(e) => busy(&e),
     }
+}
+
+/// A count written as 1 to 9 ASCII digits (`str::parse` alone would also
+/// take a leading `+`).
+fn digits_u32(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }

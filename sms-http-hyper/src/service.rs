@@ -190,15 +190,10 @@ impl SmsService {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let (parts, body) = req.into_parts();
-        let declared = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
         let config = &self.inner.config;
         let too_large = || response::message(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
-        if declared.is_some_and(|n| n > config.body_limit as u64)
-            && (expects_continue(&parts.headers) || declared > Some(config.discard_limit))
+        if declared_length(&parts.headers).is_some_and(|n| n > config.body_limit as u64)
+            && refuse_unread(&parts.headers, config.discard_limit)
         {
             // Refuse before reading (and before any `100 Continue`).
             return closing(too_large());
@@ -239,9 +234,7 @@ impl SmsService {
             Route::OpenApi(d) => openapi::handle(d),
         }
     }
-}
 
-impl SmsService {
     /// Answers `resp` to a request whose body is not wanted, after reading
     /// and discarding that body (see [`HttpConfig::discard_limit`]).
     async fn refuse<B>(&self, req: Request<B>, resp: Response<HttpBody>) -> Response<HttpBody>
@@ -255,7 +248,7 @@ impl SmsService {
         if body.is_end_stream() {
             return resp;
         }
-        if expects_continue(&parts.headers) {
+        if refuse_unread(&parts.headers, config.discard_limit) {
             return closing(resp);
         }
         let read = read_body(body, 0, config.discard_limit);
@@ -266,12 +259,23 @@ impl SmsService {
     }
 }
 
-/// Whether the client waits for `100 Continue` before sending its body.
-fn expects_continue(headers: &http::HeaderMap) -> bool {
+/// The body length the client declared, if it did.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// Whether a body that is not wanted should be refused without reading it:
+/// the client waits for `100 Continue` before sending it, or declared more
+/// than is worth reading just to throw away.
+fn refuse_unread(headers: &http::HeaderMap, discard_limit: u64) -> bool {
+    let expects_continue = headers
         .get(http::header::EXPECT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+    expects_continue || declared_length(headers).is_some_and(|n| n > discard_limit)
 }
 
 /// How reading a request body ended.

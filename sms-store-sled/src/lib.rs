@@ -417,15 +417,41 @@ fn seq_entries(
     owner: &[u8],
     max: usize,
 ) -> Result<Vec<(sled::IVec, sled::IVec)>, Error> {
+    Ok(seq_entries_after(tree, owner, None, max)?
+        .into_iter()
+        .map(|(_, key, value)| (key, value))
+        .collect())
+}
+
+/// `owner`'s entries (sequence, key, value) with a sequence above `after`
+/// (all when `None`), oldest first, at most `max`.
+fn seq_entries_after(
+    tree: &sled::Tree,
+    owner: &[u8],
+    after: Option<u64>,
+    max: usize,
+) -> Result<Vec<(u64, sled::IVec, sled::IVec)>, Error> {
     let prefix = seq_prefix(owner);
+    // Keys are owner, 0, big-endian sequence: the entries above `after`
+    // start right after its key.
+    let start = match after {
+        None => prefix.clone(),
+        Some(seq) => match seq.checked_add(1) {
+            Some(next) => seq_key(owner, next),
+            None => return Ok(Vec::new()),
+        },
+    };
     let mut out = Vec::new();
-    for entry in tree.scan_prefix(&prefix) {
+    for entry in tree.range(start..) {
         if out.len() >= max {
             break;
         }
         let (key, value) = entry?;
-        if seq_of(&prefix, &key).is_some() {
-            out.push((key, value));
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        if let Some(seq) = seq_of(&prefix, &key) {
+            out.push((seq, key, value));
         }
     }
     Ok(out)

@@ -12,7 +12,7 @@ use sms_core::store::{QueueStore, StoreResult};
 use sms_core::user::UserId;
 
 use crate::{
-    decode, encode, seq_entries, seq_key, seq_of, seq_prefix, tx, Error, SledStore, TxResult,
+    decode, encode, seq_entries, seq_entries_after, seq_key, tx, Error, SledStore, TxResult,
     CLAIM_RETRIES, DEVICE_QUEUE, MAILBOX, SMS_QUEUE,
 };
 
@@ -126,31 +126,10 @@ impl QueueStore for SledStore {
     ) -> StoreResult<Vec<(u64, Push)>> {
         let user = user.clone();
         self.run(move |t| {
-            let owner = user.as_str().as_bytes();
-            let prefix = seq_prefix(owner);
-            // Keys are owner, 0, big-endian sequence: the entries above
-            // `after` start right after its key.
-            let start = match after {
-                Some(seq) => match seq.checked_add(1) {
-                    Some(next) => seq_key(owner, next),
-                    None => return Ok(Vec::new()),
-                },
-                None => prefix.clone(),
-            };
-            let mut out = Vec::new();
-            for entry in t.mailbox.range(start..) {
-                if out.len() >= max {
-                    break;
-                }
-                let (key, value) = entry?;
-                if !key.starts_with(&prefix) {
-                    break;
-                }
-                if let Some(seq) = seq_of(&prefix, &key) {
-                    out.push((seq, decode(MAILBOX, &value)?));
-                }
-            }
-            Ok(out)
+            seq_entries_after(&t.mailbox, user.as_str().as_bytes(), after, max)?
+                .into_iter()
+                .map(|(seq, _, value)| Ok((seq, decode(MAILBOX, &value)?)))
+                .collect()
         })
         .await
     }
