@@ -37,8 +37,11 @@ impl tower_service::Service<Request<Incoming>> for PlatformService {
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         if req.uri().path() == "/ws" {
             if req.method() != http::Method::GET {
+                // Read and discard the body like every other refusal, so a
+                // client that writes before reading gets its 405.
+                let http = self.http.clone();
                 let resp = sms_http_hyper::service::method_not_allowed("GET");
-                return Box::pin(async move { Ok(resp) });
+                return Box::pin(async move { Ok(http.refuse(req, resp).await) });
             }
             let ip = req.extensions().get::<ClientAddr>().map(|c| {
                 self.http

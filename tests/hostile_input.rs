@@ -1175,10 +1175,12 @@ async fn refused_bodies_written_whole_before_reading_get_their_answer() {
     // Clients such as Python's http.client write the whole body before they
     // read: the answer must reach them, not a reset connection.
     let t = TestPlatform::start().await;
-    let cases: [(&str, usize, u16); 3] = [
+    let cases: [(&str, usize, u16); 4] = [
         ("/signup", 4 * LIMIT, 413),
         ("/api/v4.0/login", LIMIT + 1, 413),
         ("/no/such/route", 2 * LIMIT, 404),
+        // The WebSocket route beside the HTTP dialects refuses the same way.
+        ("/ws", 2 * LIMIT, 405),
     ];
     for (path, size, status) in cases {
         let mut s = TcpStream::connect(t.addr).await.unwrap();

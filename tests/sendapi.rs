@@ -281,10 +281,12 @@ async fn signatures_crud_and_audit_rules() {
             .1["items"][0]["audit_status"],
         "pending"
     );
+    // The seed's ER:0013 is "签名状态错误", and the request's
+    // `audit_status` is the 签名状态 it means.
     err(
         &review(&t, "/v2/signreview", "sign_id", id, "maybe").await,
-        400,
-        "ER:0004",
+        403,
+        "ER:0013",
     );
     assert_eq!(
         review(&t, "/v2/signreview", "sign_id", id, "passed")

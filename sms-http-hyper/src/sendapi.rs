@@ -392,11 +392,16 @@ fn list_response<T>(
     }))
 }
 
-fn review(o: &Map<String, Value>) -> Result<(bool, String), ApiError> {
-    let passed = match o.get("audit_status").and_then(Value::as_str) {
-        Some("passed") => true,
-        Some("rejected") => false,
-        _ => return Err(PARAMS),
+/// The review decision of a `/v2/signreview` or `/v2/tempreview` body.
+/// A missing `audit_status` is a parameter fault (ER:0004); any other value
+/// than passed/rejected is `bad_status`: the seed's ER:0013 ("签名状态错误")
+/// for signatures, ER:0004 for templates (wire decisions).
+fn review(o: &Map<String, Value>, bad_status: ApiError) -> Result<(bool, String), ApiError> {
+    let passed = match o.get("audit_status") {
+        None | Some(Value::Null) => return Err(PARAMS),
+        Some(Value::String(s)) if s == "passed" => true,
+        Some(Value::String(s)) if s == "rejected" => false,
+        Some(_) => return Err(bad_status),
     };
     let reason = match o.get("reject_reason") {
         None | Some(Value::Null) => String::new(),
@@ -431,7 +436,12 @@ async fn serve(
         Route::SignReview | Route::TempReview => {
             authenticate_root(core, req).await?;
             let o = json_object(req)?;
-            let (passed, reason) = review(&o)?;
+            let bad_status = if route == Route::SignReview {
+                SIGN_STATUS
+            } else {
+                PARAMS
+            };
+            let (passed, reason) = review(&o, bad_status)?;
             let r = if route == Route::SignReview {
                 s.review_signature(id_field(&o, "sign_id")?, passed, &reason)
                     .await

@@ -236,8 +236,11 @@ impl SmsService {
     }
 
     /// Answers `resp` to a request whose body is not wanted, after reading
-    /// and discarding that body (see [`HttpConfig::discard_limit`]).
-    async fn refuse<B>(&self, req: Request<B>, resp: Response<HttpBody>) -> Response<HttpBody>
+    /// and discarding that body (see [`HttpConfig::discard_limit`]), so a
+    /// client that writes its whole body before reading gets the answer
+    /// instead of a reset. Front ends that route beside this service (the
+    /// platform's `/ws`) use it for their own refusals.
+    pub async fn refuse<B>(&self, req: Request<B>, resp: Response<HttpBody>) -> Response<HttpBody>
     where
         B: Body + Send + 'static,
         B::Data: Send,
