@@ -22,7 +22,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use sms_core::prelude::*;
-use sms_http_hyper::{ClientAddr, HttpConfig, SmsService};
+use sms_http_hyper::{
+    client_ip_of, ClientAddr, ClientIpLayer, HttpConfig, SmsService, TrustedProxies,
+};
 use sms_platform::blocking::BlockingHasher;
 use sms_platform::outbox::{OutboxGateway, OutboxSender};
 use sms_platform::BackgroundWorkers;
@@ -44,7 +46,9 @@ pub fn app(core: Core) -> (Router, HubWs) {
             get(move |req: Request| {
                 let ws = ws.clone();
                 async move {
-                    let ip = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
+                    // Resolved once by the ClientIpLayer below (trusted
+                    // proxies included), as for the HTTP dialects.
+                    let ip = client_ip_of(&req, &TrustedProxies::default());
                     // The request as axum got it still carries hyper's
                     // upgrade handle.
                     ws.upgrade(req, ip).into_response()
@@ -52,6 +56,9 @@ pub fn app(core: Core) -> (Router, HubWs) {
             }),
         )
         .fallback_service(sms)
+        // Layers run bottom-up: the peer first, then its resolution (add
+        // your proxies to `TrustedProxies` when behind a load balancer).
+        .layer(ClientIpLayer::new(TrustedProxies::default()))
         .layer(middleware::from_fn(client_addr));
     (router, hub)
 }

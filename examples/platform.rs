@@ -14,6 +14,8 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(sms_platform::logging::filter(requested.as_deref()))
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, never in files or journals.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = PlatformArgs::parse();
     let running = match Platform::new(args).start().await {

@@ -1,7 +1,9 @@
 //! The platform's flags (decision G10); every flag has an environment twin.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use clap::Parser;
 
@@ -13,9 +15,10 @@ use clap::Parser;
     version
 )]
 pub struct PlatformArgs {
-    /// Address to listen on.
+    /// Address to listen on: `HOST:PORT`, where HOST is an IP address
+    /// (`[::1]` for IPv6) or a host name such as `localhost`.
     #[arg(long, env = "SMS_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
 
     /// sled data directory.
     #[arg(long, env = "SMS_DATA", default_value = "./sms-data")]
@@ -81,11 +84,85 @@ pub struct PlatformArgs {
     pub argon2_passes: u32,
 }
 
+/// Where the platform listens: `HOST:PORT`, the host an IP address or a
+/// name resolved at start (`localhost:8080`, `0.0.0.0:80`, `[::1]:8080`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddr(String);
+
+impl ListenAddr {
+    /// The `HOST:PORT` text, as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.parse::<SocketAddr>().is_ok() {
+            return Ok(Self(s.to_owned()));
+        }
+        let bad =
+            || format!("{s:?} is not HOST:PORT (e.g. 127.0.0.1:8080, localhost:8080, [::1]:8080)");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !host_ok || port.parse::<u16>().is_err() {
+            return Err(bad());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl From<SocketAddr> for ListenAddr {
+    fn from(addr: SocketAddr) -> Self {
+        Self(addr.to_string())
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl PlatformArgs {
     /// Defaults for a data directory (tests and embedding).
     pub fn for_data_dir(data: PathBuf) -> Self {
         let mut a = Self::parse_from(["platform"]);
         a.data = data;
         a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_takes_addresses_and_host_names() {
+        for ok in [
+            "127.0.0.1:8080",
+            "[::1]:0",
+            "localhost:8080",
+            "sms.example.com:80",
+        ] {
+            assert_eq!(ok.parse::<ListenAddr>().unwrap().as_str(), ok);
+        }
+        for bad in [
+            "localhost",
+            ":80",
+            "local host:80",
+            "localhost:99999",
+            "a/b:1",
+            "",
+        ] {
+            assert!(bad.parse::<ListenAddr>().is_err(), "{bad}");
+        }
     }
 }

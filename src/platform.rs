@@ -1,7 +1,7 @@
 //! Assembling and running the platform.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,9 @@ use sms_core::pool_service::PoolPolicy;
 use sms_core::random::{OsRandom, RandomSource};
 use sms_core::sender::CodeSender;
 use sms_core::Core;
-use sms_http_hyper::{client_addr, HttpConfig, ServerConfig, SmsService, TrustedProxies};
+use sms_http_hyper::{
+    client_addr, ClientIpLayer, HttpConfig, ServerConfig, SmsService, TrustedProxies,
+};
 use sms_store_sled::SledStore;
 use sms_ws_tungstenite::{HubWs, WsConfig};
 use tokio::net::TcpListener;
@@ -25,21 +27,110 @@ use crate::outbox::{OutboxGateway, OutboxSender};
 use crate::router::PlatformService;
 use crate::workers::BackgroundWorkers;
 
-/// Why the platform could not start.
+/// Why the platform could not start. Each message names the path or
+/// address involved and what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
     /// A flag has a bad value.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// The data directory or outbox could not be opened.
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    /// The store failed.
-    #[error("store: {0}")]
-    Store(#[from] sms_core::StoreError),
+    /// The data directory (or a file in it) could not be used.
+    #[error("cannot use data directory {path}: {source}; pass a writable directory with --data (env SMS_DATA)")]
+    DataDir {
+        /// The directory or file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// Another platform process holds the data directory.
+    #[error("data directory {path} is in use by another platform process{holder}; stop that process, or give this one its own --data (env SMS_DATA)")]
+    DataDirInUse {
+        /// The directory.
+        path: PathBuf,
+        /// ` (pid N)` when the holder wrote its process id.
+        holder: String,
+    },
+    /// The store in the data directory could not be opened.
+    #[error("cannot open the store in {path}: {source}")]
+    Store {
+        /// The store's directory.
+        path: PathBuf,
+        /// The failure.
+        source: sms_core::StoreError,
+    },
+    /// The outbox file could not be opened.
+    #[error("cannot open the outbox file {path}: {source}; pass a writable file with --outbox (env SMS_OUTBOX), or none for stdout")]
+    Outbox {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The listen address could not be resolved or bound.
+    #[error("cannot listen on {addr}: {source}; is another server using it? choose another with --listen (env SMS_LISTEN)")]
+    Listen {
+        /// The address as given.
+        addr: String,
+        /// The failure.
+        source: std::io::Error,
+    },
     /// The core refused the setup (e.g. a root password outside the rules).
     #[error("core: {0}")]
     Core(#[from] sms_core::CoreError),
+    /// The store failed while setting up (e.g. creating root).
+    #[error("store: {0}")]
+    StoreOp(#[from] sms_core::StoreError),
+}
+
+/// An exclusive lock on a data directory (`DIR/LOCK`, an OS file lock that
+/// the kernel drops when the process dies, `kill -9` included), so a second
+/// platform on the same directory is refused at once instead of waiting on
+/// the store's own lock.
+#[derive(Debug)]
+struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    fn acquire(dir: &Path) -> Result<Option<Self>, PlatformError> {
+        use std::io::{Read, Seek, Write};
+        let path = dir.join("LOCK");
+        let data_err = |source| PlatformError::DataDir {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(data_err)?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0).map_err(data_err)?;
+                file.rewind().map_err(data_err)?;
+                write!(file, "{}", std::process::id()).map_err(data_err)?;
+                Ok(Some(Self { _file: file }))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let pid = text.trim().parse::<u32>().ok();
+                if pid == Some(std::process::id()) {
+                    // This process restarts a platform it still holds (an
+                    // embedder's or a test's): the store waits for its own
+                    // release.
+                    return Ok(None);
+                }
+                Err(PlatformError::DataDirInUse {
+                    path: dir.to_owned(),
+                    holder: pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(data_err(e)),
+        }
+    }
 }
 
 /// The platform, configured but not yet listening.
@@ -83,6 +174,10 @@ impl RunningPlatform {
 /// start, so that codes survive a restart.
 fn code_secret(dir: &Path, rng: &dyn RandomSource) -> Result<[u8; 32], PlatformError> {
     let path = dir.join("code-secret");
+    let io = |source| PlatformError::DataDir {
+        path: path.clone(),
+        source,
+    };
     if let Ok(text) = std::fs::read_to_string(&path) {
         let mut key = [0u8; 32];
         hex::decode_to_slice(text.trim(), &mut key)
@@ -92,14 +187,16 @@ fn code_secret(dir: &Path, rng: &dyn RandomSource) -> Result<[u8; 32], PlatformE
     let mut key = [0u8; 32];
     rng.fill(&mut key);
     let tmp = dir.join("code-secret.tmp");
-    std::fs::write(&tmp, hex::encode(key))?;
+    std::fs::write(&tmp, hex::encode(key)).map_err(io)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     }
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
     Ok(key)
 }
 
@@ -137,12 +234,29 @@ impl Platform {
         for p in &a.trusted_proxies {
             nets.push(client_addr::parse_net(p.trim()).map_err(PlatformError::Config)?);
         }
-        std::fs::create_dir_all(&a.data)?;
+        std::fs::create_dir_all(&a.data).map_err(|source| PlatformError::DataDir {
+            path: a.data.clone(),
+            source,
+        })?;
+        let dir_lock = DataDirLock::acquire(&a.data)?;
         let rng: Arc<dyn RandomSource> = Arc::new(OsRandom);
         let secret = code_secret(&a.data, rng.as_ref())?;
-        let store = Arc::new(SledStore::open(a.data.join("db"))?);
+        let db_path = a.data.join("db");
+        let store = Arc::new(
+            SledStore::open(&db_path).map_err(|source| PlatformError::Store {
+                path: db_path.clone(),
+                source,
+            })?,
+        );
         let outbox = Arc::new(match &a.outbox {
-            Some(path) => OutboxSender::file(path).await?,
+            Some(path) => {
+                OutboxSender::file(path)
+                    .await
+                    .map_err(|source| PlatformError::Outbox {
+                        path: path.clone(),
+                        source,
+                    })?
+            }
             None => OutboxSender::stdout(),
         });
         let sender: Arc<dyn CodeSender> = outbox.clone();
@@ -177,15 +291,26 @@ impl Platform {
             core.clone(),
             HttpConfig {
                 body_limit: a.body_limit,
-                trusted_proxies: TrustedProxies::new(nets),
+                trusted_proxies: TrustedProxies::new(nets.clone()),
                 body_timeout: Duration::from_secs(a.body_timeout_secs.max(1)),
                 ..HttpConfig::default()
             },
         );
         let ws = HubWs::new(core.clone(), WsConfig::default());
-        let service = PlatformService::new(http, ws.clone());
-        let listener = TcpListener::bind(a.listen).await?;
-        let addr = listener.local_addr()?;
+        // The client's address is resolved once per request, here, for the
+        // HTTP dialects and the WebSocket alike.
+        let service = tower_layer::Layer::layer(
+            &ClientIpLayer::new(TrustedProxies::new(nets)),
+            PlatformService::new(http, ws.clone()),
+        );
+        let listen_err = |source| PlatformError::Listen {
+            addr: a.listen.to_string(),
+            source,
+        };
+        let listener = TcpListener::bind(a.listen.as_str())
+            .await
+            .map_err(listen_err)?;
+        let addr = listener.local_addr().map_err(listen_err)?;
         let server_config = ServerConfig {
             header_read_timeout: Duration::from_secs(a.header_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
@@ -205,6 +330,9 @@ impl Platform {
             .await;
             let _ = tokio::time::timeout(Duration::from_secs(5), ws.closed()).await;
             workers.stop().await;
+            // Held until the server has stopped; the kernel drops it if
+            // the process dies first.
+            drop(dir_lock);
         });
         tracing::info!(%addr, "platform listening");
         Ok(RunningPlatform {

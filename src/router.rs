@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use sms_http_hyper::{ClientAddr, HttpBody, SmsService};
+use sms_http_hyper::{client_ip_of, HttpBody, SmsService};
 use sms_ws_tungstenite::HubWs;
 
 /// Routes between the WebSocket and the HTTP dialects.
@@ -43,12 +43,7 @@ impl tower_service::Service<Request<Incoming>> for PlatformService {
                 let resp = sms_http_hyper::service::method_not_allowed("GET");
                 return Box::pin(async move { Ok(http.refuse(req, resp).await) });
             }
-            let ip = req.extensions().get::<ClientAddr>().map(|c| {
-                self.http
-                    .config()
-                    .trusted_proxies
-                    .client_ip(c.0.ip(), req.headers())
-            });
+            let ip = client_ip_of(&req, &self.http.config().trusted_proxies);
             // The original request: it carries hyper's upgrade handle.
             let resp = self.ws.upgrade(req, ip);
             return Box::pin(async move { Ok(resp) });

@@ -47,6 +47,6 @@ pub mod server;
 pub mod service;
 pub mod telsignup;
 
-pub use client_addr::{ClientAddr, TrustedProxies};
+pub use client_addr::{client_ip_of, ClientAddr, ClientIp, ClientIpLayer, TrustedProxies};
 pub use server::{serve, ServerConfig};
 pub use service::{HttpBody, HttpConfig, SmsService};

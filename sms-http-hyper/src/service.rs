@@ -16,7 +16,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use sms_core::Core;
 
-use crate::client_addr::{ClientAddr, TrustedProxies};
+use crate::client_addr::{client_ip_of, TrustedProxies};
 use crate::response;
 use crate::{account_v4, hub, openapi, pool, sendapi, telsignup};
 
@@ -177,12 +177,7 @@ impl SmsService {
         if !route.allows(req.method()) {
             return self.refuse(req, method_not_allowed(route.allowed())).await;
         }
-        let client_ip = req.extensions().get::<ClientAddr>().map(|c| {
-            self.inner
-                .config
-                .trusted_proxies
-                .client_ip(c.0.ip(), req.headers())
-        });
+        let client_ip = client_ip_of(&req, &self.inner.config.trusted_proxies);
         let query = req.uri().query().map(str::to_owned);
         let content_type = req
             .headers()

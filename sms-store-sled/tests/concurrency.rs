@@ -477,7 +477,7 @@ async fn concurrent_status_recorders_on_disjoint_ranges_lose_nothing() {
     assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
 
     let status = |i: usize| {
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             RecipientStatus::Failed {
                 reason: format!("r{i}"),
                 at: 9,

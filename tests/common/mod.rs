@@ -86,7 +86,7 @@ impl TestPlatform {
             r.shutdown().await;
         }
         let mut args = test_args(self.dir.path());
-        args.listen = self.addr;
+        args.listen = self.addr.into();
         let mut platform = Platform::new(args);
         if let Some(g) = gateway {
             platform = platform.with_gateway(g);
