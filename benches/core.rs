@@ -21,10 +21,12 @@ fn phone(c: &mut Criterion) {
 }
 
 fn core_over(stores: Stores, clock: Arc<ManualClock>) -> Core {
-    Core::builder(stores, Arc::new(RecordingSender::new()))
+    Core::test_builder(stores)
+        .sender(Arc::new(RecordingSender::new()))
         .clock(clock)
         .password_hasher(Arc::new(Argon2Hasher::fast_insecure_for_tests()))
         .build()
+        .expect("test core")
 }
 
 /// Send then check one code, on a fresh phone each time (no cooldown hit).
@@ -32,13 +34,15 @@ fn code_cycle(c: &mut Criterion, name: &str, stores: Stores) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let clock = Arc::new(ManualClock::default());
     let sender = Arc::new(RecordingSender::new());
-    let core = Core::builder(stores, sender.clone())
+    let core = Core::test_builder(stores)
+        .sender(sender.clone())
         .clock(clock.clone())
         .code_policy(CodePolicy {
             fixed_code: Some("123456".into()),
             ..CodePolicy::default()
         })
-        .build();
+        .build()
+        .expect("test core");
     let mut n: u64 = 0;
     c.bench_function(&format!("codes/send+check/{name}"), |b| {
         b.iter(|| {

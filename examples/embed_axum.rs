@@ -27,6 +27,7 @@ use sms_http_hyper::{
 };
 use sms_platform::blocking::BlockingHasher;
 use sms_platform::outbox::{OutboxGateway, OutboxSender};
+use sms_platform::secrets::{load_code_secret, SecretError, SecretSources};
 use sms_platform::BackgroundWorkers;
 use sms_ws_tungstenite::{HubWs, WsConfig};
 
@@ -75,11 +76,26 @@ async fn client_addr(
 }
 
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(sms_platform::logging::filter(None))
         .init();
     let outbox = Arc::new(OutboxSender::stdout());
+    // The in-memory store dies with the process, and so may the code secret
+    // when SMS_CODE_SECRET is unset; over a durable store, load a stable one.
+    let sources = SecretSources {
+        value: std::env::var("SMS_CODE_SECRET").ok(),
+        ..Default::default()
+    };
+    let secret = match load_code_secret(&sources, &OsRandom) {
+        Ok(secret) => secret,
+        Err(SecretError::Missing) => {
+            let mut key = [0u8; 32];
+            OsRandom.fill(&mut key);
+            key
+        }
+        Err(e) => return Err(e.into()),
+    };
     let core = Core::builder(
         Stores::from_single(Arc::new(MemoryStore::new())),
         outbox.clone(),
@@ -88,7 +104,8 @@ async fn main() -> std::io::Result<()> {
         OsRandom,
     )))))
     .gateway(Arc::new(OutboxGateway::new(outbox)))
-    .build();
+    .code_secret(secret)
+    .build()?;
     // Send tasks and lease expiry need these, once per process.
     let workers = BackgroundWorkers::spawn(core.clone());
     let (router, hub) = app(core);

@@ -29,6 +29,22 @@ pub struct PlatformArgs {
     #[arg(long, env = "SMS_ROOT_PASSWORD", hide_env_values = true)]
     pub root_password: Option<String>,
 
+    /// The code-hashing secret, 64 hex digits. Every node of a deployment
+    /// must share one; without it (and without --code-secret-file) a random
+    /// one is created in `<data>/code-secret` at first start.
+    #[arg(
+        long = "code-secret",
+        env = "SMS_CODE_SECRET",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub code_secret: Option<String>,
+
+    /// A file holding the code-hashing secret (64 hex digits, e.g. from
+    /// `openssl rand -hex 32`), shared by every node of a deployment.
+    #[arg(long, env = "SMS_CODE_SECRET_FILE")]
+    pub code_secret_file: Option<PathBuf>,
+
     /// Append outgoing messages as JSON lines to this file instead of stdout.
     #[arg(long, env = "SMS_OUTBOX")]
     pub outbox: Option<PathBuf>,

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod outbox;
 pub mod platform;
 pub mod router;
+pub mod secrets;
 pub mod signals;
 pub mod workers;
 

@@ -25,6 +25,7 @@ use crate::blocking::BlockingHasher;
 use crate::config::PlatformArgs;
 use crate::outbox::{OutboxGateway, OutboxSender};
 use crate::router::PlatformService;
+use crate::secrets::{load_code_secret, SecretSources};
 use crate::workers::BackgroundWorkers;
 
 /// Why the platform could not start. Each message names the path or
@@ -74,6 +75,12 @@ pub enum PlatformError {
         /// The failure.
         source: std::io::Error,
     },
+    /// The code secret could not be loaded.
+    #[error("{0}")]
+    Secret(#[from] crate::secrets::SecretError),
+    /// The core could not be assembled.
+    #[error("core: {0}")]
+    Build(#[from] sms_core::core::BuildError),
     /// The core refused the setup (e.g. a root password outside the rules).
     #[error("core: {0}")]
     Core(#[from] sms_core::CoreError),
@@ -170,36 +177,6 @@ impl RunningPlatform {
     }
 }
 
-/// Loads the code-hashing secret from `dir/code-secret`, creating it on first
-/// start, so that codes survive a restart.
-fn code_secret(dir: &Path, rng: &dyn RandomSource) -> Result<[u8; 32], PlatformError> {
-    let path = dir.join("code-secret");
-    let io = |source| PlatformError::DataDir {
-        path: path.clone(),
-        source,
-    };
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(text.trim(), &mut key)
-            .map_err(|_| PlatformError::Config(format!("{} is corrupt", path.display())))?;
-        return Ok(key);
-    }
-    let mut key = [0u8; 32];
-    rng.fill(&mut key);
-    let tmp = dir.join("code-secret.tmp");
-    std::fs::write(&tmp, hex::encode(key)).map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    }
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    Ok(key)
-}
-
 impl Platform {
     /// A platform with these settings.
     pub fn new(args: PlatformArgs) -> Self {
@@ -240,7 +217,14 @@ impl Platform {
         })?;
         let dir_lock = DataDirLock::acquire(&a.data)?;
         let rng: Arc<dyn RandomSource> = Arc::new(OsRandom);
-        let secret = code_secret(&a.data, rng.as_ref())?;
+        let secret = load_code_secret(
+            &SecretSources {
+                value: a.code_secret.clone(),
+                file: a.code_secret_file.clone(),
+                generated_file: Some(a.data.join("code-secret")),
+            },
+            rng.as_ref(),
+        )?;
         let db_path = a.data.join("db");
         let store = Arc::new(
             SledStore::open(&db_path).map_err(|source| PlatformError::Store {
@@ -279,7 +263,7 @@ impl Platform {
                 fixed_code: a.dev_code.clone(),
                 ..CodePolicy::default()
             })
-            .build();
+            .build()?;
         match &a.root_password {
             Some(pw) => {
                 core.accounts.ensure_root(pw).await?;

@@ -7,6 +7,10 @@
 #[path = "../examples/embed_axum.rs"]
 mod embed_axum;
 
+#[allow(dead_code)]
+#[path = "../examples/axum_mount.rs"]
+mod axum_mount;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,11 +29,10 @@ struct Embedded {
 
 async fn start() -> Embedded {
     let sender = Arc::new(RecordingSender::new());
-    let core = Core::builder(
-        Stores::from_single(Arc::new(MemoryStore::new())),
-        sender.clone(),
-    )
-    .build();
+    let core = Core::test_builder(Stores::from_single(Arc::new(MemoryStore::new())))
+        .sender(sender.clone())
+        .build()
+        .expect("test core");
     let (router, _hub) = embed_axum::app(core);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -154,4 +157,19 @@ async fn the_hub_websocket_upgrades_through_axum() {
     assert_eq!(answer["protocol"], "SCLogin");
     assert_eq!(answer["code"], 0);
     assert_eq!(answer["data"]["userInfo"]["user"], "bob");
+}
+
+#[tokio::test]
+async fn one_dialect_under_a_prefix_exposes_nothing_else() {
+    // examples/axum_mount.rs: account_v4 alone under /auth in axum; the
+    // pool, root and other dialects' routes answer 404 there.
+    let codes = Arc::new(RecordingSender::new());
+    let core = Core::test_builder(Stores::from_single(Arc::new(MemoryStore::new())))
+        .sender(codes.clone())
+        .build()
+        .expect("test core");
+    let addr = axum_mount::start(core).await.unwrap();
+    if let Err(e) = axum_mount::demo(addr, &codes).await {
+        panic!("{e}");
+    }
 }

@@ -44,16 +44,15 @@ fn build(
 ) -> Fx {
     let outbox = Arc::new(RecordingSender::new());
     let clock = Arc::new(ManualClock::default());
-    let core = Core::builder(
-        Stores::from_single(Arc::new(MemoryStore::new())),
-        outbox.clone(),
-    )
-    .clock(clock.clone())
-    .random(Arc::new(SeededRandom::new(1)))
-    .password_hasher(hasher)
-    .code_policy(code_policy)
-    .account_policy(account_policy)
-    .build();
+    let core = Core::test_builder(Stores::from_single(Arc::new(MemoryStore::new())))
+        .sender(outbox.clone())
+        .clock(clock.clone())
+        .random(Arc::new(SeededRandom::new(1)))
+        .password_hasher(hasher)
+        .code_policy(code_policy)
+        .account_policy(account_policy)
+        .build()
+        .expect("test core");
     Fx {
         core,
         outbox,

@@ -62,7 +62,8 @@ fn fixture_with(policy: CodePolicy, secret: Option<[u8; 32]>) -> Fx {
 fn fixture_over(stores: Stores, policy: CodePolicy, secret: Option<[u8; 32]>) -> Fx {
     let outbox = Arc::new(RecordingSender::new());
     let clock = Arc::new(ManualClock::default());
-    let mut builder = Core::builder(stores, outbox.clone())
+    let mut builder = Core::test_builder(stores)
+        .sender(outbox.clone())
         .clock(clock.clone())
         .random(Arc::new(SeededRandom::new(1)))
         .password_hasher(Arc::new(Argon2Hasher::fast_insecure_for_tests()))
@@ -71,7 +72,7 @@ fn fixture_over(stores: Stores, policy: CodePolicy, secret: Option<[u8; 32]>) ->
         builder = builder.code_secret(k);
     }
     Fx {
-        core: builder.build(),
+        core: builder.build().expect("test core"),
         outbox,
         clock,
     }
@@ -1028,19 +1029,18 @@ async fn concurrent_failed_checks_never_exceed_twenty() {
 
 fn pumping_fixture() -> (Core, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::default());
-    let core = Core::builder(
-        Stores::from_single(Arc::new(MemoryStore::new())),
-        Arc::new(RecordingSender::new()),
-    )
-    .clock(clock.clone())
-    .password_hasher(Arc::new(Argon2Hasher::fast_insecure_for_tests()))
-    .code_policy(CodePolicy {
-        fixed_code: Some("123456".into()),
-        // A smaller burst than the default, to keep the tests short.
-        pump_min_sends: 30,
-        ..CodePolicy::default()
-    })
-    .build();
+    let core = Core::test_builder(Stores::from_single(Arc::new(MemoryStore::new())))
+        .sender(Arc::new(RecordingSender::new()))
+        .clock(clock.clone())
+        .password_hasher(Arc::new(Argon2Hasher::fast_insecure_for_tests()))
+        .code_policy(CodePolicy {
+            fixed_code: Some("123456".into()),
+            // A smaller burst than the default, to keep the tests short.
+            pump_min_sends: 30,
+            ..CodePolicy::default()
+        })
+        .build()
+        .expect("test core");
     (core, clock)
 }
 
@@ -1111,13 +1111,12 @@ async fn a_sender_failure_is_a_delivery_error_and_counts_against_the_cooldown() 
         assert_eq!(m.to, "13811112222");
         Err(SendError("carrier down".into()))
     });
-    let core = Core::builder(
-        Stores::from_single(Arc::new(MemoryStore::new())),
-        Arc::new(sender),
-    )
-    .clock(Arc::new(ManualClock::default()))
-    .password_hasher(Arc::new(Argon2Hasher::fast_insecure_for_tests()))
-    .build();
+    let core = Core::test_builder(Stores::from_single(Arc::new(MemoryStore::new())))
+        .sender(Arc::new(sender))
+        .clock(Arc::new(ManualClock::default()))
+        .password_hasher(Arc::new(Argon2Hasher::fast_insecure_for_tests()))
+        .build()
+        .expect("test core");
     let addr = CodeAddress::Phone(PhoneNumber::parse_cn_mobile("13811112222").unwrap());
     let r = core.codes.send(&addr, Purpose::Register, None).await;
     assert!(

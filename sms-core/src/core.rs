@@ -41,10 +41,18 @@ pub struct Core {
 }
 
 impl Core {
-    /// Starts a builder over `stores`; every message goes out through
-    /// `sender`.
+    /// Starts a builder over `stores`; every code goes out through `sender`.
+    ///
+    /// A production core also needs a stable code secret
+    /// ([`CoreBuilder::code_secret`], e.g. parsed by [`crate::secret::parse_code_secret`]
+    /// from a file or the environment)
+    /// and a carrier for send tasks ([`CoreBuilder::gateway`]):
+    /// [`CoreBuilder::build`] fails without them rather than fall back to a
+    /// per-process secret (codes dying on restart, unverifiable by another
+    /// node) or a gateway that delivers nothing.
     pub fn builder(stores: Stores, sender: Arc<dyn CodeSender>) -> CoreBuilder {
         CoreBuilder {
+            test: false,
             stores,
             sender,
             clock: None,
@@ -60,12 +68,41 @@ impl Core {
             gateway: None,
         }
     }
+
+    /// A builder for tests and examples, never for production: it records
+    /// outgoing codes in a [`crate::sender::RecordingSender`] (replace it with
+    /// [`CoreBuilder::sender`]), draws a random code secret per process and
+    /// sends tasks to a [`RecordingGateway`] that delivers nothing, unless
+    /// told otherwise. Its [`CoreBuilder::build`] never fails.
+    pub fn test_builder(stores: Stores) -> CoreBuilder {
+        let mut b = Self::builder(stores, Arc::new(crate::sender::RecordingSender::new()));
+        b.test = true;
+        b
+    }
+}
+
+/// Why a [`CoreBuilder`] could not build: a production core lacks what it
+/// must not do without.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// No code secret: codes would be hashed under a per-process random key,
+    /// die on restart and be uncheckable by another node.
+    #[error("no code secret: set CoreBuilder::code_secret (parse one with sms_core::secret::parse_code_secret), or use Core::test_builder in tests")]
+    MissingCodeSecret,
+    /// No carrier for send tasks: tasks would end "done" and be charged
+    /// while nothing is delivered.
+    #[error(
+        "no carrier for send tasks: set CoreBuilder::gateway, or use Core::test_builder in tests"
+    )]
+    MissingGateway,
 }
 
 /// Builds a [`Core`]; every port but the stores and the sender has a
 /// production default (system clock, OS CSPRNG, argon2id).
 #[derive(Debug)]
 pub struct CoreBuilder {
+    test: bool,
     stores: Stores,
     sender: Arc<dyn CodeSender>,
     clock: Option<Arc<dyn Clock>>,
@@ -106,9 +143,15 @@ impl CoreBuilder {
         self
     }
 
+    /// Where codes go (replaces the builder's sender).
+    pub fn sender(mut self, sender: Arc<dyn CodeSender>) -> Self {
+        self.sender = sender;
+        self
+    }
+
     /// The server secret codes are hashed with. Keep it stable across
-    /// restarts; without it a random one is drawn and outstanding codes die
-    /// with the process.
+    /// restarts and share it between the nodes of one deployment; required
+    /// by [`Core::builder`].
     pub fn code_secret(mut self, secret: [u8; 32]) -> Self {
         self.code_secret = Some(secret);
         self
@@ -138,8 +181,9 @@ impl CoreBuilder {
         self
     }
 
-    /// The carrier gateway for send tasks (default: a
-    /// [`RecordingGateway`], which delivers nothing — set a real one).
+    /// The carrier gateway for send tasks; required by [`Core::builder`]
+    /// ([`Core::test_builder`] defaults to a [`RecordingGateway`], which
+    /// delivers nothing).
     pub fn gateway(mut self, gateway: Arc<dyn MessageGateway>) -> Self {
         self.gateway = Some(gateway);
         self
@@ -151,8 +195,17 @@ impl CoreBuilder {
         self
     }
 
-    /// Assembles the services.
-    pub fn build(self) -> Core {
+    /// Assembles the services; fails when a production builder lacks its
+    /// code secret or carrier ([`BuildError`]).
+    pub fn build(self) -> Result<Core, BuildError> {
+        if !self.test {
+            if self.code_secret.is_none() {
+                return Err(BuildError::MissingCodeSecret);
+            }
+            if self.gateway.is_none() {
+                return Err(BuildError::MissingGateway);
+            }
+        }
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let rng = self.rng.unwrap_or_else(|| Arc::new(OsRandom));
         let hasher = self
@@ -210,7 +263,7 @@ impl CoreBuilder {
             rng.clone(),
             self.send_policy,
         ));
-        Core {
+        Ok(Core {
             accounts,
             codes,
             billing,
@@ -220,6 +273,38 @@ impl CoreBuilder {
             stores: self.stores,
             clock,
             rng,
-        }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryStore;
+    use crate::sender::RecordingSender;
+
+    fn stores() -> Stores {
+        Stores::from_single(Arc::new(MemoryStore::new()))
+    }
+
+    #[test]
+    fn a_production_core_needs_a_secret_and_a_carrier() {
+        let sender = Arc::new(RecordingSender::new());
+        let err = Core::builder(stores(), sender.clone())
+            .gateway(Arc::new(RecordingGateway::new()))
+            .build()
+            .unwrap_err();
+        assert_eq!(err, BuildError::MissingCodeSecret);
+        let err = Core::builder(stores(), sender.clone())
+            .code_secret([7; 32])
+            .build()
+            .unwrap_err();
+        assert_eq!(err, BuildError::MissingGateway);
+        assert!(Core::builder(stores(), sender)
+            .code_secret([7; 32])
+            .gateway(Arc::new(RecordingGateway::new()))
+            .build()
+            .is_ok());
+        assert!(Core::test_builder(stores()).build().is_ok());
     }
 }

@@ -36,9 +36,13 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let store = Arc::new(MemoryStore::new());
 //! let outbox = Arc::new(RecordingSender::new());
-//! let core = Core::builder(Stores::from_single(store), outbox.clone())
+//! // `Core::builder` in production: it also needs a stable code secret and
+//! // a carrier, and refuses to build without them.
+//! let core = Core::test_builder(Stores::from_single(store))
+//!     .sender(outbox.clone())
 //!     .password_hasher(Arc::new(Argon2Hasher::fast_insecure_for_tests()))
-//!     .build();
+//!     .build()
+//!     .expect("a test builder always builds");
 //! let token = core
 //!     .accounts
 //!     .sign_up_username("alice", "s3cret-pw")
@@ -87,7 +91,7 @@ pub mod store;
 pub mod testkit;
 pub mod user;
 
-pub use crate::core::{Core, CoreBuilder};
+pub use crate::core::{BuildError, Core, CoreBuilder};
 pub use error::{CoreError, StoreError};
 
 /// The names most embedders need, in one import.
@@ -95,8 +99,9 @@ pub mod prelude {
     pub use crate::accounts::{AccountPolicy, Accounts, LoginOutcome, SessionOrigin};
     pub use crate::clock::{Clock, ManualClock, SystemClock};
     pub use crate::codes::{CodeAddress, CodePolicy, CodeService, Purpose};
-    pub use crate::core::{Core, CoreBuilder};
+    pub use crate::core::{BuildError, Core, CoreBuilder};
     pub use crate::error::{CoreError, StoreError};
+    pub use crate::gateway::{MessageGateway, RecordingGateway};
     pub use crate::identity::{Email, Password, PasswordPolicy, Username};
     pub use crate::memory::MemoryStore;
     pub use crate::password::{Argon2Hasher, PasswordHasher};

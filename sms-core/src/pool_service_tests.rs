@@ -32,14 +32,13 @@ fn info(m: &str, cid: &str) -> NumberInfo {
 
 async fn fx(balance: i64, numbers: &[&str]) -> Fx {
     let clock = Arc::new(ManualClock::default());
-    let core = Core::builder(
-        Stores::from_single(Arc::new(MemoryStore::new())),
-        Arc::new(RecordingSender::new()),
-    )
-    .clock(clock.clone())
-    .random(Arc::new(SeededRandom::new(5)))
-    .password_hasher(Arc::new(Argon2Hasher::fast_insecure_for_tests()))
-    .build();
+    let core = Core::test_builder(Stores::from_single(Arc::new(MemoryStore::new())))
+        .sender(Arc::new(RecordingSender::new()))
+        .clock(clock.clone())
+        .random(Arc::new(SeededRandom::new(5)))
+        .password_hasher(Arc::new(Argon2Hasher::fast_insecure_for_tests()))
+        .build()
+        .expect("test core");
     core.accounts
         .sign_up_username("alice", "secret1")
         .await

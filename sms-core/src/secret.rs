@@ -130,6 +130,20 @@ impl CodeHasher {
     }
 }
 
+/// Why a code secret's text was refused (the text itself is never echoed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a code secret is 64 hexadecimal digits (32 bytes), e.g. from `openssl rand -hex 32`")]
+pub struct SecretFormatError;
+
+/// Parses a code secret written as 64 hexadecimal digits (surrounding
+/// whitespace ignored): the form a secret file or environment variable holds.
+/// Reading the file or variable is the caller's (the core does no I/O).
+pub fn parse_code_secret(text: &str) -> Result<[u8; 32], SecretFormatError> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut key).map_err(|_| SecretFormatError)?;
+    Ok(key)
+}
+
 impl fmt::Debug for CodeHasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("CodeHasher(***)")
@@ -173,6 +187,15 @@ mod tests {
         assert_ne!(a.hash("s", "123456"), a.hash("t", "123456"));
         assert_ne!(a.hash("s", "123456"), b.hash("s", "123456"));
         assert_ne!(a.hash("s", "123456"), a.hash("s", "123457"));
+    }
+
+    #[test]
+    fn code_secrets_parse_from_hex_only() {
+        let hex64 = "ab".repeat(32);
+        assert_eq!(parse_code_secret(&format!(" {hex64}\n")), Ok([0xab; 32]));
+        assert_eq!(parse_code_secret("abc"), Err(SecretFormatError));
+        assert_eq!(parse_code_secret(&"zz".repeat(32)), Err(SecretFormatError));
+        assert!(!SecretFormatError.to_string().contains("zz"));
     }
 
     #[test]

@@ -20,15 +20,14 @@ struct Fx {
 
 async fn fx(gateway: Arc<dyn MessageGateway>, balance: i64) -> Fx {
     let clock = Arc::new(ManualClock::default());
-    let core = Core::builder(
-        Stores::from_single(Arc::new(MemoryStore::new())),
-        Arc::new(RecordingSender::new()),
-    )
-    .clock(clock.clone())
-    .random(Arc::new(SeededRandom::new(9)))
-    .password_hasher(Arc::new(Argon2Hasher::fast_insecure_for_tests()))
-    .gateway(gateway)
-    .build();
+    let core = Core::test_builder(Stores::from_single(Arc::new(MemoryStore::new())))
+        .sender(Arc::new(RecordingSender::new()))
+        .clock(clock.clone())
+        .random(Arc::new(SeededRandom::new(9)))
+        .password_hasher(Arc::new(Argon2Hasher::fast_insecure_for_tests()))
+        .gateway(gateway)
+        .build()
+        .expect("test core");
     for name in ["alice", "bob"] {
         core.accounts
             .sign_up_username(name, "secret1")

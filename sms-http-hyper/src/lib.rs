@@ -22,11 +22,15 @@
 //! use sms_http_hyper::{serve, HttpConfig, ServerConfig, SmsService};
 //!
 //! # async fn run() -> std::io::Result<()> {
+//! # let (secret, carrier) = ([7u8; 32], Arc::new(RecordingGateway::new()));
 //! let core = Core::builder(
 //!     Stores::from_single(Arc::new(MemoryStore::new())),
 //!     Arc::new(RecordingSender::new()),
 //! )
-//! .build();
+//! .code_secret(secret) // stable across restarts, shared by every node
+//! .gateway(carrier) // where send tasks go
+//! .build()
+//! .expect("secret and carrier given");
 //! let service = SmsService::new(core, HttpConfig::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! serve(listener, service, ServerConfig::default(), std::future::pending()).await;
@@ -49,4 +53,4 @@ pub mod telsignup;
 
 pub use client_addr::{client_ip_of, ClientAddr, ClientIp, ClientIpLayer, TrustedProxies};
 pub use server::{serve, ServerConfig};
-pub use service::{HttpBody, HttpConfig, SmsService};
+pub use service::{Dialect, HttpBody, HttpConfig, SmsService};

@@ -58,6 +58,12 @@ impl Endpoint {
         })
     }
 
+    /// True for the routes SIM devices call (`POST /phones`,
+    /// `POST /vcodes`, `GET /sends/<cid>`), false for the consumer's.
+    pub fn is_device_route(&self) -> bool {
+        matches!(self, Self::Phones | Self::UploadCodes | Self::Sends(_))
+    }
+
     /// The method this endpoint takes.
     pub fn method(&self) -> http::Method {
         match self {

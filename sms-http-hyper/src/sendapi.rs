@@ -160,6 +160,12 @@ impl Admin {
             _ => return None,
         })
     }
+
+    /// True for the route the `sendapi` seed itself defines (`/v2/charge`);
+    /// the others are the platform's root extensions.
+    pub fn is_sendapi_route(&self) -> bool {
+        matches!(self, Self::Charge)
+    }
 }
 
 /// Serves one administrative request.

@@ -54,6 +54,48 @@ impl Default for HttpConfig {
     }
 }
 
+/// A unit of routes an embedder can mount alone (see
+/// [`SmsService::with_dialects`]). Each seed's dialect is one unit; the pool's
+/// device-facing routes and the root administration routes are units of
+/// their own, so that mounting a dialect never exposes them by accident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Dialect {
+    /// `hub` HTTP: `POST /signup`, `/login`, `/forgot/vcode`, `/forgot/verify`.
+    Hub,
+    /// `telsignup`: `POST /index.php?r=user/…`.
+    Telsignup,
+    /// `account_v4`: `/api/v4.0/…`.
+    AccountV4,
+    /// `sendapi`: `/v1/signature`, `/v1/template`, `/v1/message`, and the
+    /// seed's root reviews `/v2/signreview`, `/v2/tempreview`, `/v2/charge`.
+    SendApi,
+    /// `pool`, the consumer side: `GET /mobiles/<app>/<n>`,
+    /// `GET /vcodes/<app>`, and `PUT /setsize`.
+    Pool,
+    /// `pool`, the SIM-device side: `POST /phones`, `POST /vcodes`,
+    /// `GET /sends/<cid>`.
+    PoolDevices,
+    /// Root administration beyond the seeds: `POST /v2/item`, `/v2/ban`.
+    Admin,
+    /// The OpenAPI documents: `GET /openapi`, `/openapi/<dialect>.yaml`.
+    OpenApi,
+}
+
+impl Dialect {
+    /// Every unit: what [`SmsService::new`] serves.
+    pub const ALL: [Dialect; 8] = [
+        Self::Hub,
+        Self::Telsignup,
+        Self::AccountV4,
+        Self::SendApi,
+        Self::Pool,
+        Self::PoolDevices,
+        Self::Admin,
+        Self::OpenApi,
+    ];
+}
+
 /// The dialect and endpoint a request is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -107,6 +149,21 @@ impl Route {
     fn allows(&self, method: &Method) -> bool {
         self.allowed().split(", ").any(|m| m == method.as_str())
     }
+
+    /// The unit the route belongs to.
+    fn dialect(&self) -> Dialect {
+        match self {
+            Self::Hub(_) => Dialect::Hub,
+            Self::Telsignup => Dialect::Telsignup,
+            Self::AccountV4(..) => Dialect::AccountV4,
+            Self::Pool(e) if e.is_device_route() => Dialect::PoolDevices,
+            Self::Pool(_) => Dialect::Pool,
+            Self::Admin(a) if a.is_sendapi_route() => Dialect::SendApi,
+            Self::Admin(_) => Dialect::Admin,
+            Self::SendApi(_) => Dialect::SendApi,
+            Self::OpenApi(_) => Dialect::OpenApi,
+        }
+    }
 }
 
 /// A request after routing and body collection, as the dialects see it.
@@ -134,14 +191,44 @@ pub struct SmsService {
 struct Inner {
     core: Core,
     config: HttpConfig,
+    dialects: Vec<Dialect>,
 }
 
 impl SmsService {
-    /// A service over `core`.
+    /// A service over `core` serving every dialect ([`Dialect::ALL`]).
     pub fn new(core: Core, config: HttpConfig) -> Self {
+        Self::with_dialects(core, config, &Dialect::ALL)
+    }
+
+    /// A service over `core` serving only `dialects`; every other path
+    /// answers 404. Mount it under a prefix with axum's `nest_service`
+    /// (which strips the prefix) or in front of your own routes:
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use sms_core::prelude::*;
+    /// use sms_http_hyper::{Dialect, HttpConfig, SmsService};
+    /// # let core = Core::test_builder(Stores::from_single(Arc::new(MemoryStore::new()))).build().unwrap();
+    /// // Only account_v4: /api/v4.0/… — no pool, root or other dialect routes.
+    /// let auth = SmsService::with_dialects(core, HttpConfig::default(), &[Dialect::AccountV4]);
+    /// ```
+    pub fn with_dialects(core: Core, config: HttpConfig, dialects: &[Dialect]) -> Self {
         Self {
-            inner: Arc::new(Inner { core, config }),
+            inner: Arc::new(Inner {
+                core,
+                config,
+                dialects: dialects.to_vec(),
+            }),
         }
+    }
+
+    /// The units this service serves.
+    pub fn dialects(&self) -> &[Dialect] {
+        &self.inner.dialects
+    }
+
+    fn route(&self, path: &str) -> Option<Route> {
+        Route::find(path).filter(|r| self.inner.dialects.contains(&r.dialect()))
     }
 
     /// The core behind the service.
@@ -156,8 +243,8 @@ impl SmsService {
 
     /// True when this service answers `path` (so a router in front can send
     /// everything else elsewhere).
-    pub fn handles_path(path: &str) -> bool {
-        Route::find(path).is_some()
+    pub fn serves_path(&self, path: &str) -> bool {
+        self.route(path).is_some()
     }
 
     /// Handles one request. Never fails; never answers 5xx for anything a
@@ -170,7 +257,7 @@ impl SmsService {
     {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
-        let Some(route) = Route::find(&path) else {
+        let Some(route) = self.route(&path) else {
             let resp = response::message(StatusCode::NOT_FOUND, "not found");
             return self.refuse(req, resp).await;
         };

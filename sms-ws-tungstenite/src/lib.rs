@@ -98,11 +98,15 @@
 //! use sms_ws_tungstenite::{HubWs, WsConfig};
 //!
 //! # #[tokio::main] async fn main() -> std::io::Result<()> {
+//! # let (secret, carrier) = ([7u8; 32], Arc::new(RecordingGateway::new()));
 //! let core = Core::builder(
 //!     Stores::from_single(Arc::new(MemoryStore::new())),
 //!     Arc::new(RecordingSender::new()),
 //! )
-//! .build();
+//! .code_secret(secret) // stable across restarts, shared by every node
+//! .gateway(carrier) // where send tasks go
+//! .build()
+//! .expect("secret and carrier given");
 //! let hub = HubWs::new(core, WsConfig::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! loop {

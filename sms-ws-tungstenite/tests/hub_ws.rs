@@ -51,10 +51,12 @@ async fn start_with(config: WsConfig) -> Env {
     let store = Arc::new(MemoryStore::new());
     let outbox = Arc::new(RecordingSender::new());
     let clock = Arc::new(ManualClock::at(NOW));
-    let core = Core::builder(Stores::from_single(store), outbox.clone())
+    let core = Core::test_builder(Stores::from_single(store))
+        .sender(outbox.clone())
         .password_hasher(Arc::new(Argon2Hasher::fast_insecure_for_tests()))
         .clock(clock.clone())
-        .build();
+        .build()
+        .expect("test core");
     let hub = HubWs::new(core.clone(), config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
