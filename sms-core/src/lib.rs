@@ -62,6 +62,7 @@
 pub mod accounts;
 pub mod billing;
 pub mod clock;
+pub mod code_decision;
 pub mod codes;
 pub mod core;
 mod credentials;

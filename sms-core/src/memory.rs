@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
+use crate::code_decision::{CodeDecision, CodeState, CodeVerdict};
 use crate::error::{StoreError, UniqueField};
 use crate::events::Push;
 use crate::identity::{Email, Username};
@@ -18,12 +19,12 @@ use crate::pool::{
     DeviceMessage, Intake, Item, Lease, LeaseRef, LeaseRequest, NumberInfo, Operator, PoolNumber,
     ReceivedSms,
 };
-use crate::secret::{CodeHash, TokenHash};
+use crate::secret::TokenHash;
 use crate::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
 use crate::store::{
     CodeKey, CodeRecord, CodeStore, ConsumeOutcome, DeleteOutcome, Grant, GrantKind, GrantStore,
-    ItemStore, LedgerStore, LimitStore, PhonePool, QueueStore, RedeemOutcome, ReplaceOutcome,
-    SendStore, Session, SessionStore, StoreResult, UserStore, DEFAULT_POOL_SIZE,
+    ItemStore, LedgerStore, LimitStore, PhonePool, QueueStore, SendStore, Session, SessionStore,
+    StoreResult, UserStore, DEFAULT_POOL_SIZE,
 };
 use crate::user::{User, UserChange, UserId};
 
@@ -216,37 +217,40 @@ impl SessionStore for MemoryStore {
 
 #[async_trait]
 impl CodeStore for MemoryStore {
-    async fn replace_code(
-        &self,
-        record: CodeRecord,
-        cooldown_secs: i64,
-    ) -> StoreResult<ReplaceOutcome> {
+    async fn decide_code(&self, decision: CodeDecision) -> StoreResult<CodeVerdict> {
         let mut g = self.lock();
-        if let Some(old) = g.codes.get(&record.key) {
-            let retry_at = old.issued_at.saturating_add(cooldown_secs);
-            if retry_at > record.issued_at {
-                return Ok(ReplaceOutcome::Cooldown { retry_at });
+        let g = &mut *g;
+        let keys = decision.limit_keys();
+        let mut state = CodeState {
+            code: g.codes.get(decision.key()).cloned(),
+            limits: keys
+                .iter()
+                .map(|k| g.limits.get(*k).cloned().unwrap_or_default())
+                .collect(),
+        };
+        let verdict = decision.apply(&mut state);
+        match state.code {
+            Some(code) => {
+                g.codes.insert(decision.key().clone(), code);
+            }
+            None => {
+                g.codes.remove(decision.key());
             }
         }
-        g.codes.insert(record.key.clone(), record);
-        Ok(ReplaceOutcome::Stored)
+        for (k, s) in keys.into_iter().zip(state.limits) {
+            match g.limits.get_mut(k) {
+                Some(old) => *old = s,
+                None if s == LimitState::default() => {}
+                None => {
+                    g.limits.insert(k.to_owned(), s);
+                }
+            }
+        }
+        Ok(verdict)
     }
 
     async fn code(&self, key: &CodeKey) -> StoreResult<Option<CodeRecord>> {
         Ok(self.lock().codes.get(key).cloned())
-    }
-
-    async fn redeem_code(
-        &self,
-        key: &CodeKey,
-        presented: &CodeHash,
-        now: i64,
-        max_attempts: u32,
-    ) -> StoreResult<RedeemOutcome> {
-        Ok(match self.lock().codes.get_mut(key) {
-            Some(r) => r.redeem(presented, now, max_attempts),
-            None => RedeemOutcome::Missing,
-        })
     }
 }
 
@@ -310,13 +314,6 @@ impl LimitStore for MemoryStore {
             .entry(check.key.clone())
             .or_default()
             .record(&check.rule, now);
-        Ok(())
-    }
-
-    async fn unrecord(&self, check: &LimitCheck, at: i64) -> StoreResult<()> {
-        if let Some(s) = self.lock().limits.get_mut(&check.key) {
-            s.unrecord(at);
-        }
         Ok(())
     }
 

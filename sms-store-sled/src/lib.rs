@@ -144,14 +144,15 @@ use sled::transaction::{
 };
 use sled::Transactional;
 
+use sms_core::code_decision::{CodeDecision, CodeState, CodeVerdict};
 use sms_core::error::{StoreError, UniqueField};
 use sms_core::identity::{Email, Username};
 use sms_core::limits::{evaluate, LimitCheck, LimitDecision, LimitState};
 use sms_core::phone::PhoneNumber;
-use sms_core::secret::{CodeHash, TokenHash};
+use sms_core::secret::TokenHash;
 use sms_core::store::{
     CodeKey, CodeRecord, CodeStore, ConsumeOutcome, Grant, GrantKind, GrantStore, LimitStore,
-    RedeemOutcome, ReplaceOutcome, Session, SessionStore, StoreResult, Stores, UserStore,
+    Session, SessionStore, StoreResult, Stores, UserStore,
 };
 #[cfg(doc)]
 use sms_core::store::{ItemStore, LedgerStore, PhonePool, QueueStore, SendStore};
@@ -709,9 +710,22 @@ impl SledStore {
         T: Send + 'static,
         F: FnOnce(&Trees) -> Result<T, Error> + Send + 'static,
     {
+        self.write_if(move |t| Ok((f(t)?, true))).await
+    }
+
+    /// Like [`write`](Self::write) for a call that may change nothing: `f`
+    /// tells whether it wrote, and only then is the call's answer held back
+    /// until its write is on disk.
+    async fn write_if<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Trees) -> Result<(T, bool), Error> + Send + 'static,
+    {
         self.run(move |t| {
-            let out = f(t)?;
-            t.flush()?;
+            let (out, wrote) = f(t)?;
+            if wrote {
+                t.flush()?;
+            }
             Ok(out)
         })
         .await
@@ -955,26 +969,41 @@ impl SessionStore for SledStore {
 
 #[async_trait]
 impl CodeStore for SledStore {
-    async fn replace_code(
-        &self,
-        record: CodeRecord,
-        cooldown_secs: i64,
-    ) -> StoreResult<ReplaceOutcome> {
-        self.write(move |t| {
-            let key = record.key.flat().into_bytes();
-            let encoded = encode(CODES, &record)?;
-            let outcome = t.codes.transaction(|codes| {
-                if let Some(raw) = codes.get(&key)? {
-                    let old: CodeRecord = tx(decode(CODES, &raw))?;
-                    let retry_at = old.issued_at.saturating_add(cooldown_secs);
-                    if retry_at > record.issued_at {
-                        return Ok(ReplaceOutcome::Cooldown { retry_at });
+    async fn decide_code(&self, decision: CodeDecision) -> StoreResult<CodeVerdict> {
+        self.write_if(move |t| {
+            let key = decision.key().flat().into_bytes();
+            let limit_keys = decision.limit_keys();
+            let (verdict, changed) = (&t.codes, &t.limits).transaction(|(codes, limits)| {
+                let before = CodeState {
+                    code: tx(decode_opt(CODES, codes.get(&key)?))?,
+                    limits: limit_keys
+                        .iter()
+                        .map(|k| tx_limit_state(limits, k))
+                        .collect::<TxResult<Vec<_>>>()?,
+                };
+                let mut state = before.clone();
+                let verdict = decision.apply(&mut state);
+                let mut changed = false;
+                if state.code != before.code {
+                    changed = true;
+                    match &state.code {
+                        Some(code) => {
+                            codes.insert(key.as_slice(), tx(encode(CODES, code))?)?;
+                        }
+                        None => {
+                            codes.remove(key.as_slice())?;
+                        }
                     }
                 }
-                codes.insert(key.as_slice(), encoded.as_slice())?;
-                Ok(ReplaceOutcome::Stored)
+                for ((k, new), old) in limit_keys.iter().zip(&state.limits).zip(&before.limits) {
+                    if new != old {
+                        changed = true;
+                        tx_put_limit_state(limits, k, new)?;
+                    }
+                }
+                Ok((verdict, changed))
             })?;
-            Ok(outcome)
+            Ok((verdict, changed))
         })
         .await
     }
@@ -983,33 +1012,6 @@ impl CodeStore for SledStore {
         let key = key.flat();
         self.run(move |t| decode_opt(CODES, t.codes.get(key.as_bytes())?))
             .await
-    }
-
-    async fn redeem_code(
-        &self,
-        key: &CodeKey,
-        presented: &CodeHash,
-        now: i64,
-        max_attempts: u32,
-    ) -> StoreResult<RedeemOutcome> {
-        let key = key.flat().into_bytes();
-        let presented = *presented;
-        self.write(move |t| {
-            let outcome = t.codes.transaction(|codes| {
-                let Some(raw) = codes.get(&key)? else {
-                    return Ok(RedeemOutcome::Missing);
-                };
-                let mut record: CodeRecord = tx(decode(CODES, &raw))?;
-                let before = record.clone();
-                let outcome = record.redeem(&presented, now, max_attempts);
-                if record != before {
-                    codes.insert(key.as_slice(), tx(encode(CODES, &record))?)?;
-                }
-                Ok(outcome)
-            })?;
-            Ok(outcome)
-        })
-        .await
     }
 }
 
@@ -1100,19 +1102,6 @@ impl LimitStore for SledStore {
             t.limits.transaction(|limits| {
                 let mut state = tx_limit_state(limits, &check.key)?;
                 state.record(&check.rule, now);
-                tx_put_limit_state(limits, &check.key, &state)
-            })?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn unrecord(&self, check: &LimitCheck, at: i64) -> StoreResult<()> {
-        let check = check.clone();
-        self.write(move |t| {
-            t.limits.transaction(|limits| {
-                let mut state = tx_limit_state(limits, &check.key)?;
-                state.unrecord(at);
                 tx_put_limit_state(limits, &check.key, &state)
             })?;
             Ok(())

@@ -5,6 +5,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use sms_core::code_decision::{
+    CheckCode, CheckOutcome, CodeDecision, CodeVerdict, IssueCode, IssueOutcome,
+};
 use sms_core::error::{StoreError, UniqueField};
 use sms_core::events::Push;
 use sms_core::identity::{Email, Username};
@@ -22,6 +25,18 @@ use sms_core::store::{
 };
 use sms_core::user::{User, UserChange, UserId};
 use sms_store_sled::SledStore;
+
+/// A check of `key` with its failure budget under `reopen:fail`.
+fn check(key: &CodeKey, presented: sms_core::secret::CodeHash, now: i64) -> CodeDecision {
+    CodeDecision::Check(CheckCode {
+        key: key.clone(),
+        presented,
+        now,
+        max_attempts: 5,
+        failures: LimitCheck::new("reopen:fail", LimitRule::per(20, 86_400)),
+        pump_ok: None,
+    })
+}
 
 fn id(n: u32) -> UserId {
     UserId::from_string(format!("{n:032x}"))
@@ -120,11 +135,24 @@ async fn everything_survives_reopen() {
             attempts: 0,
             used: false,
         };
-        s.codes.replace_code(record, 60).await.unwrap();
+        assert_eq!(
+            s.codes
+                .decide_code(CodeDecision::Issue(IssueCode {
+                    record,
+                    cooldown_secs: 60,
+                    caps: vec![],
+                    pump: None,
+                }))
+                .await
+                .unwrap(),
+            CodeVerdict::Issue(IssueOutcome::Issued)
+        );
         let wrong = hasher.hash(&key.flat(), "000000");
         assert!(matches!(
-            s.codes.redeem_code(&key, &wrong, 150, 5).await.unwrap(),
-            RedeemOutcome::Mismatch { attempts_left: 4 }
+            s.codes.decide_code(check(&key, wrong, 150)).await.unwrap(),
+            CodeVerdict::Check(CheckOutcome::Presented(RedeemOutcome::Mismatch {
+                attempts_left: 4
+            }))
         ));
 
         s.grants
@@ -288,11 +316,14 @@ async fn everything_survives_reopen() {
     assert_eq!(code.attempts, 1);
     assert_eq!(
         s.codes
-            .redeem_code(&key, &hasher.hash(&key.flat(), "123456"), 160, 5)
+            .decide_code(check(&key, hasher.hash(&key.flat(), "123456"), 160))
             .await
             .unwrap(),
-        RedeemOutcome::Redeemed
+        CodeVerdict::Check(CheckOutcome::Presented(RedeemOutcome::Redeemed))
     );
+    // The failed check of the first run is still counted.
+    let fail = LimitCheck::new("reopen:fail", LimitRule::per(1, 86_400));
+    assert!(!s.limits.peek(&[fail], 160).await.unwrap().is_allowed());
 
     // Grants keep their state.
     let reset = s
