@@ -27,12 +27,16 @@
 //!   transaction that re-checks the condition for each; a candidate lost to a
 //!   concurrent caller makes the claim start over. Concurrent callers never
 //!   get the same number or queue entry.
-//! * **Durability.** Every write method flushes and fsyncs the database
-//!   before it returns `Ok`, so a caller told "ok" keeps its data across a
-//!   crash or `kill -9`.
-//! * **No blocking of async workers.** sled calls (including transactions and
-//!   the flush) run on Tokio's blocking pool via
-//!   [`tokio::task::spawn_blocking`].
+//! * **Durability, with group commit.** Every write method returns `Ok` only
+//!   once its write is flushed and fsynced, so a caller told "ok" keeps its
+//!   data across a crash or `kill -9`. Writes are queued to one writer
+//!   thread, which applies what is queued, flushes once for the batch, then
+//!   answers every caller of the batch: concurrent writers share one sync.
+//!   A call whose decision changed nothing answers without waiting for a
+//!   sync.
+//! * **No blocking of async workers.** Reads run on Tokio's blocking pool
+//!   via [`tokio::task::spawn_blocking`]; writes and flushes on the writer
+//!   thread.
 //! * **No panics on bad data.** A record that fails to decode is reported as
 //!   [`StoreError::Backend`].
 //!
@@ -213,6 +217,10 @@ enum Error {
     /// The blocking task running the sled call failed.
     #[error("blocking store task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The writer thread could not start, or failed a write without
+    /// answering.
+    #[error("sled writer: {0}")]
+    Writer(String),
     /// A unique field is taken.
     #[error("unique constraint on {0:?}")]
     Conflict(UniqueField),
@@ -341,57 +349,52 @@ fn seq_key(owner: &[u8], seq: u64) -> Vec<u8> {
     k
 }
 
-/// Group commit of flushes (see [`Trees::flush`]).
-#[derive(Debug, Default)]
-struct GroupFlush {
-    state: std::sync::Mutex<FlushState>,
-    done: std::sync::Condvar,
-}
+/// What the writer thread runs for one write call: the write itself, which
+/// answers whether it changed anything and how to deliver the call's answer
+/// once the batch it belongs to is durable.
+type Job = Box<dyn FnOnce(&Trees) -> (bool, Reply) + Send>;
 
-#[derive(Debug, Default)]
-struct FlushState {
-    /// Tickets handed out: writes finished before asking for durability.
-    requested: u64,
-    /// Every ticket up to this one is durable.
-    flushed: u64,
-    /// A flush is running.
-    flushing: bool,
-}
+/// Delivers one call's answer, given the outcome of its batch's flush.
+type Reply = Box<dyn FnOnce(Result<(), sled::Error>) + Send>;
 
-impl GroupFlush {
-    fn lock(&self) -> std::sync::MutexGuard<'_, FlushState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// Most writes applied before one flush.
+const MAX_BATCH: usize = 256;
 
-    /// Returns once a flush that started after this call began has
-    /// completed: the caller's earlier writes are then on disk.
-    fn flush_after_write(&self, db: &sled::Db) -> Result<(), Error> {
-        let ticket = {
-            let mut s = self.lock();
-            s.requested += 1;
-            s.requested
-        };
-        let mut s = self.lock();
-        loop {
-            if s.flushed >= ticket {
-                return Ok(());
+/// The single writer (group commit): every write call is queued to one
+/// thread, which applies the queued writes one after another, flushes once
+/// for the whole batch, and only then answers their callers.
+///
+/// sled 0.34 serialises transactions against a running flush (its
+/// concurrency-control lock is taken for writing by a transaction and for
+/// reading through the whole flush), so writers calling `flush` themselves
+/// wait for each other's syncs; one thread doing both never waits on itself,
+/// and a batch of N writes costs one sync.
+fn writer_loop(trees: Arc<Trees>, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut waiting: Vec<Reply> = Vec::new();
+        let mut next = Some(first);
+        let mut applied = 0;
+        while let Some(job) = next.take() {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&trees)));
+            match outcome {
+                // Nothing to make durable: answer at once.
+                Ok((false, reply)) => reply(Ok(())),
+                Ok((true, reply)) => waiting.push(reply),
+                // The job's answer channel is dropped with it: its caller
+                // gets an error; the writer carries on.
+                Err(_) => tracing::error!("sled writer: a write panicked"),
             }
-            if s.flushing {
-                s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
-                continue;
+            applied += 1;
+            if applied < MAX_BATCH {
+                next = jobs.try_recv().ok();
             }
-            // Lead a flush covering every ticket handed out so far.
-            s.flushing = true;
-            let target = s.requested;
-            drop(s);
-            let result = db.flush();
-            s = self.lock();
-            s.flushing = false;
-            if result.is_ok() {
-                s.flushed = s.flushed.max(target);
-            }
-            self.done.notify_all();
-            result?;
+        }
+        if waiting.is_empty() {
+            continue;
+        }
+        let flushed = trees.db.flush().map(drop);
+        for reply in waiting {
+            reply(flushed.clone());
         }
     }
 }
@@ -470,7 +473,6 @@ fn grant_key(kind: GrantKind, phone: &PhoneNumber) -> Vec<u8> {
 #[derive(Debug)]
 struct Trees {
     db: sled::Db,
-    group: GroupFlush,
     users: sled::Tree,
     by_username: sled::Tree,
     by_phone: sled::Tree,
@@ -552,15 +554,7 @@ impl Trees {
             task_seq: db.open_tree(TASK_SEQ)?,
             tasks_open: db.open_tree(TASKS_OPEN)?,
             db,
-            group: GroupFlush::default(),
         })
-    }
-
-    /// Makes every write so far durable (fsync). Concurrent callers share
-    /// flushes (group commit): one flush that starts after a caller's write
-    /// covers it, so N writers waiting together cost about one fsync.
-    fn flush(&self) -> Result<(), Error> {
-        self.group.flush_after_write(&self.db)
     }
 
     fn user(&self, id: &UserId) -> Result<Option<User>, Error> {
@@ -631,6 +625,9 @@ fn tx_put_limit_state(t: &TransactionalTree, key: &str, state: &LimitState) -> T
 #[derive(Debug)]
 pub struct SledStore {
     trees: Arc<Trees>,
+    /// The queue of the writer thread ([`writer_loop`]); the thread ends
+    /// when the store is dropped.
+    writer: std::sync::mpsc::Sender<Job>,
 }
 
 impl SledStore {
@@ -662,9 +659,14 @@ impl SledStore {
     /// Uses an already opened sled database (e.g. one built with a custom
     /// [`sled::Config`]); opens the trees this store needs.
     pub fn from_db(db: sled::Db) -> Result<Self, StoreError> {
-        Ok(Self {
-            trees: Arc::new(Trees::open(db)?),
-        })
+        let trees = Arc::new(Trees::open(db)?);
+        let (writer, jobs) = std::sync::mpsc::channel();
+        let for_writer = Arc::clone(&trees);
+        std::thread::Builder::new()
+            .name("sms-sled-writer".into())
+            .spawn(move || writer_loop(for_writer, jobs))
+            .map_err(|e| StoreError::backend(Error::Writer(e.to_string())))?;
+        Ok(Self { trees, writer })
     }
 
     /// The underlying sled database.
@@ -693,18 +695,11 @@ impl SledStore {
         } else {
             f(&trees)
         };
-        result.map_err(|e| {
-            if matches!(e, Error::Conflict(_) | Error::NotFound) {
-                tracing::debug!(error = %e, "sled store call refused");
-            } else {
-                tracing::error!(error = %e, "sled store call failed");
-            }
-            e.into()
-        })
+        result.map_err(report)
     }
 
-    /// Like [`run`](Self::run) for writes: flushes to disk before returning
-    /// `Ok`.
+    /// Runs the write `f` on the writer thread, and returns once it is
+    /// durable (its batch flushed).
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -714,22 +709,48 @@ impl SledStore {
     }
 
     /// Like [`write`](Self::write) for a call that may change nothing: `f`
-    /// tells whether it wrote, and only then is the call's answer held back
-    /// until its write is on disk.
+    /// tells whether it wrote, and only then does the answer wait for the
+    /// flush.
     async fn write_if<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Trees) -> Result<(T, bool), Error> + Send + 'static,
     {
-        self.run(move |t| {
-            let (out, wrote) = f(t)?;
-            if wrote {
-                t.flush()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, Error>>();
+        let job: Job = Box::new(move |trees| match f(trees) {
+            Ok((out, wrote)) => {
+                let reply: Reply = Box::new(move |flushed| {
+                    let _ = tx.send(flushed.map(|()| out).map_err(Error::Sled));
+                });
+                (wrote, reply)
             }
-            Ok(out)
-        })
-        .await
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                (false, Box::new(|_| {}))
+            }
+        });
+        if self.writer.send(job).is_err() {
+            return Err(report(Error::Writer("the writer thread is gone".into())));
+        }
+        let answer = if tokio::runtime::Handle::try_current().is_ok() {
+            rx.await
+        } else {
+            rx.blocking_recv()
+        };
+        answer
+            .unwrap_or_else(|_| Err(Error::Writer("a write failed without an answer".into())))
+            .map_err(report)
     }
+}
+
+/// Logs a failed call and converts its error for the port.
+fn report(e: Error) -> StoreError {
+    if matches!(e, Error::Conflict(_) | Error::NotFound) {
+        tracing::debug!(error = %e, "sled store call refused");
+    } else {
+        tracing::error!(error = %e, "sled store call failed");
+    }
+    e.into()
 }
 
 #[async_trait]
