@@ -83,6 +83,7 @@ pub mod secret;
 pub mod sender;
 pub mod sending;
 pub mod sending_service;
+pub mod session_decision;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -21,6 +21,7 @@ use crate::pool::{
 };
 use crate::secret::TokenHash;
 use crate::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
+use crate::session_decision::OpenSession;
 use crate::store::{
     CodeKey, CodeRecord, CodeStore, ConsumeOutcome, DeleteOutcome, Grant, GrantKind, GrantStore,
     ItemStore, LedgerStore, LimitStore, PhonePool, QueueStore, SendStore, Session, SessionStore,
@@ -35,6 +36,7 @@ struct Inner {
     by_phone: HashMap<PhoneNumber, UserId>,
     by_email: HashMap<Email, UserId>,
     sessions: HashMap<TokenHash, Session>,
+    next_session_seq: u64,
     codes: HashMap<CodeKey, CodeRecord>,
     grants: HashMap<(GrantKind, PhoneNumber), Grant>,
     limits: HashMap<String, LimitState>,
@@ -84,43 +86,58 @@ impl Inner {
     fn lookup(&self, id: Option<&UserId>) -> Option<User> {
         id.and_then(|id| self.users.get(id)).cloned()
     }
-}
 
-#[async_trait]
-impl UserStore for MemoryStore {
-    async fn create_user(&self, user: User) -> StoreResult<()> {
-        let mut g = self.lock();
-        if g.users.contains_key(&user.id) {
+    /// [`StoreError::Conflict`] if the new user's id or a unique field is
+    /// taken.
+    fn check_unique(&self, user: &User) -> StoreResult<()> {
+        if self.users.contains_key(&user.id) {
             return Err(StoreError::Conflict(UniqueField::Id));
         }
-        let ukey = user.username.as_ref().map(Username::key);
-        if ukey.as_ref().is_some_and(|k| g.by_username.contains_key(k)) {
+        if user
+            .username
+            .as_ref()
+            .is_some_and(|u| self.by_username.contains_key(&u.key()))
+        {
             return Err(StoreError::Conflict(UniqueField::Username));
         }
         if user
             .phone
             .as_ref()
-            .is_some_and(|p| g.by_phone.contains_key(p))
+            .is_some_and(|p| self.by_phone.contains_key(p))
         {
             return Err(StoreError::Conflict(UniqueField::Phone));
         }
         if user
             .email
             .as_ref()
-            .is_some_and(|e| g.by_email.contains_key(e))
+            .is_some_and(|e| self.by_email.contains_key(e))
         {
             return Err(StoreError::Conflict(UniqueField::Email));
         }
-        if let Some(k) = ukey {
-            g.by_username.insert(k, user.id.clone());
+        Ok(())
+    }
+
+    /// Stores a user that passed [`check_unique`](Self::check_unique).
+    fn insert_user(&mut self, user: User) {
+        if let Some(u) = &user.username {
+            self.by_username.insert(u.key(), user.id.clone());
         }
         if let Some(p) = &user.phone {
-            g.by_phone.insert(p.clone(), user.id.clone());
+            self.by_phone.insert(p.clone(), user.id.clone());
         }
         if let Some(e) = &user.email {
-            g.by_email.insert(e.clone(), user.id.clone());
+            self.by_email.insert(e.clone(), user.id.clone());
         }
-        g.users.insert(user.id.clone(), user);
+        self.users.insert(user.id.clone(), user);
+    }
+}
+
+#[async_trait]
+impl UserStore for MemoryStore {
+    async fn create_user(&self, user: User) -> StoreResult<()> {
+        let mut g = self.lock();
+        g.check_unique(&user)?;
+        g.insert_user(user);
         Ok(())
     }
 
@@ -166,9 +183,29 @@ impl UserStore for MemoryStore {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn insert_session(&self, session: Session) -> StoreResult<()> {
-        self.lock().sessions.insert(session.token_hash, session);
-        Ok(())
+    async fn open_session(&self, request: OpenSession) -> StoreResult<Session> {
+        let mut g = self.lock();
+        let user_id = &request.session.user_id;
+        if let Some(user) = &request.new_user {
+            g.check_unique(user)?;
+        }
+        let existing: Vec<Session> = g
+            .sessions
+            .values()
+            .filter(|s| &s.user_id == user_id)
+            .cloned()
+            .collect();
+        g.next_session_seq += 1;
+        let admission = request.apply(&existing, g.next_session_seq);
+        if let Some(user) = request.new_user {
+            g.insert_user(user);
+        }
+        for hash in &admission.evict {
+            g.sessions.remove(hash);
+        }
+        g.sessions
+            .insert(admission.session.token_hash, admission.session.clone());
+        Ok(admission.session)
     }
 
     async fn session(&self, token_hash: &TokenHash) -> StoreResult<Option<Session>> {

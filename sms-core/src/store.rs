@@ -25,6 +25,7 @@ use crate::pool::{
 };
 use crate::secret::{CodeHash, TokenHash};
 use crate::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
+use crate::session_decision::OpenSession;
 use crate::user::{User, UserChange, UserId};
 
 /// Result of a store call.
@@ -89,11 +90,23 @@ pub struct Session {
     pub expires_at: i64,
     /// When it was first used to open a (WebSocket) session.
     pub first_used_at: Option<i64>,
+    /// Assigned by the store when the session is opened: larger than that
+    /// of every session opened before it (the per-user cap evicts by it).
+    /// Sessions stored before it existed read as 0.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// Session tokens.
 ///
 /// # Contract
+/// * [`open_session`](Self::open_session) loads every session of the user,
+///   applies [`OpenSession::apply`] with a sequence number larger than that
+///   of every session opened before, and commits in one atomic step: the
+///   new user (if any, with [`UserStore`]'s uniqueness: a taken field fails
+///   with [`StoreError::Conflict`] and changes nothing), the new session,
+///   and the revocation of the sessions it evicts. Concurrent opens for one
+///   user never leave more than `max_sessions` live sessions.
 /// * Sessions are found only by the hash of their token.
 /// * [`mark_session_used`](Self::mark_session_used) sets `first_used_at` once:
 ///   of concurrent callers exactly one sees the session before it was set.
@@ -104,8 +117,9 @@ pub struct Session {
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait SessionStore: Debug + Send + Sync + 'static {
-    /// Stores a new session.
-    async fn insert_session(&self, session: Session) -> StoreResult<()>;
+    /// Opens a session, with its sign-up if any (see the contract); returns
+    /// the session as stored.
+    async fn open_session(&self, request: OpenSession) -> StoreResult<Session>;
     /// The session with this token hash, expired or not.
     async fn session(&self, token_hash: &TokenHash) -> StoreResult<Option<Session>>;
     /// Sets `first_used_at = now` if unset; returns the session as it was

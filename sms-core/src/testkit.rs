@@ -30,6 +30,7 @@ use crate::secret::{CodeHash, CodeHasher, Token};
 use crate::sending::{
     AuditStatus, RecipientStatus, SendTask, Signature, TaskState, Template, TemplateType,
 };
+use crate::session_decision::OpenSession;
 use crate::store::{
     CodeKey, CodeRecord, CodeStore, ConsumeOutcome, Grant, GrantKind, Purpose, RedeemOutcome,
     Session, SessionOrigin, Stores,
@@ -60,6 +61,8 @@ macro_rules! store_conformance_tests {
             users_concurrent_create_one_winner,
             sessions_lifecycle,
             sessions_first_use_once,
+            sessions_open_caps_oldest_first,
+            sessions_open_with_sign_up,
             codes_cooldown_and_replace,
             codes_single_use_under_concurrency,
             codes_attempts_and_expiry,
@@ -296,6 +299,16 @@ fn session(token: &str, user_n: u32, issued_at: i64) -> Session {
         issued_at,
         expires_at: issued_at + 100,
         first_used_at: None,
+        seq: 0,
+    }
+}
+
+/// Opens `session` under a cap too large to matter.
+fn open(session: Session) -> OpenSession {
+    OpenSession {
+        session,
+        new_user: None,
+        max_sessions: 1_000,
     }
 }
 
@@ -303,7 +316,7 @@ fn session(token: &str, user_n: u32, issued_at: i64) -> Session {
 pub async fn sessions_lifecycle(s: &Stores) {
     let ss = &s.sessions;
     for (t, u) in [("t1", 1), ("t2", 1), ("t3", 1), ("t4", 2)] {
-        ss.insert_session(session(t, u, 10)).await.unwrap();
+        ss.open_session(open(session(t, u, 10))).await.unwrap();
     }
     let h1 = Token::from_client("t1").hash();
     assert_eq!(
@@ -338,10 +351,121 @@ pub async fn sessions_lifecycle(s: &Stores) {
         .is_some());
 }
 
+/// Opening a session keeps at most `max_sessions` live ones per user,
+/// evicting expired ones and then the oldest by the store's sequence (all
+/// opened in the same second here); a login after an expired session is a
+/// renewal; concurrent opens never leave more than the cap.
+pub async fn sessions_open_caps_oldest_first(s: &Stores) {
+    let ss = &s.sessions;
+    let capped = |token: &str, at: i64, max| OpenSession {
+        session: session(token, 1, at),
+        new_user: None,
+        max_sessions: max,
+    };
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        let stored = ss
+            .open_session(capped(&format!("c{i}"), 10, 3))
+            .await
+            .unwrap();
+        assert_eq!(stored.origin, SessionOrigin::Login);
+        seqs.push(stored.seq);
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let u1 = session("x", 1, 0).user_id;
+    let mut left: Vec<_> = ss.user_sessions(&u1).await.unwrap();
+    left.sort_by_key(|s| s.seq);
+    let hashes: Vec<_> = left.iter().map(|s| s.token_hash).collect();
+    assert_eq!(
+        hashes,
+        ["c2", "c3", "c4"].map(|t| Token::from_client(t).hash()),
+        "the two oldest went first"
+    );
+    // All expired by 110: the next login is a renewal and sweeps them.
+    let renewed = ss.open_session(capped("late", 110, 3)).await.unwrap();
+    assert_eq!(renewed.origin, SessionOrigin::Renewal);
+    assert_eq!(ss.user_sessions(&u1).await.unwrap().len(), 1);
+    // Concurrent opens for one user: never more than the cap left.
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let ss = s.sessions.clone();
+        let req = capped(&format!("p{i}"), 150, 4);
+        tasks.push(tokio::spawn(
+            async move { ss.open_session(req).await.unwrap() },
+        ));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(ss.user_sessions(&u1).await.unwrap().len(), 4);
+}
+
+/// A sign-up opens the user's first session in the same atomic step; a
+/// taken field fails with a conflict and leaves neither user nor session.
+pub async fn sessions_open_with_sign_up(s: &Stores) {
+    let alice = user(1, Some("alice"), None, None);
+    let first = OpenSession {
+        session: Session {
+            origin: SessionOrigin::Signup,
+            ..session("a", 1, 10)
+        },
+        new_user: Some(alice.clone()),
+        max_sessions: 50,
+    };
+    let stored = s.sessions.open_session(first).await.unwrap();
+    assert_eq!(stored.origin, SessionOrigin::Signup);
+    assert_eq!(s.users.user(&alice.id).await.unwrap(), Some(alice.clone()));
+    assert!(s
+        .sessions
+        .session(&Token::from_client("a").hash())
+        .await
+        .unwrap()
+        .is_some());
+    let clash = OpenSession {
+        session: session("b", 2, 10),
+        new_user: Some(user(2, Some("ALICE"), None, None)),
+        max_sessions: 50,
+    };
+    assert!(matches!(
+        s.sessions.open_session(clash).await,
+        Err(StoreError::Conflict(UniqueField::Username))
+    ));
+    assert!(s
+        .sessions
+        .session(&Token::from_client("b").hash())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        s.users.user(&user(2, None, None, None).id).await.unwrap(),
+        None
+    );
+    // Concurrent sign-ups racing for one phone: one user, one session.
+    let mut tasks = Vec::new();
+    for i in 0..16u32 {
+        let ss = s.sessions.clone();
+        let req = OpenSession {
+            session: session(&format!("r{i}"), 100 + i, 10),
+            new_user: Some(user(100 + i, None, Some("13811112222"), None)),
+            max_sessions: 50,
+        };
+        tasks.push(tokio::spawn(async move { ss.open_session(req).await }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(StoreError::Conflict(UniqueField::Phone)) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
 /// `mark_session_used`: of concurrent callers exactly one sees it unused.
 pub async fn sessions_first_use_once(s: &Stores) {
     s.sessions
-        .insert_session(session("tok", 1, 10))
+        .open_session(open(session("tok", 1, 10)))
         .await
         .unwrap();
     let h = Token::from_client("tok").hash();

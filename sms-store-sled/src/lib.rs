@@ -154,6 +154,7 @@ use sms_core::identity::{Email, Username};
 use sms_core::limits::{evaluate, LimitCheck, LimitDecision, LimitState};
 use sms_core::phone::PhoneNumber;
 use sms_core::secret::TokenHash;
+use sms_core::session_decision::OpenSession;
 use sms_core::store::{
     CodeKey, CodeRecord, CodeStore, ConsumeOutcome, Grant, GrantKind, GrantStore, LimitStore,
     Session, SessionStore, StoreResult, Stores, UserStore,
@@ -603,8 +604,78 @@ impl Trees {
         Ok(out)
     }
 
+    /// Every session of `user_id`.
+    fn user_sessions(&self, user_id: &UserId) -> Result<Vec<Session>, Error> {
+        let mut out = Vec::new();
+        for hash in self.indexed_sessions(user_id)? {
+            if let Some(s) = self.session(&hash)? {
+                if s.user_id == *user_id {
+                    out.push(s);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn limit_state(&self, key: &str) -> Result<LimitState, Error> {
         Ok(decode_opt(LIMITS, self.limits.get(key.as_bytes())?)?.unwrap_or_default())
+    }
+}
+
+/// A user about to be created: its record and unique keys, encoded.
+struct NewUser {
+    id: Vec<u8>,
+    record: Vec<u8>,
+    unique: [(Option<String>, UniqueField); 3],
+}
+
+impl NewUser {
+    fn prepare(user: &User) -> Result<Self, Error> {
+        Ok(Self {
+            id: user.id.as_str().as_bytes().to_vec(),
+            record: encode(USERS, user)?,
+            unique: [
+                (
+                    user.username.as_ref().map(Username::key),
+                    UniqueField::Username,
+                ),
+                (
+                    user.phone.as_ref().map(|p| p.as_e164().to_owned()),
+                    UniqueField::Phone,
+                ),
+                (
+                    user.email.as_ref().map(|e| e.as_str().to_owned()),
+                    UniqueField::Email,
+                ),
+            ],
+        })
+    }
+
+    /// Inserts the user and its index entries, aborting with
+    /// [`Error::Conflict`] if the id or a unique field is taken. The trees:
+    /// users, then the username, phone and email indexes.
+    fn create(
+        &self,
+        [users, by_username, by_phone, by_email]: [&TransactionalTree; 4],
+    ) -> TxResult<()> {
+        if users.get(&self.id)?.is_some() {
+            return abort(Error::Conflict(UniqueField::Id));
+        }
+        let indexes = [by_username, by_phone, by_email];
+        for (index, (key, field)) in indexes.iter().zip(&self.unique) {
+            if let Some(key) = key {
+                if index.get(key.as_bytes())?.is_some() {
+                    return abort(Error::Conflict(*field));
+                }
+            }
+        }
+        for (index, (key, _)) in indexes.iter().zip(&self.unique) {
+            if let Some(key) = key {
+                index.insert(key.as_bytes(), self.id.as_slice())?;
+            }
+        }
+        users.insert(self.id.as_slice(), self.record.as_slice())?;
+        Ok(())
     }
 }
 
@@ -757,35 +828,10 @@ fn report(e: Error) -> StoreError {
 impl UserStore for SledStore {
     async fn create_user(&self, user: User) -> StoreResult<()> {
         self.write(move |t| {
-            let id = user.id.as_str().as_bytes().to_vec();
-            let record = encode(USERS, &user)?;
-            let username = user.username.as_ref().map(Username::key);
-            let phone = user.phone.as_ref().map(|p| p.as_e164().to_owned());
-            let email = user.email.as_ref().map(|e| e.as_str().to_owned());
+            let new = NewUser::prepare(&user)?;
             (&t.users, &t.by_username, &t.by_phone, &t.by_email).transaction(
                 |(users, by_username, by_phone, by_email)| {
-                    if users.get(&id)?.is_some() {
-                        return abort(Error::Conflict(UniqueField::Id));
-                    }
-                    let checks = [
-                        (by_username, &username, UniqueField::Username),
-                        (by_phone, &phone, UniqueField::Phone),
-                        (by_email, &email, UniqueField::Email),
-                    ];
-                    for (index, key, field) in &checks {
-                        if let Some(key) = key {
-                            if index.get(key.as_bytes())?.is_some() {
-                                return abort(Error::Conflict(*field));
-                            }
-                        }
-                    }
-                    for (index, key, _) in &checks {
-                        if let Some(key) = key {
-                            index.insert(key.as_bytes(), id.as_slice())?;
-                        }
-                    }
-                    users.insert(id.as_slice(), record.as_slice())?;
-                    Ok(())
+                    new.create([users, by_username, by_phone, by_email])
                 },
             )?;
             Ok(())
@@ -865,24 +911,54 @@ impl UserStore for SledStore {
 
 #[async_trait]
 impl SessionStore for SledStore {
-    async fn insert_session(&self, session: Session) -> StoreResult<()> {
+    async fn open_session(&self, request: OpenSession) -> StoreResult<Session> {
         self.write(move |t| {
-            let record = encode(SESSIONS, &session)?;
+            // Every write runs on the writer thread, so the user's sessions
+            // listed here cannot change before the transaction below.
+            let user_id = &request.session.user_id;
+            let existing = t.user_sessions(user_id)?;
+            let seq = t.db.generate_id()?;
+            let admission = request.apply(&existing, seq);
+            let new_user = request
+                .new_user
+                .as_ref()
+                .map(NewUser::prepare)
+                .transpose()?;
+            let session = &admission.session;
+            let record = encode(SESSIONS, session)?;
             let hash = session.token_hash;
-            let index_key = session_index_key(&session.user_id, &hash);
-            (&t.sessions, &t.sessions_by_user).transaction(|(sessions, by_user)| {
-                // Replacing a session of another user: drop its old index entry.
-                if let Some(raw) = sessions.get(hash.0)? {
-                    let old: Session = tx(decode(SESSIONS, &raw))?;
-                    if old.user_id != session.user_id {
-                        by_user.remove(session_index_key(&old.user_id, &hash))?;
-                    }
-                }
-                sessions.insert(&hash.0[..], record.as_slice())?;
-                by_user.insert(index_key.as_slice(), &b""[..])?;
-                Ok(())
-            })?;
-            Ok(())
+            let index_key = session_index_key(user_id, &hash);
+            (
+                &t.users,
+                &t.by_username,
+                &t.by_phone,
+                &t.by_email,
+                &t.sessions,
+                &t.sessions_by_user,
+            )
+                .transaction(
+                    |(users, by_username, by_phone, by_email, sessions, by_user)| {
+                        if let Some(new) = &new_user {
+                            new.create([users, by_username, by_phone, by_email])?;
+                        }
+                        for old in &admission.evict {
+                            sessions.remove(&old.0[..])?;
+                            by_user.remove(session_index_key(user_id, old))?;
+                        }
+                        // Replacing a session of another user: drop its old
+                        // index entry.
+                        if let Some(raw) = sessions.get(hash.0)? {
+                            let old: Session = tx(decode(SESSIONS, &raw))?;
+                            if old.user_id != *user_id {
+                                by_user.remove(session_index_key(&old.user_id, &hash))?;
+                            }
+                        }
+                        sessions.insert(&hash.0[..], record.as_slice())?;
+                        by_user.insert(index_key.as_slice(), &b""[..])?;
+                        Ok(())
+                    },
+                )?;
+            Ok(admission.session)
         })
         .await
     }
@@ -973,18 +1049,7 @@ impl SessionStore for SledStore {
 
     async fn user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<Session>> {
         let user_id = user_id.clone();
-        self.run(move |t| {
-            let mut out = Vec::new();
-            for hash in t.indexed_sessions(&user_id)? {
-                if let Some(s) = t.session(&hash)? {
-                    if s.user_id == user_id {
-                        out.push(s);
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.run(move |t| t.user_sessions(&user_id)).await
     }
 }
 

@@ -19,6 +19,7 @@ use sms_core::secret::{CodeHasher, Token};
 use sms_core::sending::{
     AuditStatus, RecipientStatus, SendTask, Signature, TaskState, Template, TemplateType,
 };
+use sms_core::session_decision::OpenSession;
 use sms_core::store::{
     CodeKey, CodeRecord, ConsumeOutcome, DeleteOutcome, Grant, GrantKind, Purpose, RedeemOutcome,
     Session, SessionOrigin, Stores,
@@ -65,6 +66,7 @@ fn session(token: &str, user_n: u32) -> Session {
         issued_at: 10,
         expires_at: 110,
         first_used_at: None,
+        seq: 0,
     }
 }
 
@@ -114,7 +116,14 @@ async fn everything_survives_reopen() {
             .unwrap();
 
         for (t, u) in [("s1", 1), ("s2", 1), ("s3", 1), ("s4", 2)] {
-            s.sessions.insert_session(session(t, u)).await.unwrap();
+            s.sessions
+                .open_session(OpenSession {
+                    session: session(t, u),
+                    new_user: None,
+                    max_sessions: 50,
+                })
+                .await
+                .unwrap();
         }
         s.sessions
             .mark_session_used(&Token::from_client("s1").hash(), 20)
@@ -309,6 +318,19 @@ async fn everything_survives_reopen() {
         1
     );
     assert_eq!(s.sessions.user_sessions(&id(2)).await.unwrap().len(), 1);
+    // The session sequence keeps increasing across the reopen.
+    let before = s.sessions.user_sessions(&id(2)).await.unwrap()[0].seq;
+    let after = s
+        .sessions
+        .open_session(OpenSession {
+            session: session("s5", 2),
+            new_user: None,
+            max_sessions: 50,
+        })
+        .await
+        .unwrap()
+        .seq;
+    assert!(after > before, "{after} after {before}");
 
     // Codes keep their attempts.
     let key = code_key();
