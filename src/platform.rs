@@ -11,6 +11,7 @@ use sms_core::password::Argon2Hasher;
 use sms_core::pool_service::PoolPolicy;
 use sms_core::random::{OsRandom, RandomSource};
 use sms_core::sender::CodeSender;
+use sms_core::store::Stores;
 use sms_core::Core;
 use sms_http_hyper::{client_addr, HttpConfig, ServerConfig, SmsService, TrustedProxies};
 use sms_store_sled::SledStore;
@@ -47,6 +48,7 @@ pub enum PlatformError {
 pub struct Platform {
     args: PlatformArgs,
     gateway: Option<Arc<dyn MessageGateway>>,
+    stores: Option<Stores>,
 }
 
 /// A running platform.
@@ -109,7 +111,16 @@ impl Platform {
         Self {
             args,
             gateway: None,
+            stores: None,
         }
+    }
+
+    /// Serves from `stores` instead of the sled database in the data
+    /// directory (the code-hashing secret still lives there): e.g. the
+    /// in-memory store, to measure what durability costs.
+    pub fn with_stores(mut self, stores: Stores) -> Self {
+        self.stores = Some(stores);
+        self
     }
 
     /// Sends tasks through `gateway` instead of the outbox (a real carrier,
@@ -123,6 +134,7 @@ impl Platform {
     pub async fn start(self) -> Result<RunningPlatform, PlatformError> {
         let a = self.args;
         let custom_gateway = self.gateway;
+        let custom_stores = self.stores;
         if let Some(code) = &a.dev_code {
             if code.is_empty() || code.len() > 8 || !code.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(PlatformError::Config(
@@ -140,7 +152,10 @@ impl Platform {
         std::fs::create_dir_all(&a.data)?;
         let rng: Arc<dyn RandomSource> = Arc::new(OsRandom);
         let secret = code_secret(&a.data, rng.as_ref())?;
-        let store = Arc::new(SledStore::open(a.data.join("db"))?);
+        let stores = match custom_stores {
+            Some(s) => s,
+            None => Arc::new(SledStore::open(a.data.join("db"))?).stores(),
+        };
         let outbox = Arc::new(match &a.outbox {
             Some(path) => OutboxSender::file(path).await?,
             None => OutboxSender::stdout(),
@@ -151,7 +166,7 @@ impl Platform {
             a.argon2_memory_kib,
             a.argon2_passes,
         ));
-        let core = Core::builder(store.stores(), sender)
+        let core = Core::builder(stores, sender)
             .random(rng)
             .password_hasher(Arc::new(hasher))
             .code_secret(secret)

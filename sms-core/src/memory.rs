@@ -16,7 +16,7 @@ use crate::ledger::{transition, Balance, Hold, LedgerEntry, LedgerOutcome, Ledge
 use crate::limits::{evaluate, LimitCheck, LimitDecision, LimitState};
 use crate::phone::PhoneNumber;
 use crate::pool::{
-    DeviceMessage, Intake, Item, Lease, LeaseRef, LeaseRequest, NumberInfo, Operator, PoolNumber,
+    DeviceMessage, Intake, IntakeTally, Item, Lease, LeaseRequest, NumberInfo, PoolNumber,
     ReceivedSms,
 };
 use crate::secret::TokenHash;
@@ -373,41 +373,24 @@ impl PhonePool for MemoryStore {
 
     async fn intake(&self, entries: Vec<NumberInfo>, now: i64) -> StoreResult<Intake> {
         let mut g = self.lock();
-        let size = g.pool_size.unwrap_or(DEFAULT_POOL_SIZE) as usize;
-        let mut out = Intake::default();
-        let mut refused = false;
+        let g = &mut *g;
+        let size = g.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+        let mut tally = IntakeTally::new(size, g.numbers.len() as u64, g.open_leases as u64);
         for info in entries {
             if let Some(&seq) = g.number_seq.get(&info.mobile) {
                 if let Some(n) = g.numbers.get_mut(&seq) {
-                    n.info = info.clone();
-                }
-                if !out.used.contains(&info.mobile) {
-                    out.used.push(info.mobile);
+                    tally.refresh(n, &info);
                 }
                 continue;
             }
-            let available = g.numbers.len().saturating_sub(g.open_leases);
-            if available >= size {
-                refused = true;
-                continue;
+            if let Some(number) = tally.admit(&info, now) {
+                let seq = g.next_number;
+                g.next_number += 1;
+                g.number_seq.insert(info.mobile, seq);
+                g.numbers.insert(seq, number);
             }
-            let seq = g.next_number;
-            g.next_number += 1;
-            g.number_seq.insert(info.mobile.clone(), seq);
-            out.used.push(info.mobile.clone());
-            g.numbers.insert(
-                seq,
-                PoolNumber {
-                    operator: Operator::of(&info.mobile),
-                    info,
-                    added_at: now,
-                    lease: None,
-                    used_for: Default::default(),
-                },
-            );
         }
-        out.full = refused && out.used.is_empty();
-        Ok(out)
+        Ok(tally.finish())
     }
 
     async fn number(&self, mobile: &PhoneNumber) -> StoreResult<Option<PoolNumber>> {
@@ -425,9 +408,8 @@ impl PhonePool for MemoryStore {
             if out.len() >= n {
                 break;
             }
-            if num.is_free(now) && !num.used_for.contains(app) {
-                num.used_for.insert(app.to_owned());
-                out.push(num.info.clone());
+            if num.available_for(app, now) {
+                out.push(num.hand_out(app));
             }
         }
         Ok(out)
@@ -441,32 +423,11 @@ impl PhonePool for MemoryStore {
             if out.len() >= req.lease_ids.len() {
                 break;
             }
-            if !(num.is_free(req.now)
-                && !num.used_for.contains(&req.item)
-                && req.filter.matches(num))
-            {
+            if !req.eligible(num) {
                 continue;
             }
             let Some(id) = ids.next() else { break };
-            num.used_for.insert(req.item.clone());
-            num.lease = Some(LeaseRef {
-                lease_id: id.clone(),
-                user: req.user.clone(),
-                item: req.item.clone(),
-                until: req.until,
-            });
-            out.push(Lease {
-                id: id.clone(),
-                mobile: num.info.mobile.clone(),
-                user: req.user.clone(),
-                item: req.item.clone(),
-                started_at: req.now,
-                until: req.until,
-                hold_id: req.hold_id.clone(),
-                price: req.price,
-                charged: false,
-                settled: false,
-            });
+            out.push(num.lease_to(&req, id));
         }
         g.open_leases += out.len();
         for l in &out {
@@ -791,16 +752,9 @@ impl SendStore for MemoryStore {
         at: i64,
     ) -> StoreResult<bool> {
         let mut g = self.lock();
-        match g.tasks.get_mut(uuid) {
-            Some(t) if t.state == from => {
-                t.state = to;
-                if matches!(to, TaskState::Done | TaskState::Cancelled) {
-                    t.finished_at = Some(at);
-                }
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(g.tasks
+            .get_mut(uuid)
+            .is_some_and(|t| t.move_state(from, to, at)))
     }
 
     async fn recipient_statuses(&self, uuid: &str) -> StoreResult<Vec<RecipientStatus>> {
