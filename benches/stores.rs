@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use sms_core::code_decision::{
+    CheckCode, CheckOutcome, CodeDecision, CodeVerdict, IssueCode, IssueOutcome,
+};
 use sms_core::identity::Username;
 use sms_core::ledger::{LedgerOp, LedgerOutcome, LedgerRequest};
 use sms_core::limits::{LimitCheck, LimitRule};
@@ -21,7 +24,7 @@ use sms_core::phone::PhoneNumber;
 use sms_core::pool::{LeaseFilter, LeaseRequest, NumberInfo, ReceivedSms};
 use sms_core::prelude::*;
 use sms_core::secret::CodeHasher;
-use sms_core::store::{CodeKey, CodeRecord, Purpose, RedeemOutcome, ReplaceOutcome};
+use sms_core::store::{CodeKey, CodeRecord, Purpose, RedeemOutcome};
 use sms_store_sled::SledStore;
 use tokio::runtime::Runtime;
 
@@ -131,7 +134,7 @@ fn codes(c: &mut Criterion) {
         let hash = hasher.hash(&key.flat(), "482913");
         let mut now = 1_700_000_000;
         c.bench_function(
-            &format!("codes/replace_code+redeem_code/{}", kind.name()),
+            &format!("codes/decide_code issue+check/{}", kind.name()),
             |bench| {
                 bench.iter(|| {
                     now += 1;
@@ -144,10 +147,30 @@ fn codes(c: &mut Criterion) {
                         used: false,
                     };
                     rt.block_on(async {
-                        let stored = b.stores.codes.replace_code(record, 0).await;
-                        assert_eq!(stored.expect("replace"), ReplaceOutcome::Stored);
-                        let r = b.stores.codes.redeem_code(&key, &hash, now, 5).await;
-                        assert_eq!(r.expect("redeem"), RedeemOutcome::Redeemed);
+                        let issue = CodeDecision::Issue(IssueCode {
+                            record,
+                            cooldown_secs: 0,
+                            caps: vec![],
+                            pump: None,
+                        });
+                        let stored = b.stores.codes.decide_code(issue).await;
+                        assert_eq!(
+                            stored.expect("issue"),
+                            CodeVerdict::Issue(IssueOutcome::Issued)
+                        );
+                        let check = CodeDecision::Check(CheckCode {
+                            key: key.clone(),
+                            presented: hash,
+                            now,
+                            max_attempts: 5,
+                            failures: LimitCheck::new("bench:fail", LimitRule::per(20, 86_400)),
+                            pump_ok: None,
+                        });
+                        let r = b.stores.codes.decide_code(check).await;
+                        assert_eq!(
+                            r.expect("check"),
+                            CodeVerdict::Check(CheckOutcome::Presented(RedeemOutcome::Redeemed))
+                        );
                     })
                 })
             },

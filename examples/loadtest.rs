@@ -41,6 +41,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
+use sms_core::memory::MemoryStore;
+use sms_core::store::Stores;
 use sms_platform::{Platform, PlatformArgs};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -52,6 +54,8 @@ const PASSWORD: &str = "secret1";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most requests one connection sends in one scenario (a bound besides time).
 const MAX_REQUESTS_PER_CONNECTION: u64 = 5_000_000;
+/// The code every issued code is (`--dev-code` of the load platforms).
+const DEV_CODE: &str = "246810";
 /// The baseline's answer.
 const BASELINE_BODY: &str = r#"{"code":200,"msg":"ok"}"#;
 
@@ -94,6 +98,13 @@ enum Kind {
     HubLoginUnknown,
     SendapiSignatures,
     SendapiUnknown,
+    /// (a) telsignup send + check of a fresh number, one client address per
+    /// request (even requests send, odd ones check the same number).
+    SendCheck,
+    /// (b) account_v4 sendsms to a fresh number, one client address each.
+    SendSms,
+    /// (c) pool: upload a fresh phone (even), fetch one mobile (odd).
+    PoolFlow,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -101,68 +112,133 @@ struct Scenario {
     name: &'static str,
     what: &'static str,
     kind: Kind,
+    /// Against the platform over the in-memory store (else sled).
+    memory: bool,
+    /// A successful answer's body contains this (empty: every answer).
+    ok: &'static str,
+}
+
+impl Scenario {
+    const fn new(name: &'static str, what: &'static str, kind: Kind) -> Self {
+        Self {
+            name,
+            what,
+            kind,
+            memory: false,
+            ok: "",
+        }
+    }
+
+    const fn ok(mut self, ok: &'static str) -> Self {
+        self.ok = ok;
+        self
+    }
+
+    const fn memory(mut self) -> Self {
+        self.memory = true;
+        self
+    }
 }
 
 const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "baseline",
-        what: "bare hyper GET / (fixed JSON)",
-        kind: Kind::Baseline,
-    },
-    Scenario {
-        name: "404",
-        what: "platform GET /nope (routing only)",
-        kind: Kind::NotFound,
-    },
-    Scenario {
-        name: "isregister-1ip",
-        what: "GET /api/v4.0/isregister/<phone>, one client IP (probe limit answers -4)",
-        kind: Kind::IsRegisterOneIp,
-    },
-    Scenario {
-        name: "isregister-xff",
-        what: "same, X-Forwarded-For new per request (limit write+flush, user lookup)",
-        kind: Kind::IsRegisterManyIps,
-    },
-    Scenario {
-        name: "vcodes-get-empty",
-        what: "pool GET /vcodes/<app>, empty queue (208)",
-        kind: Kind::PoolCodesEmpty,
-    },
-    Scenario {
-        name: "vcodes-post",
-        what: "pool POST /vcodes, 1 SMS (queue write+flush)",
-        kind: Kind::PoolUploadCode,
-    },
-    Scenario {
-        name: "hub-login",
-        what: "hub POST /login, own account per connection (verified-credentials cache warm after the first; session write)",
-        kind: Kind::HubLogin,
-    },
-    Scenario {
-        name: "hub-login-unknown",
-        what: "hub POST /login, unknown user (-1 after a dummy argon2id verify: the uncached cost)",
-        kind: Kind::HubLoginUnknown,
-    },
-    Scenario {
-        name: "sendapi-signature",
-        what: "sendapi GET /v1/signature, Basic auth, own account (verified-credentials cache warm)",
-        kind: Kind::SendapiSignatures,
-    },
-    Scenario {
-        name: "sendapi-unknown",
-        what: "sendapi GET /v1/signature, Basic auth of an unknown user (ER:0001 after a dummy argon2id verify)",
-        kind: Kind::SendapiUnknown,
-    },
+    Scenario::new(
+        "baseline",
+        "bare hyper GET / (fixed JSON)",
+        Kind::Baseline,
+    ),
+    Scenario::new(
+        "404",
+        "platform GET /nope (routing only)",
+        Kind::NotFound,
+    ),
+    Scenario::new(
+        "isregister-1ip",
+        "GET /api/v4.0/isregister/<phone>, one client IP (probe limit answers -4)",
+        Kind::IsRegisterOneIp,
+    ),
+    Scenario::new(
+        "isregister-xff",
+        "same, X-Forwarded-For new per request (limit write+flush, user lookup)",
+        Kind::IsRegisterManyIps,
+    ),
+    Scenario::new(
+        "vcodes-get-empty",
+        "pool GET /vcodes/<app>, empty queue (208)",
+        Kind::PoolCodesEmpty,
+    ),
+    Scenario::new(
+        "vcodes-post",
+        "pool POST /vcodes, 1 SMS (queue write+flush)",
+        Kind::PoolUploadCode,
+    ),
+    Scenario::new(
+        "a-send-check",
+        "(a) telsignup sms-validation-request then sms-validation-code, fresh number, own X-Forwarded-For per request (--dev-code); ok = success:true",
+        Kind::SendCheck,
+    )
+    .ok("\"success\":true"),
+    Scenario::new(
+        "a-send-check-mem",
+        "(a) on the in-memory store",
+        Kind::SendCheck,
+    )
+    .ok("\"success\":true")
+    .memory(),
+    Scenario::new(
+        "b-sendsms",
+        "(b) account_v4 POST sendsms/<fresh number>?expect=0, own X-Forwarded-For per request; ok = code 200",
+        Kind::SendSms,
+    )
+    .ok("\"code\":200"),
+    Scenario::new(
+        "b-sendsms-mem",
+        "(b) on the in-memory store",
+        Kind::SendSms,
+    )
+    .ok("\"code\":200")
+    .memory(),
+    Scenario::new(
+        "c-pool",
+        "(c) pool POST /phones of one fresh number, then GET /mobiles/<app>/1; ok = code 200",
+        Kind::PoolFlow,
+    )
+    .ok("\"code\":200"),
+    Scenario::new(
+        "c-pool-mem",
+        "(c) on the in-memory store",
+        Kind::PoolFlow,
+    )
+    .ok("\"code\":200")
+    .memory(),
+    Scenario::new(
+        "hub-login",
+        "hub POST /login, own account per connection (verified-credentials cache warm after the first; session write)",
+        Kind::HubLogin,
+    ),
+    Scenario::new(
+        "hub-login-unknown",
+        "hub POST /login, unknown user (-1 after a dummy argon2id verify: the uncached cost)",
+        Kind::HubLoginUnknown,
+    ),
+    Scenario::new(
+        "sendapi-signature",
+        "sendapi GET /v1/signature, Basic auth, own account (verified-credentials cache warm)",
+        Kind::SendapiSignatures,
+    ),
+    Scenario::new(
+        "sendapi-unknown",
+        "sendapi GET /v1/signature, Basic auth of an unknown user (ER:0001 after a dummy argon2id verify)",
+        Kind::SendapiUnknown,
+    ),
 ];
 
 /// The end of the run: the baseline once more, to see drift on a shared
 /// machine.
-const BASELINE_AGAIN: Scenario = Scenario {
-    name: "baseline-again",
-    what: "bare hyper GET / again (drift check)",
-    kind: Kind::Baseline,
-};
+const BASELINE_AGAIN: Scenario = Scenario::new(
+    "baseline-again",
+    "bare hyper GET / again (drift check)",
+    Kind::Baseline,
+);
 
 fn username(conn: usize) -> String {
     format!("load{conn:05}")
@@ -171,6 +247,24 @@ fn username(conn: usize) -> String {
 /// A username no account has.
 fn unknown_user(conn: usize, i: u64) -> String {
     format!("nobody{conn}x{i}")
+}
+
+/// A unique number for request `i` of connection `conn` (9 digits).
+fn serial(conn: usize, i: u64) -> u64 {
+    (conn as u64 % 1_000) * 1_000_000 + i % 1_000_000
+}
+
+/// A fresh mainland mobile for `n`: the digits of `n` reversed, so that
+/// consecutive numbers fall under different 7-digit prefixes (the SMS-pumping
+/// breaker counts sends per prefix).
+fn fresh_phone(n: u64) -> String {
+    let digits: String = format!("{n:09}").chars().rev().collect();
+    format!("13{digits}")
+}
+
+/// A client address of its own for `n`.
+fn fresh_ip(n: u64) -> String {
+    format!("10.{}.{}.{}", (n >> 16) % 256, (n >> 8) % 256, n % 256)
 }
 
 /// The `i`-th request of connection `conn`.
@@ -193,6 +287,43 @@ fn request(kind: Kind, addr: SocketAddr, conn: usize, i: u64) -> Request<Full<By
             )
             .body(empty),
         Kind::PoolCodesEmpty => b.uri("/vcodes/bench.empty").body(empty),
+        Kind::SendCheck => {
+            let n = serial(conn, i / 2);
+            let (action, kind) = if i.is_multiple_of(2) {
+                ("sms-validation-request", "sms_validation_request")
+            } else {
+                ("sms-validation-code", "sms_validation_code")
+            };
+            let body = json!({"type": kind, "tel": fresh_phone(n), "time": "1439280893", "code": DEV_CODE});
+            b.method(Method::POST)
+                .uri(format!("/index.php?r=user/{action}"))
+                .header("x-forwarded-for", fresh_ip(serial(conn, i)))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body.to_string())))
+        }
+        Kind::SendSms => {
+            let n = serial(conn, i) + 500_000_000;
+            b.method(Method::POST)
+                .uri(format!("/api/v4.0/sendsms/{}?expect=0", fresh_phone(n)))
+                .header("x-forwarded-for", fresh_ip(n))
+                .body(empty)
+        }
+        Kind::PoolFlow => {
+            if i.is_multiple_of(2) {
+                let n = serial(conn, i / 2);
+                let body = json!({"data": [{
+                    "mobile": format!("15{n:09}"),
+                    "cid": format!("dev-{conn}"),
+                    "imsi": "i", "imei": "e", "iccid": "c", "ip": "10.0.0.1",
+                }]});
+                b.method(Method::POST)
+                    .uri("/phones")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body.to_string())))
+            } else {
+                b.uri(format!("/mobiles/bench.c{conn}/1")).body(empty)
+            }
+        }
         Kind::PoolUploadCode => {
             let body = json!({"data": [{
                 "mobile": format!("182{:08}", conn),
@@ -254,6 +385,8 @@ struct ConnStats {
     latencies_us: Vec<u32>,
     /// Measured answers by label.
     labels: BTreeMap<String, u64>,
+    /// Measured successful answers (the scenario's `ok`).
+    ok: u64,
     /// Measured answers per second of the window.
     per_second: Vec<u64>,
     /// Failed requests or connects (timeouts, resets).
@@ -269,6 +402,7 @@ struct ConnStats {
 /// recorded.
 async fn drive(
     kind: Kind,
+    ok: &'static str,
     addr: SocketAddr,
     conn: usize,
     measure_from: Instant,
@@ -318,6 +452,9 @@ async fn drive(
                         let us = done.duration_since(started).as_micros();
                         st.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
                         *st.labels.entry(label(status, &body)).or_default() += 1;
+                        if ok.is_empty() || contains(&body, ok.as_bytes()) {
+                            st.ok += 1;
+                        }
                         let sec = done.duration_since(measure_from).as_secs() as usize;
                         if st.per_second.len() <= sec {
                             st.per_second.resize(sec + 1, 0);
@@ -341,12 +478,18 @@ async fn drive(
     st
 }
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 #[derive(Debug)]
 struct Outcome {
     scenario: Scenario,
     requests: u64,
     window: Duration,
     rps: f64,
+    /// Successful answers per second.
+    ok_rps: f64,
     p50_us: u32,
     p99_us: u32,
     max_us: u32,
@@ -376,12 +519,21 @@ async fn run_scenario(
     let measure_from = start + warmup;
     let end = measure_from + secs;
     let tasks: Vec<_> = (0..concurrency)
-        .map(|c| tokio::spawn(drive(scenario.kind, addr, c, measure_from, end)))
+        .map(|c| {
+            tokio::spawn(drive(
+                scenario.kind,
+                scenario.ok,
+                addr,
+                c,
+                measure_from,
+                end,
+            ))
+        })
         .collect();
     let mut all = Vec::new();
     let mut labels = BTreeMap::new();
     let mut per_second = vec![0u64; secs.as_secs() as usize];
-    let (mut errors, mut connects) = (0, 0);
+    let (mut errors, mut connects, mut ok) = (0, 0, 0);
     let mut sample = None;
     for t in tasks {
         // Every request is bounded by REQUEST_TIMEOUT, so this ends.
@@ -400,6 +552,7 @@ async fn run_scenario(
         }
         errors += st.errors;
         connects += st.connects;
+        ok += st.ok;
         sample = sample.or(st.sample);
     }
     all.sort_unstable();
@@ -410,6 +563,7 @@ async fn run_scenario(
         requests,
         window,
         rps: requests as f64 / window.as_secs_f64(),
+        ok_rps: ok as f64 / window.as_secs_f64(),
         p50_us: percentile(&all, 50.0),
         p99_us: percentile(&all, 99.0),
         max_us: all.last().copied().unwrap_or(0),
@@ -453,20 +607,29 @@ fn ms(us: u32) -> String {
 fn table(outcomes: &[Outcome], baseline_rps: f64) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "{:<18} {:>10} {:>11} {:>9} {:>9} {:>9} {:>8} {:>6}  answers\n",
-        "scenario", "requests", "req/s", "p50 ms", "p99 ms", "max ms", "x base", "errors"
+        "{:<18} {:>10} {:>11} {:>11} {:>9} {:>9} {:>9} {:>8} {:>6}  answers\n",
+        "scenario",
+        "requests",
+        "req/s",
+        "ok/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "ok x base",
+        "errors"
     ));
     for o in outcomes {
         let answers: Vec<String> = o.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         s.push_str(&format!(
-            "{:<18} {:>10} {:>11.1} {:>9} {:>9} {:>9} {:>8.4} {:>6}  {}\n",
+            "{:<18} {:>10} {:>11.1} {:>11.1} {:>9} {:>9} {:>9} {:>8.4} {:>6}  {}\n",
             o.scenario.name,
             o.requests,
             o.rps,
+            o.ok_rps,
             ms(o.p50_us),
             ms(o.p99_us),
             ms(o.max_us),
-            o.rps / baseline_rps,
+            o.ok_rps / baseline_rps,
             o.errors,
             answers.join(", ")
         ));
@@ -490,7 +653,7 @@ fn main() -> std::process::ExitCode {
         .expect("client runtime");
     let dir = tempfile::tempdir().expect("temp dir");
 
-    let (baseline_addr, platform) = servers.block_on(async {
+    let (baseline_addr, platform, memory) = servers.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let baseline_addr = listener.local_addr().expect("addr");
         tokio::spawn(baseline_server(listener));
@@ -500,8 +663,25 @@ fn main() -> std::process::ExitCode {
         a.outbox = Some(dir.path().join("outbox.jsonl"));
         a.root_password = Some(PASSWORD.into());
         a.trusted_proxies = vec!["127.0.0.1".into()];
+        a.dev_code = Some(DEV_CODE.into());
         // argon2: the production defaults of the flags, untouched.
+        let mut mem_args = a.clone();
+        mem_args.data = dir.path().join("mem-data");
+        mem_args.outbox = Some(dir.path().join("mem-outbox.jsonl"));
         let running = Platform::new(a).start().await.expect("platform starts");
+        let memory = Platform::new(mem_args)
+            .with_stores(Stores::from_single(Arc::new(MemoryStore::new())))
+            .start()
+            .await
+            .expect("in-memory platform starts");
+        for p in [&running, &memory] {
+            p.core()
+                .stores
+                .pool
+                .set_pool_size(u32::MAX)
+                .await
+                .expect("pool size");
+        }
         let t0 = Instant::now();
         for c in 0..args.concurrency {
             running
@@ -516,9 +696,10 @@ fn main() -> std::process::ExitCode {
             args.concurrency,
             t0.elapsed().as_secs_f64()
         );
-        (baseline_addr, running)
+        (baseline_addr, running, memory)
     });
     let platform_addr = platform.addr;
+    let memory_addr = memory.addr;
     eprintln!(
         "baseline on {baseline_addr}, platform on {platform_addr}; {} connections, {} s per scenario (+{} ms warm-up)",
         args.concurrency, args.secs, args.warmup_ms
@@ -537,6 +718,8 @@ fn main() -> std::process::ExitCode {
     {
         let addr = if s.kind == Kind::Baseline {
             baseline_addr
+        } else if s.memory {
+            memory_addr
         } else {
             platform_addr
         };
@@ -559,6 +742,7 @@ fn main() -> std::process::ExitCode {
     }
     servers.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(15), platform.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(15), memory.shutdown()).await;
     });
     clients.shutdown_background();
     servers.shutdown_background();
@@ -571,7 +755,7 @@ fn main() -> std::process::ExitCode {
     let baseline_rps = baselines.iter().sum::<f64>() / baselines.len().max(1) as f64;
     let text = table(&outcomes, baseline_rps);
     let note = format!(
-        "x base = req/s over the mean of the baseline runs ({baseline_rps:.1} req/s); {} connections, {} s measured per scenario",
+        "ok x base = successful answers/s over the mean of the baseline runs ({baseline_rps:.1} req/s); {} connections, {} s measured per scenario",
         args.concurrency, args.secs
     );
     if args.json {
@@ -589,7 +773,8 @@ fn main() -> std::process::ExitCode {
                     "p50_ms": f64::from(o.p50_us) / 1000.0,
                     "p99_ms": f64::from(o.p99_us) / 1000.0,
                     "max_ms": f64::from(o.max_us) / 1000.0,
-                    "ratio_to_baseline": o.rps / baseline_rps,
+                    "ok_rps": o.ok_rps,
+                    "ok_ratio_to_baseline": o.ok_rps / baseline_rps,
                     "errors": o.errors,
                     "connections_opened": o.connects,
                     "answers": o.labels,

@@ -11,6 +11,7 @@ use sms_core::password::Argon2Hasher;
 use sms_core::pool_service::PoolPolicy;
 use sms_core::random::{OsRandom, RandomSource};
 use sms_core::sender::CodeSender;
+use sms_core::store::Stores;
 use sms_core::Core;
 use sms_http_hyper::{
     client_addr, ClientIpLayer, HttpConfig, ServerConfig, SmsService, TrustedProxies,
@@ -145,6 +146,7 @@ impl DataDirLock {
 pub struct Platform {
     args: PlatformArgs,
     gateway: Option<Arc<dyn MessageGateway>>,
+    stores: Option<Stores>,
 }
 
 /// A running platform.
@@ -183,7 +185,16 @@ impl Platform {
         Self {
             args,
             gateway: None,
+            stores: None,
         }
+    }
+
+    /// Serves from `stores` instead of the sled database in the data
+    /// directory (the code-hashing secret still lives there): e.g. the
+    /// in-memory store, to measure what durability costs.
+    pub fn with_stores(mut self, stores: Stores) -> Self {
+        self.stores = Some(stores);
+        self
     }
 
     /// Sends tasks through `gateway` instead of the outbox (a real carrier,
@@ -197,6 +208,7 @@ impl Platform {
     pub async fn start(self) -> Result<RunningPlatform, PlatformError> {
         let a = self.args;
         let custom_gateway = self.gateway;
+        let custom_stores = self.stores;
         if let Some(code) = &a.dev_code {
             if code.is_empty() || code.len() > 8 || !code.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(PlatformError::Config(
@@ -225,13 +237,19 @@ impl Platform {
             },
             rng.as_ref(),
         )?;
-        let db_path = a.data.join("db");
-        let store = Arc::new(
-            SledStore::open(&db_path).map_err(|source| PlatformError::Store {
-                path: db_path.clone(),
-                source,
-            })?,
-        );
+        let stores = match custom_stores {
+            Some(s) => s,
+            None => {
+                let db_path = a.data.join("db");
+                Arc::new(
+                    SledStore::open(&db_path).map_err(|source| PlatformError::Store {
+                        path: db_path.clone(),
+                        source,
+                    })?,
+                )
+                .stores()
+            }
+        };
         let outbox = Arc::new(match &a.outbox {
             Some(path) => {
                 OutboxSender::file(path)
@@ -249,7 +267,7 @@ impl Platform {
             a.argon2_memory_kib,
             a.argon2_passes,
         ));
-        let core = Core::builder(store.stores(), sender)
+        let core = Core::builder(stores, sender)
             .random(rng)
             .password_hasher(Arc::new(hasher))
             .code_secret(secret)

@@ -21,6 +21,7 @@ use crate::phone::PhoneNumber;
 use crate::provision::{ChatCredentials, ChatProvisioner};
 use crate::random::RandomSource;
 use crate::secret::{Token, TokenHash};
+use crate::session_decision::OpenSession;
 pub use crate::store::SessionOrigin;
 use crate::store::{ConsumeOutcome, Grant, GrantKind, Purpose, Session, Stores};
 use crate::user::{User, UserChange, UserId};
@@ -66,6 +67,16 @@ impl Default for AccountPolicy {
             verified_cache_secs: 300,
             max_sessions_per_user: 50,
         }
+    }
+}
+
+/// A store conflict on a unique field, as the error a caller sees.
+fn unique_error(e: StoreError) -> CoreError {
+    match e {
+        StoreError::Conflict(UniqueField::Username) => CoreError::UsernameTaken,
+        StoreError::Conflict(UniqueField::Phone) => CoreError::PhoneTaken,
+        StoreError::Conflict(UniqueField::Email) => CoreError::EmailTaken,
+        other => CoreError::Store(other),
     }
 }
 
@@ -158,24 +169,49 @@ impl Accounts {
 
     // ----- sessions -------------------------------------------------------
 
+    /// Opens a session for `user_id` (one store call: the per-user cap, and
+    /// a login told from a renewal, decided by [`OpenSession::apply`]).
     async fn issue_session(
         &self,
         user_id: &UserId,
         origin: SessionOrigin,
     ) -> Result<Token, CoreError> {
+        self.open_new_session(user_id, origin, None).await
+    }
+
+    /// Creates `user` and opens its first session, in one atomic store call.
+    async fn sign_up(&self, user: User) -> Result<Token, CoreError> {
+        let id = user.id.clone();
+        self.open_new_session(&id, SessionOrigin::Signup, Some(user))
+            .await
+    }
+
+    async fn open_new_session(
+        &self,
+        user_id: &UserId,
+        origin: SessionOrigin,
+        new_user: Option<User>,
+    ) -> Result<Token, CoreError> {
         let token = Token::generate(self.rng.as_ref());
         let now = self.clock.unix();
-        self.stores
-            .sessions
-            .insert_session(Session {
+        let request = OpenSession {
+            session: Session {
                 token_hash: token.hash(),
                 user_id: user_id.clone(),
                 origin,
                 issued_at: now,
                 expires_at: now.saturating_add(self.policy.session_ttl_secs),
                 first_used_at: None,
-            })
-            .await?;
+                seq: 0,
+            },
+            new_user,
+            max_sessions: self.policy.max_sessions_per_user,
+        };
+        self.stores
+            .sessions
+            .open_session(request)
+            .await
+            .map_err(unique_error)?;
         Ok(token)
     }
 
@@ -311,31 +347,6 @@ impl Accounts {
         Ok(())
     }
 
-    async fn login_origin(&self, user: &UserId) -> Result<SessionOrigin, CoreError> {
-        let now = self.clock.unix();
-        let sessions = self.stores.sessions.user_sessions(user).await?;
-        let latest = sessions.iter().max_by_key(|s| s.issued_at);
-        let origin = match latest {
-            Some(s) if s.expires_at <= now => SessionOrigin::Renewal,
-            _ => SessionOrigin::Login,
-        };
-        // Housekeeping: expired sessions go, and so do the oldest live ones
-        // beyond the cap (the new one is about to be added).
-        let mut live: Vec<&Session> = sessions.iter().filter(|s| s.expires_at > now).collect();
-        live.sort_by_key(|s| s.issued_at);
-        let excess = live
-            .len()
-            .saturating_sub(self.policy.max_sessions_per_user.saturating_sub(1));
-        let doomed = sessions
-            .iter()
-            .filter(|s| s.expires_at <= now)
-            .chain(live.into_iter().take(excess));
-        for s in doomed {
-            self.stores.sessions.revoke_session(&s.token_hash).await?;
-        }
-        Ok(origin)
-    }
-
     async fn set_device(&self, user: &User, device: Option<&str>) -> Result<bool, CoreError> {
         let device = device.map(str::to_owned);
         if user.device == device {
@@ -374,9 +385,7 @@ impl Accounts {
         let user = self
             .new_user(Some(username), None, None, &password, None)
             .await;
-        let id = user.id.clone();
-        self.create(user).await?;
-        self.issue_session(&id, SessionOrigin::Signup).await
+        self.sign_up(user).await
     }
 
     async fn new_user(
@@ -406,12 +415,7 @@ impl Accounts {
             .users
             .create_user(user)
             .await
-            .map_err(|e| match e {
-                StoreError::Conflict(UniqueField::Username) => CoreError::UsernameTaken,
-                StoreError::Conflict(UniqueField::Phone) => CoreError::PhoneTaken,
-                StoreError::Conflict(UniqueField::Email) => CoreError::EmailTaken,
-                other => CoreError::Store(other),
-            })
+            .map_err(unique_error)
     }
 
     /// Username login (`hub`). Unknown username → [`CoreError::UserNotFound`];
@@ -426,8 +430,7 @@ impl Accounts {
             return Err(CoreError::UserNotFound);
         };
         self.check_password(&user, password).await?;
-        let origin = self.login_origin(&user.id).await?;
-        self.issue_session(&user.id, origin).await
+        self.issue_session(&user.id, SessionOrigin::Login).await
     }
 
     /// Phone login (`account_v4`): unknown phone and wrong password both
@@ -445,8 +448,7 @@ impl Accounts {
         };
         self.check_password(&user, password).await?;
         let change_device = self.set_device(&user, device).await?;
-        let origin = self.login_origin(&user.id).await?;
-        let token = self.issue_session(&user.id, origin).await?;
+        let token = self.issue_session(&user.id, SessionOrigin::Login).await?;
         Ok(LoginOutcome {
             user,
             token,
@@ -651,8 +653,7 @@ impl Accounts {
         let user = self
             .new_user(None, Some(phone.clone()), Some(name), &password, device)
             .await;
-        self.create(user.clone()).await?;
-        let token = self.issue_session(&user.id, SessionOrigin::Signup).await?;
+        let token = self.sign_up(user.clone()).await?;
         Ok(LoginOutcome {
             user,
             token,
@@ -815,9 +816,8 @@ impl Accounts {
         let user = self
             .new_user(Some(username), Some(phone.clone()), None, &password, None)
             .await;
-        self.create(user.clone()).await?;
+        let token = self.sign_up(user.clone()).await?;
         let chat = self.provisioner.provision(&phone).await?;
-        let token = self.issue_session(&user.id, SessionOrigin::Signup).await?;
         Ok(Registered { user, token, chat })
     }
 

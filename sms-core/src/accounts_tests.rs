@@ -630,6 +630,32 @@ async fn banned_phone_user_cannot_log_in() {
 // ----- sessions ------------------------------------------------------------
 
 #[tokio::test]
+async fn session_cap_evicts_oldest_first_even_within_one_second() {
+    // The clock never moves: every session has the same `issued_at`, so only
+    // the order in which they were opened can tell the oldest.
+    let fx = fixture();
+    let mut tokens = vec![fx.sign_up("alice", "s3cret-pw").await];
+    for _ in 1..50 {
+        tokens.push(fx.login("alice", "s3cret-pw").await);
+    }
+    // 50 sessions, the sign-up token included: all live.
+    for t in &tokens {
+        fx.acc().authenticate(t).await.unwrap();
+    }
+    // Each further login evicts exactly the oldest one left.
+    for oldest in 0..20 {
+        tokens.push(fx.login("alice", "s3cret-pw").await);
+        assert_err!(
+            fx.acc().authenticate(&tokens[oldest]).await,
+            CoreError::TokenInvalid
+        );
+        for t in &tokens[oldest + 1..] {
+            fx.acc().authenticate(t).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
 async fn sessions_expire_after_seven_days_and_the_next_login_is_a_renewal() {
     let fx = fixture();
     let t0 = fx.now();

@@ -6,15 +6,19 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::clock::Clock;
+use crate::code_decision::{
+    CheckCode, CheckOutcome, CodeDecision, CodeVerdict, IssueCode, IssueOutcome, PumpChecks,
+};
 use crate::error::CoreError;
+use crate::error::StoreError;
 use crate::identity::Email;
-use crate::limits::{LimitCheck, LimitDecision, LimitRule};
+use crate::limits::{LimitCheck, LimitRule};
 use crate::phone::PhoneNumber;
 use crate::random::{random_digits, RandomSource};
 use crate::secret::CodeHasher;
 use crate::sender::{Channel, CodeSender, OutboundMessage};
 pub use crate::store::Purpose;
-use crate::store::{CodeKey, CodeRecord, RedeemOutcome, ReplaceOutcome, Stores};
+use crate::store::{CodeKey, CodeRecord, RedeemOutcome, Stores};
 
 /// Where a code goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,63 +205,24 @@ impl CodeService {
         }
     }
 
-    fn pump_checks(&self, prefix: &str) -> [LimitCheck; 3] {
+    fn pump_checks(&self, prefix: &str) -> PumpChecks {
         let p = &self.policy;
         let needed =
             (u64::from(p.pump_min_sends) * u64::from(p.pump_min_success_pct)).div_ceil(100);
-        [
-            LimitCheck::new(
+        PumpChecks {
+            trip: LimitCheck::new(
                 format!("pump:trip:{prefix}"),
                 LimitRule::per(1, p.pump_trip_secs).with_lockout(p.pump_trip_secs),
             ),
-            LimitCheck::new(
+            sent: LimitCheck::new(
                 format!("pump:sent:{prefix}"),
                 LimitRule::per(p.pump_min_sends, p.pump_window_secs),
             ),
-            LimitCheck::new(
+            ok: LimitCheck::new(
                 format!("pump:ok:{prefix}"),
                 LimitRule::per(needed.max(1) as u32, p.pump_window_secs),
             ),
-        ]
-    }
-
-    /// The breaker for `prefix` is open (sends refused) until the returned
-    /// time, if it is.
-    async fn pump_open_until(&self, prefix: &str, now: i64) -> Result<Option<i64>, CoreError> {
-        let [trip, _, _] = self.pump_checks(prefix);
-        Ok(
-            match self
-                .stores
-                .limits
-                .peek(std::slice::from_ref(&trip), now)
-                .await?
-            {
-                LimitDecision::Denied { retry_at, .. } => Some(retry_at),
-                LimitDecision::Allowed => None,
-            },
-        )
-    }
-
-    /// Counts a send to `prefix`; trips the breaker when the prefix had a
-    /// burst of sends with few successful checks. Returns true if it tripped.
-    async fn pump_count_send(&self, prefix: &str, now: i64) -> Result<bool, CoreError> {
-        let [trip, sent, ok] = self.pump_checks(prefix);
-        let limits = &self.stores.limits;
-        limits.record(&sent, now).await?;
-        let burst = !limits
-            .peek(std::slice::from_ref(&sent), now)
-            .await?
-            .is_allowed();
-        let confirmed = !limits
-            .peek(std::slice::from_ref(&ok), now)
-            .await?
-            .is_allowed();
-        if burst && !confirmed {
-            limits.record(&trip, now).await?;
-            tracing::warn!(prefix, "SMS-pumping breaker tripped");
-            return Ok(true);
         }
-        Ok(false)
     }
 
     fn failed_check(&self, address: &CodeAddress) -> LimitCheck {
@@ -297,37 +262,17 @@ impl CodeService {
     /// ([`CoreError::RateLimited`] for both). A burst of sends to one prefix
     /// with few successful checks trips the breaker for
     /// [`CodePolicy::pump_trip_secs`].
+    ///
+    /// All of it is one store call ([`CodeDecision::Issue`]): a refused send
+    /// counts against no cap, and of concurrent sends to one address one
+    /// issues a code.
     pub async fn send(
         &self,
         address: &CodeAddress,
         purpose: Purpose,
         client_ip: Option<IpAddr>,
     ) -> Result<Issued, CoreError> {
-        if let Some(retry_at) = self.cooldown_until(address, purpose).await? {
-            return Err(CoreError::CodeCooldown { retry_at });
-        }
         let now = self.clock.unix();
-        let prefix = self.pump_prefix(address);
-        if let Some(prefix) = &prefix {
-            if let Some(retry_at) = self.pump_open_until(prefix, now).await? {
-                return Err(CoreError::RateLimited { retry_at });
-            }
-        }
-        if let LimitDecision::Denied { retry_at, .. } = self
-            .stores
-            .limits
-            .acquire(&self.send_checks(address, client_ip), now)
-            .await?
-        {
-            return Err(CoreError::RateLimited { retry_at });
-        }
-        if let Some(prefix) = &prefix {
-            if self.pump_count_send(prefix, now).await? {
-                return Err(CoreError::RateLimited {
-                    retry_at: now.saturating_add(self.policy.pump_trip_secs),
-                });
-            }
-        }
         let code = match &self.policy.fixed_code {
             Some(c) => c.clone(),
             None => random_digits(self.rng.as_ref(), self.policy.digits),
@@ -345,13 +290,28 @@ impl CodeService {
             used: false,
         };
         let expires_at = record.expires_at;
-        if let ReplaceOutcome::Cooldown { retry_at } = self
-            .stores
-            .codes
-            .replace_code(record, self.policy.cooldown_secs)
-            .await?
-        {
-            return Err(CoreError::CodeCooldown { retry_at });
+        let decision = CodeDecision::Issue(IssueCode {
+            record,
+            cooldown_secs: self.policy.cooldown_secs,
+            caps: self.send_checks(address, client_ip),
+            pump: self.pump_prefix(address).map(|p| self.pump_checks(&p)),
+        });
+        match self.stores.codes.decide_code(decision).await? {
+            CodeVerdict::Issue(IssueOutcome::Issued) => {}
+            CodeVerdict::Issue(IssueOutcome::Cooldown { retry_at }) => {
+                return Err(CoreError::CodeCooldown { retry_at })
+            }
+            CodeVerdict::Issue(IssueOutcome::Limited { retry_at }) => {
+                return Err(CoreError::RateLimited { retry_at })
+            }
+            CodeVerdict::Issue(IssueOutcome::Tripped { retry_at }) => {
+                tracing::warn!(
+                    prefix = self.pump_prefix(address).as_deref(),
+                    "SMS-pumping breaker tripped"
+                );
+                return Err(CoreError::RateLimited { retry_at });
+            }
+            CodeVerdict::Check(_) => return Err(mismatched_verdict()),
         }
         let message = OutboundMessage {
             channel: address.channel(),
@@ -376,6 +336,9 @@ impl CodeService {
     /// Checks a presented code. On success the code is used up. Every failure
     /// counts against the address; past the cap, checks are refused with
     /// [`CoreError::CodeChecksLocked`] until the window passes.
+    ///
+    /// One store call ([`CodeDecision::Check`]): concurrent guesses cannot
+    /// overrun the cap.
     pub async fn check(
         &self,
         address: &CodeAddress,
@@ -383,40 +346,39 @@ impl CodeService {
         presented: &str,
     ) -> Result<(), CoreError> {
         let now = self.clock.unix();
-        let fail = self.failed_check(address);
-        // Count the check as failed up front (atomically, so concurrent
-        // guesses cannot overrun the cap) and take it back on success.
-        if let LimitDecision::Denied { retry_at, .. } = self
-            .stores
-            .limits
-            .acquire(std::slice::from_ref(&fail), now)
-            .await?
-        {
-            return Err(CoreError::CodeChecksLocked { retry_at });
-        }
         let key = CodeKey {
             address: address.key().to_owned(),
             purpose,
         };
         // Bound the work on hostile input; an over-long code is simply wrong.
         let presented = if presented.len() > 64 { "" } else { presented };
-        let hash = self.hasher.hash(&key.flat(), presented);
-        let outcome = self
-            .stores
-            .codes
-            .redeem_code(&key, &hash, now, self.policy.max_attempts)
-            .await?;
-        if outcome == RedeemOutcome::Redeemed {
-            self.stores.limits.unrecord(&fail, now).await?;
-            if let Some(prefix) = self.pump_prefix(address) {
-                let [_, _, ok] = self.pump_checks(&prefix);
-                self.stores.limits.record(&ok, now).await?;
+        let decision = CodeDecision::Check(CheckCode {
+            presented: self.hasher.hash(&key.flat(), presented),
+            key,
+            now,
+            max_attempts: self.policy.max_attempts,
+            failures: self.failed_check(address),
+            pump_ok: self.pump_prefix(address).map(|p| self.pump_checks(&p).ok),
+        });
+        match self.stores.codes.decide_code(decision).await? {
+            CodeVerdict::Check(CheckOutcome::Presented(RedeemOutcome::Redeemed)) => Ok(()),
+            CodeVerdict::Check(CheckOutcome::Locked { retry_at }) => {
+                Err(CoreError::CodeChecksLocked { retry_at })
             }
-            return Ok(());
+            CodeVerdict::Check(CheckOutcome::Presented(_)) => Err(CoreError::CodeInvalid),
+            CodeVerdict::Issue(_) => Err(mismatched_verdict()),
         }
-        Err(CoreError::CodeInvalid)
     }
 }
+
+/// A store answered a decision with the verdict of another kind.
+fn mismatched_verdict() -> CoreError {
+    CoreError::Store(StoreError::backend(MismatchedVerdict))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the store answered a code decision with a verdict of another kind")]
+struct MismatchedVerdict;
 
 fn message_text(purpose: Purpose, code: &str, ttl_secs: i64) -> String {
     let what = match purpose {

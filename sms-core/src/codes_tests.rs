@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::ManualClock;
 use crate::core::Core;
+use crate::limits::LimitDecision;
 use crate::memory::MemoryStore;
 use crate::password::Argon2Hasher;
 use crate::random::SeededRandom;
@@ -968,21 +969,38 @@ impl crate::store::LimitStore for YieldingLimits {
         self.0.record(check, now).await
     }
 
-    async fn unrecord(&self, check: &LimitCheck, at: i64) -> crate::store::StoreResult<()> {
-        tokio::task::yield_now().await;
-        self.0.unrecord(check, at).await
-    }
-
     async fn reset(&self, key: &str) -> crate::store::StoreResult<()> {
         tokio::task::yield_now().await;
         self.0.reset(key).await
     }
 }
 
+/// The in-memory codes behind a yield before every call, like
+/// [`YieldingLimits`].
+#[derive(Debug)]
+struct YieldingCodes(Arc<MemoryStore>);
+
+#[async_trait::async_trait]
+impl crate::store::CodeStore for YieldingCodes {
+    async fn decide_code(
+        &self,
+        decision: crate::code_decision::CodeDecision,
+    ) -> crate::store::StoreResult<crate::code_decision::CodeVerdict> {
+        tokio::task::yield_now().await;
+        self.0.decide_code(decision).await
+    }
+
+    async fn code(&self, key: &CodeKey) -> crate::store::StoreResult<Option<CodeRecord>> {
+        tokio::task::yield_now().await;
+        self.0.code(key).await
+    }
+}
+
 fn yielding_fixture() -> Fx {
     let mem = Arc::new(MemoryStore::new());
     let mut stores = Stores::from_single(mem.clone());
-    stores.limits = Arc::new(YieldingLimits(mem));
+    stores.limits = Arc::new(YieldingLimits(mem.clone()));
+    stores.codes = Arc::new(YieldingCodes(mem));
     fixture_over(stores, CodePolicy::default(), None)
 }
 

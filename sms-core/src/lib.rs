@@ -66,6 +66,7 @@
 pub mod accounts;
 pub mod billing;
 pub mod clock;
+pub mod code_decision;
 pub mod codes;
 pub mod core;
 mod credentials;
@@ -86,6 +87,7 @@ pub mod secret;
 pub mod sender;
 pub mod sending;
 pub mod sending_service;
+pub mod session_decision;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;

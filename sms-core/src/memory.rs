@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
+use crate::code_decision::{CodeDecision, CodeState, CodeVerdict};
 use crate::error::{StoreError, UniqueField};
 use crate::events::Push;
 use crate::identity::{Email, Username};
@@ -15,15 +16,16 @@ use crate::ledger::{transition, Balance, Hold, LedgerEntry, LedgerOutcome, Ledge
 use crate::limits::{evaluate, LimitCheck, LimitDecision, LimitState};
 use crate::phone::PhoneNumber;
 use crate::pool::{
-    DeviceMessage, Intake, Item, Lease, LeaseRef, LeaseRequest, NumberInfo, Operator, PoolNumber,
+    DeviceMessage, Intake, IntakeTally, Item, Lease, LeaseRequest, NumberInfo, PoolNumber,
     ReceivedSms,
 };
-use crate::secret::{CodeHash, TokenHash};
+use crate::secret::TokenHash;
 use crate::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
+use crate::session_decision::OpenSession;
 use crate::store::{
     CodeKey, CodeRecord, CodeStore, ConsumeOutcome, DeleteOutcome, Grant, GrantKind, GrantStore,
-    ItemStore, LedgerStore, LimitStore, PhonePool, QueueStore, RedeemOutcome, ReplaceOutcome,
-    SendStore, Session, SessionStore, StoreResult, UserStore, DEFAULT_POOL_SIZE,
+    ItemStore, LedgerStore, LimitStore, PhonePool, QueueStore, SendStore, Session, SessionStore,
+    StoreResult, UserStore, DEFAULT_POOL_SIZE,
 };
 use crate::user::{User, UserChange, UserId};
 
@@ -34,6 +36,7 @@ struct Inner {
     by_phone: HashMap<PhoneNumber, UserId>,
     by_email: HashMap<Email, UserId>,
     sessions: HashMap<TokenHash, Session>,
+    next_session_seq: u64,
     codes: HashMap<CodeKey, CodeRecord>,
     grants: HashMap<(GrantKind, PhoneNumber), Grant>,
     limits: HashMap<String, LimitState>,
@@ -83,43 +86,58 @@ impl Inner {
     fn lookup(&self, id: Option<&UserId>) -> Option<User> {
         id.and_then(|id| self.users.get(id)).cloned()
     }
-}
 
-#[async_trait]
-impl UserStore for MemoryStore {
-    async fn create_user(&self, user: User) -> StoreResult<()> {
-        let mut g = self.lock();
-        if g.users.contains_key(&user.id) {
+    /// [`StoreError::Conflict`] if the new user's id or a unique field is
+    /// taken.
+    fn check_unique(&self, user: &User) -> StoreResult<()> {
+        if self.users.contains_key(&user.id) {
             return Err(StoreError::Conflict(UniqueField::Id));
         }
-        let ukey = user.username.as_ref().map(Username::key);
-        if ukey.as_ref().is_some_and(|k| g.by_username.contains_key(k)) {
+        if user
+            .username
+            .as_ref()
+            .is_some_and(|u| self.by_username.contains_key(&u.key()))
+        {
             return Err(StoreError::Conflict(UniqueField::Username));
         }
         if user
             .phone
             .as_ref()
-            .is_some_and(|p| g.by_phone.contains_key(p))
+            .is_some_and(|p| self.by_phone.contains_key(p))
         {
             return Err(StoreError::Conflict(UniqueField::Phone));
         }
         if user
             .email
             .as_ref()
-            .is_some_and(|e| g.by_email.contains_key(e))
+            .is_some_and(|e| self.by_email.contains_key(e))
         {
             return Err(StoreError::Conflict(UniqueField::Email));
         }
-        if let Some(k) = ukey {
-            g.by_username.insert(k, user.id.clone());
+        Ok(())
+    }
+
+    /// Stores a user that passed [`check_unique`](Self::check_unique).
+    fn insert_user(&mut self, user: User) {
+        if let Some(u) = &user.username {
+            self.by_username.insert(u.key(), user.id.clone());
         }
         if let Some(p) = &user.phone {
-            g.by_phone.insert(p.clone(), user.id.clone());
+            self.by_phone.insert(p.clone(), user.id.clone());
         }
         if let Some(e) = &user.email {
-            g.by_email.insert(e.clone(), user.id.clone());
+            self.by_email.insert(e.clone(), user.id.clone());
         }
-        g.users.insert(user.id.clone(), user);
+        self.users.insert(user.id.clone(), user);
+    }
+}
+
+#[async_trait]
+impl UserStore for MemoryStore {
+    async fn create_user(&self, user: User) -> StoreResult<()> {
+        let mut g = self.lock();
+        g.check_unique(&user)?;
+        g.insert_user(user);
         Ok(())
     }
 
@@ -165,9 +183,29 @@ impl UserStore for MemoryStore {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn insert_session(&self, session: Session) -> StoreResult<()> {
-        self.lock().sessions.insert(session.token_hash, session);
-        Ok(())
+    async fn open_session(&self, request: OpenSession) -> StoreResult<Session> {
+        let mut g = self.lock();
+        let user_id = &request.session.user_id;
+        if let Some(user) = &request.new_user {
+            g.check_unique(user)?;
+        }
+        let existing: Vec<Session> = g
+            .sessions
+            .values()
+            .filter(|s| &s.user_id == user_id)
+            .cloned()
+            .collect();
+        g.next_session_seq += 1;
+        let admission = request.apply(&existing, g.next_session_seq);
+        if let Some(user) = request.new_user {
+            g.insert_user(user);
+        }
+        for hash in &admission.evict {
+            g.sessions.remove(hash);
+        }
+        g.sessions
+            .insert(admission.session.token_hash, admission.session.clone());
+        Ok(admission.session)
     }
 
     async fn session(&self, token_hash: &TokenHash) -> StoreResult<Option<Session>> {
@@ -216,37 +254,40 @@ impl SessionStore for MemoryStore {
 
 #[async_trait]
 impl CodeStore for MemoryStore {
-    async fn replace_code(
-        &self,
-        record: CodeRecord,
-        cooldown_secs: i64,
-    ) -> StoreResult<ReplaceOutcome> {
+    async fn decide_code(&self, decision: CodeDecision) -> StoreResult<CodeVerdict> {
         let mut g = self.lock();
-        if let Some(old) = g.codes.get(&record.key) {
-            let retry_at = old.issued_at.saturating_add(cooldown_secs);
-            if retry_at > record.issued_at {
-                return Ok(ReplaceOutcome::Cooldown { retry_at });
+        let g = &mut *g;
+        let keys = decision.limit_keys();
+        let mut state = CodeState {
+            code: g.codes.get(decision.key()).cloned(),
+            limits: keys
+                .iter()
+                .map(|k| g.limits.get(*k).cloned().unwrap_or_default())
+                .collect(),
+        };
+        let verdict = decision.apply(&mut state);
+        match state.code {
+            Some(code) => {
+                g.codes.insert(decision.key().clone(), code);
+            }
+            None => {
+                g.codes.remove(decision.key());
             }
         }
-        g.codes.insert(record.key.clone(), record);
-        Ok(ReplaceOutcome::Stored)
+        for (k, s) in keys.into_iter().zip(state.limits) {
+            match g.limits.get_mut(k) {
+                Some(old) => *old = s,
+                None if s == LimitState::default() => {}
+                None => {
+                    g.limits.insert(k.to_owned(), s);
+                }
+            }
+        }
+        Ok(verdict)
     }
 
     async fn code(&self, key: &CodeKey) -> StoreResult<Option<CodeRecord>> {
         Ok(self.lock().codes.get(key).cloned())
-    }
-
-    async fn redeem_code(
-        &self,
-        key: &CodeKey,
-        presented: &CodeHash,
-        now: i64,
-        max_attempts: u32,
-    ) -> StoreResult<RedeemOutcome> {
-        Ok(match self.lock().codes.get_mut(key) {
-            Some(r) => r.redeem(presented, now, max_attempts),
-            None => RedeemOutcome::Missing,
-        })
     }
 }
 
@@ -313,13 +354,6 @@ impl LimitStore for MemoryStore {
         Ok(())
     }
 
-    async fn unrecord(&self, check: &LimitCheck, at: i64) -> StoreResult<()> {
-        if let Some(s) = self.lock().limits.get_mut(&check.key) {
-            s.unrecord(at);
-        }
-        Ok(())
-    }
-
     async fn reset(&self, key: &str) -> StoreResult<()> {
         self.lock().limits.remove(key);
         Ok(())
@@ -339,41 +373,24 @@ impl PhonePool for MemoryStore {
 
     async fn intake(&self, entries: Vec<NumberInfo>, now: i64) -> StoreResult<Intake> {
         let mut g = self.lock();
-        let size = g.pool_size.unwrap_or(DEFAULT_POOL_SIZE) as usize;
-        let mut out = Intake::default();
-        let mut refused = false;
+        let g = &mut *g;
+        let size = g.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+        let mut tally = IntakeTally::new(size, g.numbers.len() as u64, g.open_leases as u64);
         for info in entries {
             if let Some(&seq) = g.number_seq.get(&info.mobile) {
                 if let Some(n) = g.numbers.get_mut(&seq) {
-                    n.info = info.clone();
-                }
-                if !out.used.contains(&info.mobile) {
-                    out.used.push(info.mobile);
+                    tally.refresh(n, &info);
                 }
                 continue;
             }
-            let available = g.numbers.len().saturating_sub(g.open_leases);
-            if available >= size {
-                refused = true;
-                continue;
+            if let Some(number) = tally.admit(&info, now) {
+                let seq = g.next_number;
+                g.next_number += 1;
+                g.number_seq.insert(info.mobile, seq);
+                g.numbers.insert(seq, number);
             }
-            let seq = g.next_number;
-            g.next_number += 1;
-            g.number_seq.insert(info.mobile.clone(), seq);
-            out.used.push(info.mobile.clone());
-            g.numbers.insert(
-                seq,
-                PoolNumber {
-                    operator: Operator::of(&info.mobile),
-                    info,
-                    added_at: now,
-                    lease: None,
-                    used_for: Default::default(),
-                },
-            );
         }
-        out.full = refused && out.used.is_empty();
-        Ok(out)
+        Ok(tally.finish())
     }
 
     async fn number(&self, mobile: &PhoneNumber) -> StoreResult<Option<PoolNumber>> {
@@ -391,9 +408,8 @@ impl PhonePool for MemoryStore {
             if out.len() >= n {
                 break;
             }
-            if num.is_free(now) && !num.used_for.contains(app) {
-                num.used_for.insert(app.to_owned());
-                out.push(num.info.clone());
+            if num.available_for(app, now) {
+                out.push(num.hand_out(app));
             }
         }
         Ok(out)
@@ -407,32 +423,11 @@ impl PhonePool for MemoryStore {
             if out.len() >= req.lease_ids.len() {
                 break;
             }
-            if !(num.is_free(req.now)
-                && !num.used_for.contains(&req.item)
-                && req.filter.matches(num))
-            {
+            if !req.eligible(num) {
                 continue;
             }
             let Some(id) = ids.next() else { break };
-            num.used_for.insert(req.item.clone());
-            num.lease = Some(LeaseRef {
-                lease_id: id.clone(),
-                user: req.user.clone(),
-                item: req.item.clone(),
-                until: req.until,
-            });
-            out.push(Lease {
-                id: id.clone(),
-                mobile: num.info.mobile.clone(),
-                user: req.user.clone(),
-                item: req.item.clone(),
-                started_at: req.now,
-                until: req.until,
-                hold_id: req.hold_id.clone(),
-                price: req.price,
-                charged: false,
-                settled: false,
-            });
+            out.push(num.lease_to(&req, id));
         }
         g.open_leases += out.len();
         for l in &out {
@@ -757,16 +752,9 @@ impl SendStore for MemoryStore {
         at: i64,
     ) -> StoreResult<bool> {
         let mut g = self.lock();
-        match g.tasks.get_mut(uuid) {
-            Some(t) if t.state == from => {
-                t.state = to;
-                if matches!(to, TaskState::Done | TaskState::Cancelled) {
-                    t.finished_at = Some(at);
-                }
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(g.tasks
+            .get_mut(uuid)
+            .is_some_and(|t| t.move_state(from, to, at)))
     }
 
     async fn recipient_statuses(&self, uuid: &str) -> StoreResult<Vec<RecipientStatus>> {

@@ -114,9 +114,57 @@ pub struct PoolNumber {
 }
 
 impl PoolNumber {
+    /// A number just taken into the pool.
+    pub fn new(info: NumberInfo, now: i64) -> Self {
+        Self {
+            operator: Operator::of(&info.mobile),
+            info,
+            added_at: now,
+            lease: None,
+            used_for: Default::default(),
+        }
+    }
+
     /// True when no live lease holds it at `now`.
     pub fn is_free(&self, now: i64) -> bool {
         self.lease.as_ref().is_none_or(|l| l.until <= now)
+    }
+
+    /// True when it may be handed out (or leased) for `item` at `now`: free,
+    /// and never used for that item before.
+    pub fn available_for(&self, item: &str, now: i64) -> bool {
+        self.is_free(now) && !self.used_for.contains(item)
+    }
+
+    /// The transition of handing it out for `app` (`GET /mobiles`): it is
+    /// never handed out for `app` again.
+    pub fn hand_out(&mut self, app: &str) -> NumberInfo {
+        self.used_for.insert(app.to_owned());
+        self.info.clone()
+    }
+
+    /// The transition of leasing it under lease `id` of `req`; returns the
+    /// lease record.
+    pub fn lease_to(&mut self, req: &LeaseRequest, id: &str) -> Lease {
+        self.used_for.insert(req.item.clone());
+        self.lease = Some(LeaseRef {
+            lease_id: id.to_owned(),
+            user: req.user.clone(),
+            item: req.item.clone(),
+            until: req.until,
+        });
+        Lease {
+            id: id.to_owned(),
+            mobile: self.info.mobile.clone(),
+            user: req.user.clone(),
+            item: req.item.clone(),
+            started_at: req.now,
+            until: req.until,
+            hold_id: req.hold_id.clone(),
+            price: req.price,
+            charged: false,
+            settled: false,
+        }
     }
 }
 
@@ -229,6 +277,12 @@ pub struct LeaseFilter {
 }
 
 impl LeaseFilter {
+    /// The lease eligibility rule: `n` is available for `item` at `now` and
+    /// passes the filter.
+    pub fn admits(&self, n: &PoolNumber, item: &str, now: i64) -> bool {
+        n.available_for(item, now) && self.matches(n)
+    }
+
     /// True when `n` passes the filter.
     pub fn matches(&self, n: &PoolNumber) -> bool {
         self.area
@@ -236,6 +290,14 @@ impl LeaseFilter {
             .is_none_or(|a| n.info.area.as_deref() == Some(a.as_str()))
             && self.operator.is_none_or(|o| n.operator == o)
             && self.custom.as_ref().is_none_or(|c| &n.info.mobile == c)
+    }
+}
+
+impl LeaseRequest {
+    /// True when `n` may be leased under this request: available for the
+    /// item at `now`, and passing the filter.
+    pub fn eligible(&self, n: &PoolNumber) -> bool {
+        self.filter.admits(n, &self.item, self.now)
     }
 }
 
@@ -297,6 +359,64 @@ pub struct Intake {
     pub used: Vec<PhoneNumber>,
     /// True when nothing was taken because the pool is full.
     pub full: bool,
+}
+
+/// The intake rule, applied entry by entry by a
+/// [`crate::store::PhonePool`] inside its atomic intake: known numbers
+/// refresh their metadata without counting against the size; new ones are
+/// taken while the available numbers (stored minus those under an
+/// unsettled lease) are fewer than the pool size.
+#[derive(Debug, Clone)]
+pub struct IntakeTally {
+    size: u64,
+    stored: u64,
+    open_leases: u64,
+    refused: bool,
+    out: Intake,
+}
+
+impl IntakeTally {
+    /// An intake into a pool of `size` holding `stored` numbers, of which
+    /// `open_leases` are under an unsettled lease.
+    pub fn new(size: u32, stored: u64, open_leases: u64) -> Self {
+        Self {
+            size: u64::from(size),
+            stored,
+            open_leases,
+            refused: false,
+            out: Intake::default(),
+        }
+    }
+
+    /// A known number: refreshes what the device reports.
+    pub fn refresh(&mut self, number: &mut PoolNumber, info: &NumberInfo) {
+        number.info = info.clone();
+        if !self.out.used.contains(&info.mobile) {
+            self.out.used.push(info.mobile.clone());
+        }
+    }
+
+    /// A new number: the record to store, or `None` when the pool is full.
+    pub fn admit(&mut self, info: &NumberInfo, now: i64) -> Option<PoolNumber> {
+        if self.stored.saturating_sub(self.open_leases) >= self.size {
+            self.refused = true;
+            return None;
+        }
+        self.stored += 1;
+        self.out.used.push(info.mobile.clone());
+        Some(PoolNumber::new(info.clone(), now))
+    }
+
+    /// Numbers stored after the entries so far.
+    pub fn stored(&self) -> u64 {
+        self.stored
+    }
+
+    /// The outcome.
+    pub fn finish(mut self) -> Intake {
+        self.out.full = self.refused && self.out.used.is_empty();
+        self.out
+    }
 }
 
 #[cfg(test)]

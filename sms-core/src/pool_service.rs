@@ -168,9 +168,12 @@ impl PoolService {
         }
         let now = self.clock.unix();
         if let Some(custom) = &filter.custom {
-            let ok = self.stores.pool.number(custom).await?.is_some_and(|n| {
-                n.is_free(now) && !n.used_for.contains(&item.id) && filter.matches(&n)
-            });
+            let ok = self
+                .stores
+                .pool
+                .number(custom)
+                .await?
+                .is_some_and(|n| filter.admits(&n, &item.id, now));
             if !ok {
                 return Err(CoreError::NumberUnavailable);
             }

@@ -285,6 +285,20 @@ pub struct SendTask {
 }
 
 impl SendTask {
+    /// The transition of moving the task from `from` to `to` at `at`
+    /// (compare-and-set): false, and nothing changed, unless it is in
+    /// `from`. Ending it (done, cancelled) records `finished_at`.
+    pub fn move_state(&mut self, from: TaskState, to: TaskState, at: i64) -> bool {
+        if self.state != from {
+            return false;
+        }
+        self.state = to;
+        if matches!(to, TaskState::Done | TaskState::Cancelled) {
+            self.finished_at = Some(at);
+        }
+        true
+    }
+
     /// The cost charged up front: recipients × segments × unit price.
     pub fn cost(&self) -> Amount {
         self.recipients.len() as Amount * Amount::from(self.segments) * self.unit_price

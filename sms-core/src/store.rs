@@ -13,6 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::code_decision::{CodeDecision, CodeVerdict};
 use crate::error::StoreError;
 use crate::events::Push;
 use crate::identity::{Email, Username};
@@ -24,6 +25,7 @@ use crate::pool::{
 };
 use crate::secret::{CodeHash, TokenHash};
 use crate::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
+use crate::session_decision::OpenSession;
 use crate::user::{User, UserChange, UserId};
 
 /// Result of a store call.
@@ -88,11 +90,23 @@ pub struct Session {
     pub expires_at: i64,
     /// When it was first used to open a (WebSocket) session.
     pub first_used_at: Option<i64>,
+    /// Assigned by the store when the session is opened: larger than that
+    /// of every session opened before it (the per-user cap evicts by it).
+    /// Sessions stored before it existed read as 0.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// Session tokens.
 ///
 /// # Contract
+/// * [`open_session`](Self::open_session) loads every session of the user,
+///   applies [`OpenSession::apply`] with a sequence number larger than that
+///   of every session opened before, and commits in one atomic step: the
+///   new user (if any, with [`UserStore`]'s uniqueness: a taken field fails
+///   with [`StoreError::Conflict`] and changes nothing), the new session,
+///   and the revocation of the sessions it evicts. Concurrent opens for one
+///   user never leave more than `max_sessions` live sessions.
 /// * Sessions are found only by the hash of their token.
 /// * [`mark_session_used`](Self::mark_session_used) sets `first_used_at` once:
 ///   of concurrent callers exactly one sees the session before it was set.
@@ -103,8 +117,9 @@ pub struct Session {
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait SessionStore: Debug + Send + Sync + 'static {
-    /// Stores a new session.
-    async fn insert_session(&self, session: Session) -> StoreResult<()>;
+    /// Opens a session, with its sign-up if any (see the contract); returns
+    /// the session as stored.
+    async fn open_session(&self, request: OpenSession) -> StoreResult<Session>;
     /// The session with this token hash, expired or not.
     async fn session(&self, token_hash: &TokenHash) -> StoreResult<Option<Session>>;
     /// Sets `first_used_at = now` if unset; returns the session as it was
@@ -231,49 +246,27 @@ impl CodeRecord {
     }
 }
 
-/// The outcome of storing a new code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplaceOutcome {
-    /// Stored; any earlier code for the key is gone.
-    Stored,
-    /// The earlier code is within the cooldown; nothing changed.
-    Cooldown {
-        /// When a new code may be stored.
-        retry_at: i64,
-    },
-}
-
-/// Verification codes, one live code per [`CodeKey`].
+/// Verification codes, one live code per [`CodeKey`], and the limit states
+/// their decisions touch.
 ///
 /// # Contract
-/// * [`replace_code`](Self::replace_code) is atomic: it stores the record
-///   unless the existing one was issued less than `cooldown_secs` before the
-///   new one, and of concurrent callers at most one stores within a cooldown.
-/// * [`redeem_code`](Self::redeem_code) applies [`CodeRecord::redeem`]
-///   atomically: of any number of concurrent callers presenting the right
-///   code, exactly one gets [`RedeemOutcome::Redeemed`]; wrong tries are never
-///   lost.
+/// * [`decide_code`](Self::decide_code) loads the code record of
+///   [`CodeDecision::key`] and the limit states of
+///   [`CodeDecision::limit_keys`] (the same states
+///   [`LimitStore`] reads and writes), applies [`CodeDecision::apply`], and
+///   stores what changed, all in one atomic step: of concurrent issues within
+///   one cooldown at most one stores a code, a refused issue counts against
+///   no cap, of concurrent checks presenting the right code exactly one gets
+///   [`RedeemOutcome::Redeemed`], and no wrong try or failure is lost.
+/// * A decision that changes nothing writes nothing.
 /// * Writes are durable when the call returns `Ok`.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait CodeStore: Debug + Send + Sync + 'static {
-    /// Stores `record`, replacing the previous code of its key, subject to the
-    /// cooldown.
-    async fn replace_code(
-        &self,
-        record: CodeRecord,
-        cooldown_secs: i64,
-    ) -> StoreResult<ReplaceOutcome>;
+    /// Applies one decision on codes (see the contract).
+    async fn decide_code(&self, decision: CodeDecision) -> StoreResult<CodeVerdict>;
     /// The current code record of `key`.
     async fn code(&self, key: &CodeKey) -> StoreResult<Option<CodeRecord>>;
-    /// Presents a code (see the contract).
-    async fn redeem_code(
-        &self,
-        key: &CodeKey,
-        presented: &CodeHash,
-        now: i64,
-        max_attempts: u32,
-    ) -> StoreResult<RedeemOutcome>;
 }
 
 /// What a grant permits.
@@ -375,8 +368,6 @@ pub trait GrantStore: Debug + Send + Sync + 'static {
 /// * [`peek`](Self::peek) evaluates without recording.
 /// * [`record`](Self::record) records a hit unconditionally
 ///   ([`crate::limits::LimitState::record`]).
-/// * [`unrecord`](Self::unrecord) takes back one hit
-///   ([`crate::limits::LimitState::unrecord`]) atomically.
 /// * [`reset`](Self::reset) forgets a key.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
@@ -387,8 +378,6 @@ pub trait LimitStore: Debug + Send + Sync + 'static {
     async fn peek(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision>;
     /// Record a hit.
     async fn record(&self, check: &LimitCheck, now: i64) -> StoreResult<()>;
-    /// Take back the hit recorded at `at` on the check's key.
-    async fn unrecord(&self, check: &LimitCheck, at: i64) -> StoreResult<()>;
     /// Forget a key.
     async fn reset(&self, key: &str) -> StoreResult<()>;
 }

@@ -27,12 +27,16 @@
 //!   transaction that re-checks the condition for each; a candidate lost to a
 //!   concurrent caller makes the claim start over. Concurrent callers never
 //!   get the same number or queue entry.
-//! * **Durability.** Every write method flushes and fsyncs the database
-//!   before it returns `Ok`, so a caller told "ok" keeps its data across a
-//!   crash or `kill -9`.
-//! * **No blocking of async workers.** sled calls (including transactions and
-//!   the flush) run on Tokio's blocking pool via
-//!   [`tokio::task::spawn_blocking`].
+//! * **Durability, with group commit.** Every write method returns `Ok` only
+//!   once its write is flushed and fsynced, so a caller told "ok" keeps its
+//!   data across a crash or `kill -9`. Writes are queued to one writer
+//!   thread, which applies what is queued, flushes once for the batch, then
+//!   answers every caller of the batch: concurrent writers share one sync.
+//!   A call whose decision changed nothing answers without waiting for a
+//!   sync.
+//! * **No blocking of async workers.** Reads run on Tokio's blocking pool
+//!   via [`tokio::task::spawn_blocking`]; writes and flushes on the writer
+//!   thread.
 //! * **No panics on bad data.** A record that fails to decode is reported as
 //!   [`StoreError::Backend`].
 //!
@@ -144,14 +148,16 @@ use sled::transaction::{
 };
 use sled::Transactional;
 
+use sms_core::code_decision::{CodeDecision, CodeState, CodeVerdict};
 use sms_core::error::{StoreError, UniqueField};
 use sms_core::identity::{Email, Username};
 use sms_core::limits::{evaluate, LimitCheck, LimitDecision, LimitState};
 use sms_core::phone::PhoneNumber;
-use sms_core::secret::{CodeHash, TokenHash};
+use sms_core::secret::TokenHash;
+use sms_core::session_decision::OpenSession;
 use sms_core::store::{
     CodeKey, CodeRecord, CodeStore, ConsumeOutcome, Grant, GrantKind, GrantStore, LimitStore,
-    RedeemOutcome, ReplaceOutcome, Session, SessionStore, StoreResult, Stores, UserStore,
+    Session, SessionStore, StoreResult, Stores, UserStore,
 };
 #[cfg(doc)]
 use sms_core::store::{ItemStore, LedgerStore, PhonePool, QueueStore, SendStore};
@@ -212,6 +218,10 @@ enum Error {
     /// The blocking task running the sled call failed.
     #[error("blocking store task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The writer thread could not start, or failed a write without
+    /// answering.
+    #[error("sled writer: {0}")]
+    Writer(String),
     /// A unique field is taken.
     #[error("unique constraint on {0:?}")]
     Conflict(UniqueField),
@@ -340,57 +350,52 @@ fn seq_key(owner: &[u8], seq: u64) -> Vec<u8> {
     k
 }
 
-/// Group commit of flushes (see [`Trees::flush`]).
-#[derive(Debug, Default)]
-struct GroupFlush {
-    state: std::sync::Mutex<FlushState>,
-    done: std::sync::Condvar,
-}
+/// What the writer thread runs for one write call: the write itself, which
+/// answers whether it changed anything and how to deliver the call's answer
+/// once the batch it belongs to is durable.
+type Job = Box<dyn FnOnce(&Trees) -> (bool, Reply) + Send>;
 
-#[derive(Debug, Default)]
-struct FlushState {
-    /// Tickets handed out: writes finished before asking for durability.
-    requested: u64,
-    /// Every ticket up to this one is durable.
-    flushed: u64,
-    /// A flush is running.
-    flushing: bool,
-}
+/// Delivers one call's answer, given the outcome of its batch's flush.
+type Reply = Box<dyn FnOnce(Result<(), sled::Error>) + Send>;
 
-impl GroupFlush {
-    fn lock(&self) -> std::sync::MutexGuard<'_, FlushState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// Most writes applied before one flush.
+const MAX_BATCH: usize = 256;
 
-    /// Returns once a flush that started after this call began has
-    /// completed: the caller's earlier writes are then on disk.
-    fn flush_after_write(&self, db: &sled::Db) -> Result<(), Error> {
-        let ticket = {
-            let mut s = self.lock();
-            s.requested += 1;
-            s.requested
-        };
-        let mut s = self.lock();
-        loop {
-            if s.flushed >= ticket {
-                return Ok(());
+/// The single writer (group commit): every write call is queued to one
+/// thread, which applies the queued writes one after another, flushes once
+/// for the whole batch, and only then answers their callers.
+///
+/// sled 0.34 serialises transactions against a running flush (its
+/// concurrency-control lock is taken for writing by a transaction and for
+/// reading through the whole flush), so writers calling `flush` themselves
+/// wait for each other's syncs; one thread doing both never waits on itself,
+/// and a batch of N writes costs one sync.
+fn writer_loop(trees: Arc<Trees>, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut waiting: Vec<Reply> = Vec::new();
+        let mut next = Some(first);
+        let mut applied = 0;
+        while let Some(job) = next.take() {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&trees)));
+            match outcome {
+                // Nothing to make durable: answer at once.
+                Ok((false, reply)) => reply(Ok(())),
+                Ok((true, reply)) => waiting.push(reply),
+                // The job's answer channel is dropped with it: its caller
+                // gets an error; the writer carries on.
+                Err(_) => tracing::error!("sled writer: a write panicked"),
             }
-            if s.flushing {
-                s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
-                continue;
+            applied += 1;
+            if applied < MAX_BATCH {
+                next = jobs.try_recv().ok();
             }
-            // Lead a flush covering every ticket handed out so far.
-            s.flushing = true;
-            let target = s.requested;
-            drop(s);
-            let result = db.flush();
-            s = self.lock();
-            s.flushing = false;
-            if result.is_ok() {
-                s.flushed = s.flushed.max(target);
-            }
-            self.done.notify_all();
-            result?;
+        }
+        if waiting.is_empty() {
+            continue;
+        }
+        let flushed = trees.db.flush().map(drop);
+        for reply in waiting {
+            reply(flushed.clone());
         }
     }
 }
@@ -469,7 +474,6 @@ fn grant_key(kind: GrantKind, phone: &PhoneNumber) -> Vec<u8> {
 #[derive(Debug)]
 struct Trees {
     db: sled::Db,
-    group: GroupFlush,
     users: sled::Tree,
     by_username: sled::Tree,
     by_phone: sled::Tree,
@@ -551,15 +555,7 @@ impl Trees {
             task_seq: db.open_tree(TASK_SEQ)?,
             tasks_open: db.open_tree(TASKS_OPEN)?,
             db,
-            group: GroupFlush::default(),
         })
-    }
-
-    /// Makes every write so far durable (fsync). Concurrent callers share
-    /// flushes (group commit): one flush that starts after a caller's write
-    /// covers it, so N writers waiting together cost about one fsync.
-    fn flush(&self) -> Result<(), Error> {
-        self.group.flush_after_write(&self.db)
     }
 
     fn user(&self, id: &UserId) -> Result<Option<User>, Error> {
@@ -608,8 +604,78 @@ impl Trees {
         Ok(out)
     }
 
+    /// Every session of `user_id`.
+    fn user_sessions(&self, user_id: &UserId) -> Result<Vec<Session>, Error> {
+        let mut out = Vec::new();
+        for hash in self.indexed_sessions(user_id)? {
+            if let Some(s) = self.session(&hash)? {
+                if s.user_id == *user_id {
+                    out.push(s);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn limit_state(&self, key: &str) -> Result<LimitState, Error> {
         Ok(decode_opt(LIMITS, self.limits.get(key.as_bytes())?)?.unwrap_or_default())
+    }
+}
+
+/// A user about to be created: its record and unique keys, encoded.
+struct NewUser {
+    id: Vec<u8>,
+    record: Vec<u8>,
+    unique: [(Option<String>, UniqueField); 3],
+}
+
+impl NewUser {
+    fn prepare(user: &User) -> Result<Self, Error> {
+        Ok(Self {
+            id: user.id.as_str().as_bytes().to_vec(),
+            record: encode(USERS, user)?,
+            unique: [
+                (
+                    user.username.as_ref().map(Username::key),
+                    UniqueField::Username,
+                ),
+                (
+                    user.phone.as_ref().map(|p| p.as_e164().to_owned()),
+                    UniqueField::Phone,
+                ),
+                (
+                    user.email.as_ref().map(|e| e.as_str().to_owned()),
+                    UniqueField::Email,
+                ),
+            ],
+        })
+    }
+
+    /// Inserts the user and its index entries, aborting with
+    /// [`Error::Conflict`] if the id or a unique field is taken. The trees:
+    /// users, then the username, phone and email indexes.
+    fn create(
+        &self,
+        [users, by_username, by_phone, by_email]: [&TransactionalTree; 4],
+    ) -> TxResult<()> {
+        if users.get(&self.id)?.is_some() {
+            return abort(Error::Conflict(UniqueField::Id));
+        }
+        let indexes = [by_username, by_phone, by_email];
+        for (index, (key, field)) in indexes.iter().zip(&self.unique) {
+            if let Some(key) = key {
+                if index.get(key.as_bytes())?.is_some() {
+                    return abort(Error::Conflict(*field));
+                }
+            }
+        }
+        for (index, (key, _)) in indexes.iter().zip(&self.unique) {
+            if let Some(key) = key {
+                index.insert(key.as_bytes(), self.id.as_slice())?;
+            }
+        }
+        users.insert(self.id.as_slice(), self.record.as_slice())?;
+        Ok(())
     }
 }
 
@@ -630,6 +696,9 @@ fn tx_put_limit_state(t: &TransactionalTree, key: &str, state: &LimitState) -> T
 #[derive(Debug)]
 pub struct SledStore {
     trees: Arc<Trees>,
+    /// The queue of the writer thread ([`writer_loop`]); the thread ends
+    /// when the store is dropped.
+    writer: std::sync::mpsc::Sender<Job>,
 }
 
 impl SledStore {
@@ -661,9 +730,14 @@ impl SledStore {
     /// Uses an already opened sled database (e.g. one built with a custom
     /// [`sled::Config`]); opens the trees this store needs.
     pub fn from_db(db: sled::Db) -> Result<Self, StoreError> {
-        Ok(Self {
-            trees: Arc::new(Trees::open(db)?),
-        })
+        let trees = Arc::new(Trees::open(db)?);
+        let (writer, jobs) = std::sync::mpsc::channel();
+        let for_writer = Arc::clone(&trees);
+        std::thread::Builder::new()
+            .name("sms-sled-writer".into())
+            .spawn(move || writer_loop(for_writer, jobs))
+            .map_err(|e| StoreError::backend(Error::Writer(e.to_string())))?;
+        Ok(Self { trees, writer })
     }
 
     /// The underlying sled database.
@@ -692,65 +766,72 @@ impl SledStore {
         } else {
             f(&trees)
         };
-        result.map_err(|e| {
-            if matches!(e, Error::Conflict(_) | Error::NotFound) {
-                tracing::debug!(error = %e, "sled store call refused");
-            } else {
-                tracing::error!(error = %e, "sled store call failed");
-            }
-            e.into()
-        })
+        result.map_err(report)
     }
 
-    /// Like [`run`](Self::run) for writes: flushes to disk before returning
-    /// `Ok`.
+    /// Runs the write `f` on the writer thread, and returns once it is
+    /// durable (its batch flushed).
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Trees) -> Result<T, Error> + Send + 'static,
     {
-        self.run(move |t| {
-            let out = f(t)?;
-            t.flush()?;
-            Ok(out)
-        })
-        .await
+        self.write_if(move |t| Ok((f(t)?, true))).await
     }
+
+    /// Like [`write`](Self::write) for a call that may change nothing: `f`
+    /// tells whether it wrote, and only then does the answer wait for the
+    /// flush.
+    async fn write_if<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Trees) -> Result<(T, bool), Error> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, Error>>();
+        let job: Job = Box::new(move |trees| match f(trees) {
+            Ok((out, wrote)) => {
+                let reply: Reply = Box::new(move |flushed| {
+                    let _ = tx.send(flushed.map(|()| out).map_err(Error::Sled));
+                });
+                (wrote, reply)
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                (false, Box::new(|_| {}))
+            }
+        });
+        if self.writer.send(job).is_err() {
+            return Err(report(Error::Writer("the writer thread is gone".into())));
+        }
+        let answer = if tokio::runtime::Handle::try_current().is_ok() {
+            rx.await
+        } else {
+            rx.blocking_recv()
+        };
+        answer
+            .unwrap_or_else(|_| Err(Error::Writer("a write failed without an answer".into())))
+            .map_err(report)
+    }
+}
+
+/// Logs a failed call and converts its error for the port.
+fn report(e: Error) -> StoreError {
+    if matches!(e, Error::Conflict(_) | Error::NotFound) {
+        tracing::debug!(error = %e, "sled store call refused");
+    } else {
+        tracing::error!(error = %e, "sled store call failed");
+    }
+    e.into()
 }
 
 #[async_trait]
 impl UserStore for SledStore {
     async fn create_user(&self, user: User) -> StoreResult<()> {
         self.write(move |t| {
-            let id = user.id.as_str().as_bytes().to_vec();
-            let record = encode(USERS, &user)?;
-            let username = user.username.as_ref().map(Username::key);
-            let phone = user.phone.as_ref().map(|p| p.as_e164().to_owned());
-            let email = user.email.as_ref().map(|e| e.as_str().to_owned());
+            let new = NewUser::prepare(&user)?;
             (&t.users, &t.by_username, &t.by_phone, &t.by_email).transaction(
                 |(users, by_username, by_phone, by_email)| {
-                    if users.get(&id)?.is_some() {
-                        return abort(Error::Conflict(UniqueField::Id));
-                    }
-                    let checks = [
-                        (by_username, &username, UniqueField::Username),
-                        (by_phone, &phone, UniqueField::Phone),
-                        (by_email, &email, UniqueField::Email),
-                    ];
-                    for (index, key, field) in &checks {
-                        if let Some(key) = key {
-                            if index.get(key.as_bytes())?.is_some() {
-                                return abort(Error::Conflict(*field));
-                            }
-                        }
-                    }
-                    for (index, key, _) in &checks {
-                        if let Some(key) = key {
-                            index.insert(key.as_bytes(), id.as_slice())?;
-                        }
-                    }
-                    users.insert(id.as_slice(), record.as_slice())?;
-                    Ok(())
+                    new.create([users, by_username, by_phone, by_email])
                 },
             )?;
             Ok(())
@@ -830,24 +911,54 @@ impl UserStore for SledStore {
 
 #[async_trait]
 impl SessionStore for SledStore {
-    async fn insert_session(&self, session: Session) -> StoreResult<()> {
+    async fn open_session(&self, request: OpenSession) -> StoreResult<Session> {
         self.write(move |t| {
-            let record = encode(SESSIONS, &session)?;
+            // Every write runs on the writer thread, so the user's sessions
+            // listed here cannot change before the transaction below.
+            let user_id = &request.session.user_id;
+            let existing = t.user_sessions(user_id)?;
+            let seq = t.db.generate_id()?;
+            let admission = request.apply(&existing, seq);
+            let new_user = request
+                .new_user
+                .as_ref()
+                .map(NewUser::prepare)
+                .transpose()?;
+            let session = &admission.session;
+            let record = encode(SESSIONS, session)?;
             let hash = session.token_hash;
-            let index_key = session_index_key(&session.user_id, &hash);
-            (&t.sessions, &t.sessions_by_user).transaction(|(sessions, by_user)| {
-                // Replacing a session of another user: drop its old index entry.
-                if let Some(raw) = sessions.get(hash.0)? {
-                    let old: Session = tx(decode(SESSIONS, &raw))?;
-                    if old.user_id != session.user_id {
-                        by_user.remove(session_index_key(&old.user_id, &hash))?;
-                    }
-                }
-                sessions.insert(&hash.0[..], record.as_slice())?;
-                by_user.insert(index_key.as_slice(), &b""[..])?;
-                Ok(())
-            })?;
-            Ok(())
+            let index_key = session_index_key(user_id, &hash);
+            (
+                &t.users,
+                &t.by_username,
+                &t.by_phone,
+                &t.by_email,
+                &t.sessions,
+                &t.sessions_by_user,
+            )
+                .transaction(
+                    |(users, by_username, by_phone, by_email, sessions, by_user)| {
+                        if let Some(new) = &new_user {
+                            new.create([users, by_username, by_phone, by_email])?;
+                        }
+                        for old in &admission.evict {
+                            sessions.remove(&old.0[..])?;
+                            by_user.remove(session_index_key(user_id, old))?;
+                        }
+                        // Replacing a session of another user: drop its old
+                        // index entry.
+                        if let Some(raw) = sessions.get(hash.0)? {
+                            let old: Session = tx(decode(SESSIONS, &raw))?;
+                            if old.user_id != *user_id {
+                                by_user.remove(session_index_key(&old.user_id, &hash))?;
+                            }
+                        }
+                        sessions.insert(&hash.0[..], record.as_slice())?;
+                        by_user.insert(index_key.as_slice(), &b""[..])?;
+                        Ok(())
+                    },
+                )?;
+            Ok(admission.session)
         })
         .await
     }
@@ -938,43 +1049,47 @@ impl SessionStore for SledStore {
 
     async fn user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<Session>> {
         let user_id = user_id.clone();
-        self.run(move |t| {
-            let mut out = Vec::new();
-            for hash in t.indexed_sessions(&user_id)? {
-                if let Some(s) = t.session(&hash)? {
-                    if s.user_id == user_id {
-                        out.push(s);
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.run(move |t| t.user_sessions(&user_id)).await
     }
 }
 
 #[async_trait]
 impl CodeStore for SledStore {
-    async fn replace_code(
-        &self,
-        record: CodeRecord,
-        cooldown_secs: i64,
-    ) -> StoreResult<ReplaceOutcome> {
-        self.write(move |t| {
-            let key = record.key.flat().into_bytes();
-            let encoded = encode(CODES, &record)?;
-            let outcome = t.codes.transaction(|codes| {
-                if let Some(raw) = codes.get(&key)? {
-                    let old: CodeRecord = tx(decode(CODES, &raw))?;
-                    let retry_at = old.issued_at.saturating_add(cooldown_secs);
-                    if retry_at > record.issued_at {
-                        return Ok(ReplaceOutcome::Cooldown { retry_at });
+    async fn decide_code(&self, decision: CodeDecision) -> StoreResult<CodeVerdict> {
+        self.write_if(move |t| {
+            let key = decision.key().flat().into_bytes();
+            let limit_keys = decision.limit_keys();
+            let (verdict, changed) = (&t.codes, &t.limits).transaction(|(codes, limits)| {
+                let before = CodeState {
+                    code: tx(decode_opt(CODES, codes.get(&key)?))?,
+                    limits: limit_keys
+                        .iter()
+                        .map(|k| tx_limit_state(limits, k))
+                        .collect::<TxResult<Vec<_>>>()?,
+                };
+                let mut state = before.clone();
+                let verdict = decision.apply(&mut state);
+                let mut changed = false;
+                if state.code != before.code {
+                    changed = true;
+                    match &state.code {
+                        Some(code) => {
+                            codes.insert(key.as_slice(), tx(encode(CODES, code))?)?;
+                        }
+                        None => {
+                            codes.remove(key.as_slice())?;
+                        }
                     }
                 }
-                codes.insert(key.as_slice(), encoded.as_slice())?;
-                Ok(ReplaceOutcome::Stored)
+                for ((k, new), old) in limit_keys.iter().zip(&state.limits).zip(&before.limits) {
+                    if new != old {
+                        changed = true;
+                        tx_put_limit_state(limits, k, new)?;
+                    }
+                }
+                Ok((verdict, changed))
             })?;
-            Ok(outcome)
+            Ok((verdict, changed))
         })
         .await
     }
@@ -983,33 +1098,6 @@ impl CodeStore for SledStore {
         let key = key.flat();
         self.run(move |t| decode_opt(CODES, t.codes.get(key.as_bytes())?))
             .await
-    }
-
-    async fn redeem_code(
-        &self,
-        key: &CodeKey,
-        presented: &CodeHash,
-        now: i64,
-        max_attempts: u32,
-    ) -> StoreResult<RedeemOutcome> {
-        let key = key.flat().into_bytes();
-        let presented = *presented;
-        self.write(move |t| {
-            let outcome = t.codes.transaction(|codes| {
-                let Some(raw) = codes.get(&key)? else {
-                    return Ok(RedeemOutcome::Missing);
-                };
-                let mut record: CodeRecord = tx(decode(CODES, &raw))?;
-                let before = record.clone();
-                let outcome = record.redeem(&presented, now, max_attempts);
-                if record != before {
-                    codes.insert(key.as_slice(), tx(encode(CODES, &record))?)?;
-                }
-                Ok(outcome)
-            })?;
-            Ok(outcome)
-        })
-        .await
     }
 }
 
@@ -1100,19 +1188,6 @@ impl LimitStore for SledStore {
             t.limits.transaction(|limits| {
                 let mut state = tx_limit_state(limits, &check.key)?;
                 state.record(&check.rule, now);
-                tx_put_limit_state(limits, &check.key, &state)
-            })?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn unrecord(&self, check: &LimitCheck, at: i64) -> StoreResult<()> {
-        let check = check.clone();
-        self.write(move |t| {
-            t.limits.transaction(|limits| {
-                let mut state = tx_limit_state(limits, &check.key)?;
-                state.unrecord(at);
                 tx_put_limit_state(limits, &check.key, &state)
             })?;
             Ok(())

@@ -11,9 +11,7 @@ use sled::transaction::{abort, TransactionalTree};
 use sled::Transactional;
 
 use sms_core::phone::PhoneNumber;
-use sms_core::pool::{
-    Intake, Item, Lease, LeaseRef, LeaseRequest, NumberInfo, Operator, PoolNumber,
-};
+use sms_core::pool::{Intake, IntakeTally, Item, Lease, LeaseRequest, NumberInfo, PoolNumber};
 use sms_core::store::{ItemStore, PhonePool, StoreResult, DEFAULT_POOL_SIZE};
 
 use crate::{
@@ -133,41 +131,25 @@ impl PhonePool for SledStore {
                 |(numbers, order, meta)| {
                     let size: u32 = tx(decode_opt(POOL_META, meta.get(META_SIZE)?))?
                         .unwrap_or(DEFAULT_POOL_SIZE);
-                    let mut count = tx_counter(meta, META_NUMBERS)?;
+                    let stored = tx_counter(meta, META_NUMBERS)?;
                     let open = tx_counter(meta, META_OPEN_LEASES)?;
-                    let mut out = Intake::default();
-                    let mut refused = false;
+                    let mut tally = IntakeTally::new(size, stored, open);
                     for info in &entries {
                         let key = phone_key(&info.mobile);
                         if let Some(raw) = numbers.get(key)? {
-                            // Known: refresh what the device reports.
                             let mut n: PoolNumber = tx(decode(POOL_NUMBERS, &raw))?;
-                            n.info = info.clone();
+                            tally.refresh(&mut n, info);
                             numbers.insert(key, tx(encode(POOL_NUMBERS, &n))?)?;
-                            if !out.used.contains(&info.mobile) {
-                                out.used.push(info.mobile.clone());
-                            }
                             continue;
                         }
-                        if count.saturating_sub(open) >= u64::from(size) {
-                            refused = true;
-                            continue;
+                        if let Some(n) = tally.admit(info, now) {
+                            let seq = order.generate_id()?;
+                            numbers.insert(key, tx(encode(POOL_NUMBERS, &n))?)?;
+                            order.insert(&seq.to_be_bytes()[..], key)?;
                         }
-                        let seq = order.generate_id()?;
-                        let n = PoolNumber {
-                            info: info.clone(),
-                            operator: Operator::of(&info.mobile),
-                            added_at: now,
-                            lease: None,
-                            used_for: Default::default(),
-                        };
-                        numbers.insert(key, tx(encode(POOL_NUMBERS, &n))?)?;
-                        order.insert(&seq.to_be_bytes()[..], key)?;
-                        count += 1;
-                        out.used.push(info.mobile.clone());
                     }
-                    tx_put_counter(meta, META_NUMBERS, count)?;
-                    out.full = refused && out.used.is_empty();
+                    tx_put_counter(meta, META_NUMBERS, tally.stored())?;
+                    let out = tally.finish();
                     Ok(out)
                 },
             )?;
@@ -184,7 +166,7 @@ impl PhonePool for SledStore {
     async fn hand_out(&self, app: &str, n: usize, now: i64) -> StoreResult<Vec<NumberInfo>> {
         let app = app.to_owned();
         self.write(move |t| {
-            let eligible = |num: &PoolNumber| num.is_free(now) && !num.used_for.contains(&app);
+            let eligible = |num: &PoolNumber| num.available_for(&app, now);
             t.claim(
                 |t| t.candidates(n, eligible),
                 |candidates, strict| {
@@ -204,9 +186,9 @@ impl PhonePool for SledStore {
                                 }
                                 continue;
                             }
-                            num.used_for.insert(app.clone());
+                            let info = num.hand_out(&app);
                             numbers.insert(phone, tx(encode(POOL_NUMBERS, &num))?)?;
-                            out.push(num.info);
+                            out.push(info);
                         }
                         Ok(out)
                     })?;
@@ -220,9 +202,7 @@ impl PhonePool for SledStore {
     async fn lease(&self, req: LeaseRequest) -> StoreResult<Vec<Lease>> {
         self.write(move |t| {
             let want = req.lease_ids.len();
-            let eligible = |num: &PoolNumber| {
-                num.is_free(req.now) && !num.used_for.contains(&req.item) && req.filter.matches(num)
-            };
+            let eligible = |num: &PoolNumber| req.eligible(num);
             t.claim(
                 |t| t.candidates(want, eligible),
                 |candidates, strict| {
@@ -246,26 +226,8 @@ impl PhonePool for SledStore {
                                 continue;
                             }
                             let Some(id) = ids.next() else { break };
-                            num.used_for.insert(req.item.clone());
-                            num.lease = Some(LeaseRef {
-                                lease_id: id.clone(),
-                                user: req.user.clone(),
-                                item: req.item.clone(),
-                                until: req.until,
-                            });
+                            let lease = num.lease_to(&req, id);
                             numbers.insert(phone, tx(encode(POOL_NUMBERS, &num))?)?;
-                            let lease = Lease {
-                                id: id.clone(),
-                                mobile: num.info.mobile.clone(),
-                                user: req.user.clone(),
-                                item: req.item.clone(),
-                                started_at: req.now,
-                                until: req.until,
-                                hold_id: req.hold_id.clone(),
-                                price: req.price,
-                                charged: false,
-                                settled: false,
-                            };
                             let record = tx(encode(LEASES, &lease))?;
                             if let Some(old) = leases.insert(id.as_bytes(), record)? {
                                 // A reused id replaces its lease (as the

@@ -405,12 +405,8 @@ impl SendStore for SledStore {
                     return Ok(false);
                 };
                 let mut task: SendTask = tx(decode(TASKS, &raw))?;
-                if task.state != from {
+                if !task.move_state(from, to, at) {
                     return Ok(false);
-                }
-                task.state = to;
-                if matches!(to, TaskState::Done | TaskState::Cancelled) {
-                    task.finished_at = Some(at);
                 }
                 tasks.insert(key, tx(encode(TASKS, &task))?)?;
                 if is_open(from) != is_open(to) {

@@ -5,6 +5,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use sms_core::code_decision::{
+    CheckCode, CheckOutcome, CodeDecision, CodeVerdict, IssueCode, IssueOutcome,
+};
 use sms_core::error::{StoreError, UniqueField};
 use sms_core::events::Push;
 use sms_core::identity::{Email, Username};
@@ -16,12 +19,25 @@ use sms_core::secret::{CodeHasher, Token};
 use sms_core::sending::{
     AuditStatus, RecipientStatus, SendTask, Signature, TaskState, Template, TemplateType,
 };
+use sms_core::session_decision::OpenSession;
 use sms_core::store::{
     CodeKey, CodeRecord, ConsumeOutcome, DeleteOutcome, Grant, GrantKind, Purpose, RedeemOutcome,
     Session, SessionOrigin, Stores,
 };
 use sms_core::user::{User, UserChange, UserId};
 use sms_store_sled::SledStore;
+
+/// A check of `key` with its failure budget under `reopen:fail`.
+fn check(key: &CodeKey, presented: sms_core::secret::CodeHash, now: i64) -> CodeDecision {
+    CodeDecision::Check(CheckCode {
+        key: key.clone(),
+        presented,
+        now,
+        max_attempts: 5,
+        failures: LimitCheck::new("reopen:fail", LimitRule::per(20, 86_400)),
+        pump_ok: None,
+    })
+}
 
 fn id(n: u32) -> UserId {
     UserId::from_string(format!("{n:032x}"))
@@ -50,6 +66,7 @@ fn session(token: &str, user_n: u32) -> Session {
         issued_at: 10,
         expires_at: 110,
         first_used_at: None,
+        seq: 0,
     }
 }
 
@@ -99,7 +116,14 @@ async fn everything_survives_reopen() {
             .unwrap();
 
         for (t, u) in [("s1", 1), ("s2", 1), ("s3", 1), ("s4", 2)] {
-            s.sessions.insert_session(session(t, u)).await.unwrap();
+            s.sessions
+                .open_session(OpenSession {
+                    session: session(t, u),
+                    new_user: None,
+                    max_sessions: 50,
+                })
+                .await
+                .unwrap();
         }
         s.sessions
             .mark_session_used(&Token::from_client("s1").hash(), 20)
@@ -120,11 +144,24 @@ async fn everything_survives_reopen() {
             attempts: 0,
             used: false,
         };
-        s.codes.replace_code(record, 60).await.unwrap();
+        assert_eq!(
+            s.codes
+                .decide_code(CodeDecision::Issue(IssueCode {
+                    record,
+                    cooldown_secs: 60,
+                    caps: vec![],
+                    pump: None,
+                }))
+                .await
+                .unwrap(),
+            CodeVerdict::Issue(IssueOutcome::Issued)
+        );
         let wrong = hasher.hash(&key.flat(), "000000");
         assert!(matches!(
-            s.codes.redeem_code(&key, &wrong, 150, 5).await.unwrap(),
-            RedeemOutcome::Mismatch { attempts_left: 4 }
+            s.codes.decide_code(check(&key, wrong, 150)).await.unwrap(),
+            CodeVerdict::Check(CheckOutcome::Presented(RedeemOutcome::Mismatch {
+                attempts_left: 4
+            }))
         ));
 
         s.grants
@@ -281,6 +318,19 @@ async fn everything_survives_reopen() {
         1
     );
     assert_eq!(s.sessions.user_sessions(&id(2)).await.unwrap().len(), 1);
+    // The session sequence keeps increasing across the reopen.
+    let before = s.sessions.user_sessions(&id(2)).await.unwrap()[0].seq;
+    let after = s
+        .sessions
+        .open_session(OpenSession {
+            session: session("s5", 2),
+            new_user: None,
+            max_sessions: 50,
+        })
+        .await
+        .unwrap()
+        .seq;
+    assert!(after > before, "{after} after {before}");
 
     // Codes keep their attempts.
     let key = code_key();
@@ -288,11 +338,14 @@ async fn everything_survives_reopen() {
     assert_eq!(code.attempts, 1);
     assert_eq!(
         s.codes
-            .redeem_code(&key, &hasher.hash(&key.flat(), "123456"), 160, 5)
+            .decide_code(check(&key, hasher.hash(&key.flat(), "123456"), 160))
             .await
             .unwrap(),
-        RedeemOutcome::Redeemed
+        CodeVerdict::Check(CheckOutcome::Presented(RedeemOutcome::Redeemed))
     );
+    // The failed check of the first run is still counted.
+    let fail = LimitCheck::new("reopen:fail", LimitRule::per(1, 86_400));
+    assert!(!s.limits.peek(&[fail], 160).await.unwrap().is_allowed());
 
     // Grants keep their state.
     let reset = s
