@@ -93,6 +93,7 @@ impl Smpp {
             receipts,
             bound: bound_tx,
             parents: HashMap::new(),
+            early: Vec::new(),
         };
         tokio::spawn(task.run(rx));
         Self {
@@ -187,6 +188,7 @@ struct InFlight {
 /// Receipt aggregation of a multi-part message.
 struct Parent {
     id: String,
+    parts: Vec<String>,
     total: usize,
     delivered: usize,
     done: bool,
@@ -197,8 +199,11 @@ struct Connection {
     config: SmppConfig,
     receipts: Option<mpsc::UnboundedSender<SmppReceipt>>,
     bound: watch::Sender<bool>,
-    /// Part message id → index into `parent_list`.
+    /// Part message id → its multi-part message.
     parents: HashMap<String, Arc<std::sync::Mutex<Parent>>>,
+    /// Receipts that came before the `submit_sm_resp` of their message's
+    /// last part: replayed when it completes.
+    early: Vec<Receipt>,
 }
 
 fn status_error(status: CommandStatus) -> CarrierError {
@@ -400,9 +405,16 @@ impl Connection {
                         Err(status_error(cmd.status()))
                     };
                     if let Some(done) = finish_part(flights, flight, part, outcome) {
+                        let mine: Vec<Receipt>;
+                        (mine, self.early) =
+                            std::mem::take(&mut self.early).into_iter().partition(|r| {
+                                r.provider_id == done.provider_id
+                                    || done.part_ids.contains(&r.provider_id)
+                            });
                         if done.part_ids.len() > 1 {
                             let parent = Arc::new(std::sync::Mutex::new(Parent {
                                 id: done.provider_id.clone(),
+                                parts: done.part_ids.clone(),
                                 total: done.part_ids.len(),
                                 delivered: 0,
                                 done: false,
@@ -411,13 +423,18 @@ impl Connection {
                                 self.parents.insert(id.clone(), parent.clone());
                             }
                         }
+                        for r in mine {
+                            self.receipt(r);
+                        }
                     }
                 }
+                self.flush_early(flights);
             }
             Some(Pdu::GenericNack) => {
                 if let Some((flight, part, _)) = pending.remove(&seq) {
                     finish_part(flights, flight, part, Err(status_error(cmd.status())));
                 }
+                self.flush_early(flights);
             }
             Some(Pdu::DeliverSm(d)) => {
                 let _ = wire
@@ -429,7 +446,12 @@ impl Connection {
                     .await;
                 let text = String::from_utf8_lossy(d.short_message().as_ref()).into_owned();
                 if let Some(r) = receipts::smpp_text(&text) {
-                    self.receipt(r);
+                    if !flights.is_empty() && !self.parents.contains_key(&r.provider_id) {
+                        // Maybe a part of a message still being submitted.
+                        self.early.push(r);
+                    } else {
+                        self.receipt(r);
+                    }
                 }
             }
             Some(Pdu::EnquireLink) => {
@@ -447,6 +469,16 @@ impl Connection {
                     .await;
             }
             _ => {}
+        }
+    }
+
+    /// With nothing in flight, early receipts belong to no pending message:
+    /// emit them as they are.
+    fn flush_early(&mut self, flights: &HashMap<usize, InFlight>) {
+        if flights.is_empty() {
+            for r in std::mem::take(&mut self.early) {
+                self.receipt(r);
+            }
         }
     }
 
@@ -469,6 +501,9 @@ impl Connection {
             }
             p.done = true;
             r.provider_id = p.id.clone();
+            for id in &p.parts {
+                self.parents.remove(id);
+            }
         }
         if let Some(tx) = &self.receipts {
             let _ = tx.send(SmppReceipt {
