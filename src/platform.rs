@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sms_core::clock::SystemClock;
 use sms_core::codes::CodePolicy;
 use sms_core::gateway::MessageGateway;
 use sms_core::password::Argon2Hasher;
@@ -20,6 +21,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::blocking::BlockingHasher;
+use crate::carriers::{Carriers, ReceiptEvent};
 use crate::config::PlatformArgs;
 use crate::outbox::{OutboxGateway, OutboxSender};
 use crate::router::PlatformService;
@@ -145,7 +147,25 @@ impl Platform {
             Some(path) => OutboxSender::file(path).await?,
             None => OutboxSender::stdout(),
         });
-        let sender: Arc<dyn CodeSender> = outbox.clone();
+        let carriers = match &a.carriers {
+            Some(path) => {
+                let (c, receipts) =
+                    Carriers::load(path, Arc::new(SystemClock), rng.clone(), outbox.clone())
+                        .await
+                        .map_err(|e| PlatformError::Config(e.to_string()))?;
+                tokio::spawn(log_receipts(receipts));
+                Some(c)
+            }
+            None => None,
+        };
+        let sender: Arc<dyn CodeSender> = match &carriers {
+            Some(c) => c.sender(),
+            None => outbox.clone(),
+        };
+        let default_gateway: Arc<dyn MessageGateway> = match &carriers {
+            Some(c) => c.gateway(),
+            None => Arc::new(OutboxGateway::new(outbox)),
+        };
         let hasher = BlockingHasher::new(Argon2Hasher::with_params(
             rng.clone(),
             a.argon2_memory_kib,
@@ -155,7 +175,7 @@ impl Platform {
             .random(rng)
             .password_hasher(Arc::new(hasher))
             .code_secret(secret)
-            .gateway(custom_gateway.unwrap_or_else(|| Arc::new(OutboxGateway::new(outbox))))
+            .gateway(custom_gateway.unwrap_or(default_gateway))
             .pool_policy(PoolPolicy {
                 lease_secs: a.lease_secs.max(1),
                 hold_grace_secs: a.hold_grace_secs.max(0),
@@ -183,7 +203,10 @@ impl Platform {
             },
         );
         let ws = HubWs::new(core.clone(), WsConfig::default());
-        let service = PlatformService::new(http, ws.clone());
+        let mut service = PlatformService::new(http, ws.clone());
+        if let Some(c) = carriers {
+            service = service.with_carriers(c);
+        }
         let listener = TcpListener::bind(a.listen).await?;
         let addr = listener.local_addr()?;
         let server_config = ServerConfig {
@@ -213,5 +236,13 @@ impl Platform {
             shutdown: Some(tx),
             task,
         })
+    }
+}
+
+/// Receipts are logged; applying them to send-task recipients (statuses,
+/// refunds) is the delivery queue's work, not done yet.
+async fn log_receipts(mut rx: tokio::sync::mpsc::UnboundedReceiver<ReceiptEvent>) {
+    while let Some((carrier, r)) = rx.recv().await {
+        tracing::info!(%carrier, id = %r.provider_id, key = ?r.idempotency_key, status = r.status.as_str(), code = %r.carrier_code, "delivery receipt");
     }
 }
