@@ -246,3 +246,22 @@ async fn codes_fail_over_to_aliyun_and_receipts_are_checked() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn every_carrier_refusing_a_code_is_the_dialects_send_failure() {
+    let tc = tencent_refusing().await;
+    let t = TestPlatform::start_with(|a| {
+        let path = a.data.parent().unwrap().join("carriers.toml");
+        let f = file("http://127.0.0.1:9/", &tc.url())
+            .replace("codes = [\"tc\", \"ali\"]", "codes = [\"tc\"]");
+        std::fs::write(&path, f).unwrap();
+        a.carriers = Some(path);
+    })
+    .await;
+    let r = t
+        .post_form("/api/v4.0/sendsms/13126939916", &[("expect", "0")])
+        .await;
+    assert_eq!(r["code"], -5, "{r}");
+    assert!(r["msg"].is_string());
+    assert_eq!(tc.seen().len(), 1);
+}
