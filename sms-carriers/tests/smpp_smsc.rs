@@ -58,16 +58,14 @@ fn message(to: &str, key: &str, text: &str) -> CarrierMessage {
     }
 }
 
-#[tokio::test]
-async fn long_ucs2_message_to_two_numbers_with_receipts() {
-    if !have("node") {
-        eprintln!("SKIPPED smpp_smsc: `node` is not installed (the SMSC runs on Node.js)");
-        return;
-    }
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// Starts the SMSC on `port` (0: any); its process, output and port.
+async fn smsc(port: u16) -> (tokio::process::Child, Lines, u16) {
     install();
     let mut child = Command::new("node")
         .arg("smsc.js")
-        .arg("0")
+        .arg(port.to_string())
         .current_dir(smsc_dir())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -80,24 +78,87 @@ async fn long_ucs2_message_to_two_numbers_with_receipts() {
         .expect(&first)
         .parse()
         .unwrap();
+    (child, lines, port)
+}
 
-    let (tx, mut receipts) = tokio::sync::mpsc::unbounded_channel();
+/// Reads SMSC lines until one equals `want`.
+async fn until(lines: &mut Lines, want: &str) {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("SMSC line")
+            .unwrap()
+            .expect("SMSC still running");
+        if line == want {
+            return;
+        }
+    }
+}
+
+fn config(port: u16) -> SmppConfig {
+    SmppConfig {
+        host: "127.0.0.1".into(),
+        port,
+        system_id: "sys".into(),
+        password: Secret::new("pw"),
+        system_type: String::new(),
+        source_addr: "10690000".into(),
+        window: 2,
+        enquire_link_secs: 30,
+        response_timeout_secs: 20,
+        reconnect_secs: 1,
+    }
+}
+
+#[tokio::test]
+async fn enquire_link_and_reconnect_after_the_smsc_restarts() {
+    if !have("node") {
+        eprintln!("SKIPPED smpp_smsc: `node` is not installed (the SMSC runs on Node.js)");
+        return;
+    }
+    let (mut child, mut lines, port) = smsc(0).await;
     let smpp = Smpp::start(
         "smsc",
         SmppConfig {
-            host: "127.0.0.1".into(),
-            port,
-            system_id: "sys".into(),
-            password: Secret::new("pw"),
-            system_type: String::new(),
-            source_addr: "10690000".into(),
-            window: 2,
-            enquire_link_secs: 30,
-            response_timeout_secs: 20,
-            reconnect_secs: 1,
+            enquire_link_secs: 1,
+            ..config(port)
         },
-        Some(tx),
+        None,
     );
+    until(&mut lines, "BOUND").await;
+    until(&mut lines, "ENQUIRE_LINK").await;
+    child.kill().await.unwrap();
+    let (_child, mut lines, _) = smsc(port).await;
+    // The client binds again by itself (backoff from 1 s).
+    until(&mut lines, "BOUND").await;
+    let mut sent = None;
+    for _ in 0..30 {
+        match smpp
+            .send(&message("13800000000", "t:0", "hello again"))
+            .await
+        {
+            Ok(a) => {
+                sent = Some(a);
+                break;
+            }
+            // Sent on the old connection before its loss was noticed.
+            Err(e) => assert!(e.is_transient(), "{e}"),
+        }
+    }
+    assert!(sent.is_some(), "no send after the reconnect");
+    until(&mut lines, "MESSAGE 8613800000000 0 \"hello again\"").await;
+}
+
+#[tokio::test]
+async fn long_ucs2_message_to_two_numbers_with_receipts() {
+    if !have("node") {
+        eprintln!("SKIPPED smpp_smsc: `node` is not installed (the SMSC runs on Node.js)");
+        return;
+    }
+    let (mut child, mut lines, port) = smsc(0).await;
+
+    let (tx, mut receipts) = tokio::sync::mpsc::unbounded_channel();
+    let smpp = Smpp::start("smsc", config(port), Some(tx));
     assert!(smpp.wait_bound(Duration::from_secs(30)).await, "no bind");
 
     let text = format!("【测试】{}", "您好，这是一条很长的短信😀。".repeat(12));

@@ -7,7 +7,8 @@
 //   then `stat:UNDELIV err:034`;
 // - reassembles concatenated parts (UDH IEI 0) and prints
 //   `MESSAGE <destination> <data_coding> <JSON text>` for each message;
-// - answers enquire_link and unbind.
+// - answers enquire_link (printing `ENQUIRE_LINK`) and unbind; prints
+//   `BOUND` for each successful bind.
 'use strict';
 const smpp = require('smpp');
 
@@ -23,8 +24,12 @@ const server = smpp.createServer({ debug: false }, (session) => {
       return;
     }
     session.send(pdu.response());
+    console.log('BOUND');
   });
-  session.on('enquire_link', (pdu) => session.send(pdu.response()));
+  session.on('enquire_link', (pdu) => {
+    session.send(pdu.response());
+    console.log('ENQUIRE_LINK');
+  });
   session.on('unbind', (pdu) => {
     session.send(pdu.response());
     session.close();
