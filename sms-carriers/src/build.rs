@@ -36,8 +36,9 @@ pub struct BuildError {
     pub problem: String,
 }
 
-/// Builds every carrier of `config`, by name. SMPP carriers start their
-/// connection task: call inside a tokio runtime.
+/// Builds every carrier of `config`, by name, each wrapped in a
+/// [`Resilient`](crate::resilient::Resilient) with its delivery policy.
+/// SMPP carriers start their connection task: call inside a tokio runtime.
 pub fn build(
     config: &CarriersConfig,
     deps: &Deps<'_>,
@@ -93,6 +94,12 @@ pub fn build(
             #[allow(unreachable_patterns)]
             _ => return Err(off()),
         };
+        let carrier: Arc<dyn Carrier> = Arc::new(crate::resilient::Resilient::new(
+            carrier,
+            c.delivery,
+            deps.clock.clone(),
+            deps.random.clone(),
+        ));
         out.insert(c.name.clone(), carrier);
     }
     Ok(out)

@@ -48,7 +48,7 @@ pub struct ConfigError {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CarriersConfig {
     /// Carriers in file order.
     pub carriers: Vec<CarrierConfig>,
@@ -57,12 +57,14 @@ pub struct CarriersConfig {
 }
 
 /// One `[[carrier]]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CarrierConfig {
     /// `[a-z0-9_-]{1,32}`: in logs, receipts and callback URLs.
     pub name: String,
     /// The kind's settings.
     pub settings: CarrierSettings,
+    /// Retries, rate limit and breaker (keys common to every kind).
+    pub delivery: crate::resilient::DeliveryPolicy,
 }
 
 /// The settings of each kind.
@@ -461,8 +463,24 @@ fn parse_carrier(f: &Fields<'_>) -> Result<CarrierConfig, ConfigError> {
             ))
         }
     };
+    let d = crate::resilient::DeliveryPolicy::default();
+    let delivery = crate::resilient::DeliveryPolicy {
+        retries: f.opt_u64("retries", u64::from(d.retries))?.min(10) as u32,
+        backoff_ms: f.opt_u64("backoff_ms", d.backoff_ms)?,
+        rate_per_sec: f.opt_f64("rate_per_sec", d.rate_per_sec)?,
+        breaker_failures: f
+            .opt_u64("breaker_failures", u64::from(d.breaker_failures))?
+            .clamp(1, 1000) as u32,
+        breaker_open_secs: f
+            .opt_u64("breaker_open_secs", d.breaker_open_secs as u64)?
+            .clamp(1, 86_400) as i64,
+    };
     f.finish()?;
-    Ok(CarrierConfig { name, settings })
+    Ok(CarrierConfig {
+        name,
+        settings,
+        delivery,
+    })
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -695,6 +713,15 @@ impl Fields<'_> {
         }
     }
 
+    fn opt_f64(&self, key: &str, default: f64) -> Result<f64, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(toml::Value::Integer(n)) if *n >= 0 => Ok(*n as f64),
+            Some(toml::Value::Float(x)) if x.is_finite() && *x >= 0.0 => Ok(*x),
+            Some(_) => Err(self.err(key, "must be a non-negative number")),
+        }
+    }
+
     fn opt_port(&self, key: &str, default: u16) -> Result<u16, ConfigError> {
         let n = self.opt_u64(key, u64::from(default))?;
         u16::try_from(n)
@@ -773,6 +800,7 @@ public_url = "https://sms.example.com/"
 [[carrier]]
 name = "smsc"
 kind = "smpp"
+rate_per_sec = 2.5
 host = "127.0.0.1"
 port = 2775
 system_id = "sys"
@@ -849,13 +877,13 @@ codes = ["tc"]
         assert_eq!(e.key, "carrier[1].secret_key");
         assert!(e.problem.contains("missing"), "{e}");
         let e = err(&SAMPLE.replace("password = \"pw\"", "password = \"toolongpw9\""));
-        assert_eq!((e.line, e.key.as_str()), (37, "carrier[3].password"), "{e}");
+        assert_eq!((e.line, e.key.as_str()), (38, "carrier[3].password"), "{e}");
         assert!(!e.to_string().contains("toolongpw9"));
         let e = err(&SAMPLE.replace("password = \"topsecret-mail\"", "password = 12345678"));
         assert!(!e.to_string().contains("12345678"), "{e}");
         assert_eq!(e.key, "carrier[4].password");
         let e = err(&SAMPLE.replace("tasks = [\"smsc\", \"tw\"]", "tasks = [\"smsc\", \"nope\"]"));
-        assert_eq!((e.line, e.key.as_str()), (57, "routes.tasks"), "{e}");
+        assert_eq!((e.line, e.key.as_str()), (58, "routes.tasks"), "{e}");
         let e = err(&SAMPLE.replace(
             "access_key_secret = \"topsecret-ali\"",
             "access_key_secret = \"topsecret-ali",
@@ -873,5 +901,10 @@ codes = ["tc"]
         assert_eq!(e.key, "carrier[1].name");
         let e = err(&SAMPLE.replace("name = \"tc\"", "name = \"T C\""));
         assert_eq!(e.key, "carrier[1].name");
+        let c = parse(SAMPLE).unwrap();
+        assert_eq!(c.carriers[3].delivery.rate_per_sec, 2.5);
+        assert_eq!(c.carriers[0].delivery.retries, 2);
+        let e = err(&SAMPLE.replace("rate_per_sec = 2.5", "rate_per_sec = \"fast\""));
+        assert_eq!(e.key, "carrier[3].rate_per_sec");
     }
 }

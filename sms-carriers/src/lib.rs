@@ -17,12 +17,15 @@
 //! Always present: [`config`] (the `--carriers` file of carriers.md C1),
 //! [`sign`] (the providers' request signatures, pinned by their documented
 //! examples), [`receipts`] (every provider's delivery receipts normalised
-//! to one status set) and [`build`] (carriers from a parsed file).
+//! to one status set), [`resilient`] (retries with backoff and jitter, a
+//! rate limit and a circuit breaker around each carrier) and [`build`]
+//! (carriers from a parsed file).
 #![deny(missing_docs)]
 
 pub mod build;
 pub mod config;
 pub mod receipts;
+pub mod resilient;
 pub mod sign;
 
 #[cfg(feature = "http")]
