@@ -265,3 +265,64 @@ async fn every_carrier_refusing_a_code_is_the_dialects_send_failure() {
     assert!(r["msg"].is_string());
     assert_eq!(tc.seen().len(), 1);
 }
+
+/// A Tencent fake that verifies TC3 and accepts.
+async fn tencent_fake() -> fake::Fake {
+    fake::start(Arc::new(|s: &fake::Seen| {
+        let h = |n: &str| s.header(n).unwrap_or("").to_string();
+        let expected = sign::tencent_tc3(
+            &sign::Tc3Request {
+                service: "sms",
+                timestamp: h("x-tc-timestamp").parse().unwrap_or(0),
+                headers: &[
+                    ("content-type", &h("content-type")),
+                    ("host", &h("host")),
+                    ("x-tc-action", &h("x-tc-action")),
+                ],
+                payload: &s.body,
+            },
+            "AKIDtest",
+            "tc-secret",
+        );
+        if h("authorization") != expected {
+            return (200, json!({"Response":{"Error":{"Code":"AuthFailure.SignatureFailure","Message":"bad"},"RequestId":"r"}}).to_string());
+        }
+        (200, json!({"Response":{"SendStatusSet":[{"SerialNo":"5000:1","PhoneNumber":"+8617012345678","Code":"Ok","Message":"send success"}],"RequestId":"r"}}).to_string())
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn telsignup_code_by_prefix_route_reaches_tencent_and_validates() {
+    let tc = tencent_fake().await;
+    let t = TestPlatform::start_with(|a| {
+        let path = a.data.parent().unwrap().join("carriers.toml");
+        let f = file("http://127.0.0.1:9/", &tc.url()).replace(
+            "codes = [\"tc\", \"ali\"]",
+            "codes = [\"ali\"]\n[[routes.prefix]]\nprefix = \"86170\"\ncodes = [\"tc\"]",
+        );
+        std::fs::write(&path, f).unwrap();
+        a.carriers = Some(path);
+    })
+    .await;
+    let tel = "17012345678";
+    let r = t
+        .post_json(
+            "/index.php?r=user/sms-validation-request",
+            json!({"type": "sms_validation_request", "tel": tel, "time": "1439280893"}),
+        )
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+    let seen = tc.seen();
+    assert_eq!(seen.len(), 1, "the 86170 prefix routes to tencent");
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(body["PhoneNumberSet"], json!(["+8617012345678"]));
+    let code = body["TemplateParamSet"][0].as_str().unwrap().to_string();
+    let r = t
+        .post_json(
+            "/index.php?r=user/sms-validation-code",
+            json!({"type": "sms_validation_code", "tel": tel, "time": "1439280893", "code": code}),
+        )
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+}
