@@ -125,7 +125,8 @@ pub fn tencent(body: &[u8]) -> Result<Vec<Receipt>, ReceiptError> {
 /// Twilio's status callback: form fields `MessageSid`, `MessageStatus`,
 /// `ErrorCode`, `To`, signed with `X-Twilio-Signature` over `url` (the
 /// platform's `public_url` + path + query) and every field. An unsigned
-/// or wrongly signed callback is [`ReceiptError::Unauthenticated`].
+/// or wrongly signed callback is [`ReceiptError::Unauthenticated`]. The
+/// query's `key` (set in `StatusCallback`) is the idempotency key.
 pub fn twilio(
     auth_token: &str,
     url: &str,
@@ -156,9 +157,14 @@ pub fn twilio(
         Some(c) => c,
         None => raw,
     };
+    let key = url.split_once('?').and_then(|(_, q)| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "key")
+            .map(|(_, v)| v.into_owned())
+    });
     Ok(vec![Receipt {
         provider_id: sid,
-        idempotency_key: None,
+        idempotency_key: key,
         recipient: get("To"),
         status,
         carrier_code: code,
@@ -236,7 +242,7 @@ mod tests {
 
     #[test]
     fn twilio_callback_checks_signature() {
-        let url = "https://sms.example.com/carriers/tw/receipts";
+        let url = "https://sms.example.com/carriers/tw/receipts?key=t1%3A0";
         let body = "MessageSid=SM1&MessageStatus=undelivered&ErrorCode=30003&To=%2B8613800000000&AccountSid=AC1";
         let params: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
             .into_owned()
@@ -246,7 +252,8 @@ mod tests {
         assert_eq!(r[0].status, DeliveryStatus::Failed);
         assert_eq!(r[0].carrier_code, "30003");
         assert_eq!(r[0].recipient.as_deref(), Some("+8613800000000"));
-        let port = "https://sms.example.com:443/carriers/tw/receipts";
+        assert_eq!(r[0].idempotency_key.as_deref(), Some("t1:0"));
+        let port = "https://sms.example.com:443/carriers/tw/receipts?key=t1%3A0";
         assert!(twilio("tok", port, Some(&sig), body.as_bytes()).is_ok());
         assert_eq!(
             twilio("tok", url, None, body.as_bytes()),

@@ -1,7 +1,7 @@
 //! Twilio Messaging: `POST /2010-04-01/Accounts/{sid}/Messages.json` with
 //! Basic auth (account SID, auth token), `To`, `From` or
 //! `MessagingServiceSid`, `Body` and `StatusCallback`
-//! (`public_url` + `/carriers/<name>/receipts`).
+//! (`public_url` + `/carriers/<name>/receipts?key=<idempotency key>`).
 
 use std::time::Duration;
 
@@ -41,9 +41,17 @@ impl Twilio {
         }
     }
 
-    /// The URL Twilio posts status callbacks to (and signs).
-    pub fn callback_url(&self) -> String {
-        format!("{}/carriers/{}/receipts", self.config.public_url, self.name)
+    /// The URL Twilio posts the status callbacks of `key`'s message to
+    /// (and signs): the idempotency key rides in the query, so receipts
+    /// carry it back.
+    pub fn callback_url(&self, key: &str) -> String {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("key", key)
+            .finish();
+        format!(
+            "{}/carriers/{}/receipts?{query}",
+            self.config.public_url, self.name
+        )
     }
 
     /// The outcome of an answer: 201 with `sid` is accepted; 429 and 5xx
@@ -90,7 +98,10 @@ impl Carrier for Twilio {
         let mut form = vec![
             ("To", message.to_e164()),
             ("Body", message.text.clone()),
-            ("StatusCallback", self.callback_url()),
+            (
+                "StatusCallback",
+                self.callback_url(&message.idempotency_key),
+            ),
         ];
         match &self.config.from {
             TwilioFrom::Number(n) => form.push(("From", n.clone())),
