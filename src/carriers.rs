@@ -201,13 +201,13 @@ impl Carriers {
         };
         let (parsed, answer) = match &carrier.settings {
             CarrierSettings::Aliyun(a) => {
-                if !token_ok(&a.callback_token) {
+                if !token_ok(&a.templates.callback_token) {
                     return plain(StatusCode::FORBIDDEN, "");
                 }
                 (receipts::aliyun(&body), receipts::ALIYUN_ANSWER)
             }
             CarrierSettings::Tencent(t) => {
-                if !token_ok(&t.callback_token) {
+                if !token_ok(&t.templates.callback_token) {
                     return plain(StatusCode::FORBIDDEN, "");
                 }
                 (receipts::tencent(&body), receipts::TENCENT_ANSWER)

@@ -4,14 +4,12 @@
 //! The idempotency key travels as `OutId` and comes back in receipts.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use sms_core::carrier::{Accepted, Carrier, CarrierError, CarrierMessage, MessageKind};
+use sms_core::carrier::{Accepted, Carrier, CarrierError, CarrierMessage};
 use sms_core::clock::Clock;
 use sms_core::random::{random_hex, RandomSource};
-use sms_core::sender::Channel;
 
 use crate::config::{AliyunConfig, AliyunSignature};
 use crate::http::{host_header, template_for, HttpClient};
@@ -77,21 +75,9 @@ impl Aliyun {
         &self,
         message: &CarrierMessage,
     ) -> Result<Vec<(String, String)>, CarrierError> {
-        if message.channel != Channel::Sms {
-            return Err(CarrierError::Unsupported("aliyun sends SMS only".into()));
-        }
-        let (template, params) = template_for(
-            message,
-            &self.config.code_template,
-            &self.config.task_templates,
-        )?;
-        let sign_name = match &message.kind {
-            MessageKind::Task {
-                signature: Some(s), ..
-            } => s.clone(),
-            _ => self.config.sign_name.clone(),
-        };
-        let param: serde_json::Map<String, serde_json::Value> = params
+        let t = template_for(message, &self.config.templates)?;
+        let param: serde_json::Map<String, serde_json::Value> = t
+            .params
             .into_iter()
             .map(|(k, v)| (k, serde_json::Value::String(v)))
             .collect();
@@ -101,8 +87,8 @@ impl Aliyun {
                 "PhoneNumbers".into(),
                 to.trim_start_matches('+').to_string(),
             ),
-            ("SignName".into(), sign_name),
-            ("TemplateCode".into(), template),
+            ("SignName".into(), t.sign_name),
+            ("TemplateCode".into(), t.template),
             (
                 "TemplateParam".into(),
                 serde_json::Value::Object(param).to_string(),
@@ -224,14 +210,14 @@ impl Carrier for Aliyun {
 
     async fn send(&self, message: &CarrierMessage) -> Result<Accepted, CarrierError> {
         let req = self.request(self.business_params(message)?)?;
-        let answer = self
-            .client
-            .execute(req, Duration::from_secs(self.config.timeout_secs.max(1)))
-            .await?;
-        let outcome = Self::classify(answer.status, &answer.body);
-        if let Err(e) = &outcome {
-            tracing::info!(carrier = %self.name, key = %message.idempotency_key, error = %e, "aliyun refused");
-        }
-        outcome
+        self.client
+            .exchange(
+                req,
+                self.config.templates.timeout_secs,
+                &self.name,
+                &message.idempotency_key,
+                Self::classify,
+            )
+            .await
     }
 }

@@ -107,6 +107,21 @@ pub enum AliyunSignature {
     V3,
 }
 
+/// What the template providers (Aliyun, Tencent) share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSettings {
+    /// `SignName` of codes.
+    pub sign_name: String,
+    /// The provider template of codes (its one parameter: the code).
+    pub code_template: String,
+    /// sendapi `temp_id` → provider template.
+    pub task_templates: BTreeMap<String, String>,
+    /// `?token=` of receipts.
+    pub callback_token: Option<Secret>,
+    /// Whole-request timeout, seconds (10).
+    pub timeout_secs: u64,
+}
+
 /// `kind = "aliyun"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AliyunConfig {
@@ -118,16 +133,8 @@ pub struct AliyunConfig {
     pub access_key_secret: Secret,
     /// RPC or V3.
     pub signature: AliyunSignature,
-    /// `SignName` of codes.
-    pub sign_name: String,
-    /// `TemplateCode` of codes (parameter `code`).
-    pub code_template: String,
-    /// sendapi `temp_id` → provider template.
-    pub task_templates: BTreeMap<String, String>,
-    /// `?token=` of receipts.
-    pub callback_token: Option<Secret>,
-    /// Whole-request timeout, seconds (10).
-    pub timeout_secs: u64,
+    /// Sign name, templates, receipts token, timeout.
+    pub templates: TemplateSettings,
 }
 
 /// `kind = "tencent"`.
@@ -143,16 +150,8 @@ pub struct TencentConfig {
     pub region: String,
     /// `SmsSdkAppId`.
     pub sdk_app_id: String,
-    /// `SignName`.
-    pub sign_name: String,
-    /// `TemplateId` of codes.
-    pub code_template: String,
-    /// sendapi `temp_id` → provider template.
-    pub task_templates: BTreeMap<String, String>,
-    /// `?token=` of receipts.
-    pub callback_token: Option<Secret>,
-    /// Whole-request timeout, seconds (10).
-    pub timeout_secs: u64,
+    /// Sign name, templates, receipts token, timeout.
+    pub templates: TemplateSettings,
 }
 
 /// The sender of a Twilio message.
@@ -356,11 +355,7 @@ fn parse_carrier(f: &Fields<'_>) -> Result<CarrierConfig, ConfigError> {
                 Some("v3") => AliyunSignature::V3,
                 Some(_) => return Err(f.err("signature", "must be \"rpc\" or \"v3\"")),
             },
-            sign_name: f.req_str("sign_name")?,
-            code_template: f.req_str("code_template")?,
-            task_templates: f.templates()?,
-            callback_token: f.opt_secret("callback_token")?,
-            timeout_secs: f.opt_u64("timeout_secs", 10)?,
+            templates: f.template_settings()?,
         }),
         "tencent" => CarrierSettings::Tencent(TencentConfig {
             endpoint: f.endpoint("https://sms.tencentcloudapi.com/")?,
@@ -368,11 +363,7 @@ fn parse_carrier(f: &Fields<'_>) -> Result<CarrierConfig, ConfigError> {
             secret_key: f.req_secret("secret_key")?,
             region: f.req_str("region")?,
             sdk_app_id: f.req_str("sdk_app_id")?,
-            sign_name: f.req_str("sign_name")?,
-            code_template: f.req_str("code_template")?,
-            task_templates: f.templates()?,
-            callback_token: f.opt_secret("callback_token")?,
-            timeout_secs: f.opt_u64("timeout_secs", 10)?,
+            templates: f.template_settings()?,
         }),
         "twilio" => {
             let from = match (f.opt_str("from")?, f.opt_str("messaging_service_sid")?) {
@@ -728,6 +719,16 @@ impl Fields<'_> {
             .ok()
             .filter(|p| *p != 0)
             .ok_or_else(|| self.err(key, "must be a port (1..=65535)"))
+    }
+
+    fn template_settings(&self) -> Result<TemplateSettings, ConfigError> {
+        Ok(TemplateSettings {
+            sign_name: self.req_str("sign_name")?,
+            code_template: self.req_str("code_template")?,
+            task_templates: self.templates()?,
+            callback_token: self.opt_secret("callback_token")?,
+            timeout_secs: self.opt_u64("timeout_secs", 10)?,
+        })
     }
 
     fn templates(&self) -> Result<BTreeMap<String, String>, ConfigError> {

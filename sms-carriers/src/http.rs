@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sms_core::carrier::CarrierError;
+use sms_core::carrier::{Accepted, CarrierError};
 
 /// A provider's answer: status and body.
 #[derive(Debug, Clone)]
@@ -12,17 +12,6 @@ pub struct HttpAnswer {
     pub status: u16,
     /// The body (JSON for every provider here).
     pub body: Vec<u8>,
-}
-
-impl HttpAnswer {
-    /// A 5xx answer as a transient error.
-    pub fn server_error(&self) -> Option<CarrierError> {
-        (self.status >= 500).then(|| CarrierError::Transient {
-            code: format!("http-{}", self.status),
-            detail: "provider server error".into(),
-            maybe_sent: true,
-        })
-    }
 }
 
 /// The shared client; cheap to clone.
@@ -41,6 +30,27 @@ impl HttpClient {
             .build()
             .map_err(|e| CarrierError::transient("http-client", e.to_string()))?;
         Ok(Self { client })
+    }
+
+    /// Sends `req` (timeout `timeout_secs`) for carrier `carrier`'s message
+    /// `key` and turns the answer into an outcome with `classify`; logs a
+    /// refusal (the key and the provider's code, nothing else).
+    pub async fn exchange(
+        &self,
+        req: reqwest::RequestBuilder,
+        timeout_secs: u64,
+        carrier: &str,
+        key: &str,
+        classify: fn(u16, &[u8]) -> Result<Accepted, CarrierError>,
+    ) -> Result<Accepted, CarrierError> {
+        let answer = self
+            .execute(req, Duration::from_secs(timeout_secs.max(1)))
+            .await?;
+        let outcome = classify(answer.status, &answer.body);
+        if let Err(e) = &outcome {
+            tracing::info!(carrier, key, error = %e, "provider refused");
+        }
+        outcome
     }
 
     /// The underlying reqwest client.
@@ -73,36 +83,68 @@ impl HttpClient {
     }
 }
 
-/// The provider template and its parameters (by name, in order) for a
-/// message: a code uses `code_template` with `code`; a task message the
-/// template mapped from its sendapi `temp_id`, else the carrier cannot send
-/// it ([`CarrierError::Unsupported`]).
+/// A template provider's message: template, parameters by name (in
+/// order) and sign name.
+#[cfg(any(feature = "aliyun", feature = "tencent"))]
+#[derive(Debug, Clone)]
+pub struct TemplateMessage {
+    /// The provider template.
+    pub template: String,
+    /// Its parameters by name, in order.
+    pub params: Vec<(String, String)>,
+    /// `SignName`: a task's own signature, else the carrier's.
+    pub sign_name: String,
+}
+
+/// The template message of `message`: a code uses `code_template` with
+/// `code`; a task message the template mapped from its sendapi `temp_id`,
+/// else the carrier cannot send it ([`CarrierError::Unsupported`]), nor
+/// anything but SMS.
 #[cfg(any(feature = "aliyun", feature = "tencent"))]
 pub fn template_for(
     message: &sms_core::carrier::CarrierMessage,
-    code_template: &str,
-    task_templates: &std::collections::BTreeMap<String, String>,
-) -> Result<(String, Vec<(String, String)>), CarrierError> {
+    settings: &crate::config::TemplateSettings,
+) -> Result<TemplateMessage, CarrierError> {
     use sms_core::carrier::MessageKind;
-    match &message.kind {
-        MessageKind::Code { code, .. } => Ok((
-            code_template.to_string(),
+    if message.channel != sms_core::sender::Channel::Sms {
+        return Err(CarrierError::Unsupported(
+            "a template carrier sends SMS only".into(),
+        ));
+    }
+    let (template, params) = match &message.kind {
+        MessageKind::Code { code, .. } => (
+            settings.code_template.clone(),
             vec![("code".to_string(), code.clone())],
-        )),
+        ),
         MessageKind::Task {
             template_id: Some(id),
             params,
             ..
-        } => match task_templates.get(&id.to_string()) {
-            Some(t) => Ok((t.clone(), params.clone())),
-            None => Err(CarrierError::Unsupported(format!(
-                "no provider template for temp_id {id}"
-            ))),
+        } => match settings.task_templates.get(&id.to_string()) {
+            Some(t) => (t.clone(), params.clone()),
+            None => {
+                return Err(CarrierError::Unsupported(format!(
+                    "no provider template for temp_id {id}"
+                )))
+            }
         },
-        MessageKind::Task { .. } => Err(CarrierError::Unsupported(
-            "a template carrier needs the task's template".into(),
-        )),
-    }
+        MessageKind::Task { .. } => {
+            return Err(CarrierError::Unsupported(
+                "a template carrier needs the task's template".into(),
+            ))
+        }
+    };
+    let sign_name = match &message.kind {
+        MessageKind::Task {
+            signature: Some(s), ..
+        } => s.clone(),
+        _ => settings.sign_name.clone(),
+    };
+    Ok(TemplateMessage {
+        template,
+        params,
+        sign_name,
+    })
 }
 
 /// `host[:port]` of `url` as a client sends it in `Host`.

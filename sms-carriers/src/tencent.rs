@@ -5,14 +5,12 @@
 //! `SendStatusSet[].Code` with HTTP 200.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
-use sms_core::carrier::{Accepted, Carrier, CarrierError, CarrierMessage, MessageKind};
+use sms_core::carrier::{Accepted, Carrier, CarrierError, CarrierMessage};
 use sms_core::clock::Clock;
-use sms_core::sender::Channel;
 
 use crate::config::TencentConfig;
 use crate::http::{host_header, template_for, HttpClient};
@@ -89,26 +87,13 @@ impl Tencent {
     }
 
     fn body(&self, message: &CarrierMessage) -> Result<Vec<u8>, CarrierError> {
-        if message.channel != Channel::Sms {
-            return Err(CarrierError::Unsupported("tencent sends SMS only".into()));
-        }
-        let (template, params) = template_for(
-            message,
-            &self.config.code_template,
-            &self.config.task_templates,
-        )?;
-        let sign_name = match &message.kind {
-            MessageKind::Task {
-                signature: Some(s), ..
-            } => s.clone(),
-            _ => self.config.sign_name.clone(),
-        };
-        let values: Vec<String> = params.into_iter().map(|(_, v)| v).collect();
+        let t = template_for(message, &self.config.templates)?;
+        let values: Vec<String> = t.params.into_iter().map(|(_, v)| v).collect();
         Ok(json!({
             "PhoneNumberSet": [message.to_e164()],
             "SmsSdkAppId": self.config.sdk_app_id,
-            "SignName": sign_name,
-            "TemplateId": template,
+            "SignName": t.sign_name,
+            "TemplateId": t.template,
             "TemplateParamSet": values,
             "SessionContext": message.idempotency_key,
         })
@@ -118,7 +103,10 @@ impl Tencent {
 
     /// The outcome of an answer.
     pub fn classify(status: u16, body: &[u8]) -> Result<Accepted, CarrierError> {
-        let Ok(env) = serde_json::from_slice::<Envelope>(body) else {
+        let parsed = serde_json::from_slice::<Envelope>(body)
+            .ok()
+            .filter(|_| status < 500);
+        let Some(env) = parsed else {
             return Err(CarrierError::Transient {
                 code: format!("http-{status}"),
                 detail: "unreadable answer".into(),
@@ -183,17 +171,14 @@ impl Carrier for Tencent {
             .header("x-tc-version", VERSION)
             .header("x-tc-region", &self.config.region)
             .body(body);
-        let answer = self
-            .client
-            .execute(req, Duration::from_secs(self.config.timeout_secs.max(1)))
-            .await?;
-        if let Some(e) = answer.server_error() {
-            return Err(e);
-        }
-        let outcome = Self::classify(answer.status, &answer.body);
-        if let Err(e) = &outcome {
-            tracing::info!(carrier = %self.name, key = %message.idempotency_key, error = %e, "tencent refused");
-        }
-        outcome
+        self.client
+            .exchange(
+                req,
+                self.config.templates.timeout_secs,
+                &self.name,
+                &message.idempotency_key,
+                Self::classify,
+            )
+            .await
     }
 }

@@ -3,8 +3,6 @@
 //! `MessagingServiceSid`, `Body` and `StatusCallback`
 //! (`public_url` + `/carriers/<name>/receipts?key=<idempotency key>`).
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use serde::Deserialize;
 use sms_core::carrier::{Accepted, Carrier, CarrierError, CarrierMessage};
@@ -116,14 +114,14 @@ impl Carrier for Twilio {
                 Some(self.config.auth_token.expose()),
             )
             .form(&form);
-        let answer = self
-            .client
-            .execute(req, Duration::from_secs(self.config.timeout_secs.max(1)))
-            .await?;
-        let outcome = Self::classify(answer.status, &answer.body);
-        if let Err(e) = &outcome {
-            tracing::info!(carrier = %self.name, key = %message.idempotency_key, error = %e, "twilio refused");
-        }
-        outcome
+        self.client
+            .exchange(
+                req,
+                self.config.timeout_secs,
+                &self.name,
+                &message.idempotency_key,
+                Self::classify,
+            )
+            .await
     }
 }
