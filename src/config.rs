@@ -49,6 +49,11 @@ pub struct PlatformArgs {
     #[arg(long, env = "SMS_OUTBOX")]
     pub outbox: Option<PathBuf>,
 
+    /// The carriers file (TOML, carriers.md C1): where codes, send tasks and
+    /// email go. Without it everything goes to the outbox.
+    #[arg(long, env = "SMS_CARRIERS")]
+    pub carriers: Option<PathBuf>,
+
     /// DEVELOPMENT ONLY: every issued code is this value.
     #[arg(long, env = "SMS_DEV_CODE")]
     pub dev_code: Option<String>,

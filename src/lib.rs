@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod blocking;
+pub mod carriers;
 pub mod config;
 pub mod logging;
 pub mod outbox;

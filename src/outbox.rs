@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde_json::json;
+use sms_core::carrier::{Accepted, Carrier, CarrierError, CarrierMessage, MessageKind};
 use sms_core::gateway::{DeliveryError, GatewayMessage, MessageGateway};
 use sms_core::sender::{Channel, CodeSender, OutboundMessage, SendError};
 use tokio::io::AsyncWriteExt;
@@ -133,4 +134,55 @@ impl MessageGateway for OutboxGateway {
 #[allow(clippy::disallowed_methods, reason = "the outbox is the real world")]
 fn written_at() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
+}
+
+/// The outbox as a [`Carrier`] (carriers.md C1, `kind = "outbox"`): code
+/// messages become the G9 line, task messages the line with `id`, so the
+/// outbox is one carrier among the others of a route.
+#[derive(Debug)]
+pub struct OutboxCarrier {
+    name: String,
+    outbox: std::sync::Arc<OutboxSender>,
+}
+
+impl OutboxCarrier {
+    /// A carrier named `name` writing to `outbox`.
+    pub fn new(name: impl Into<String>, outbox: std::sync::Arc<OutboxSender>) -> Self {
+        Self {
+            name: name.into(),
+            outbox,
+        }
+    }
+}
+
+#[async_trait]
+impl Carrier for OutboxCarrier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn send(&self, m: &CarrierMessage) -> Result<Accepted, CarrierError> {
+        let (code, purpose) = match &m.kind {
+            MessageKind::Code { code, purpose } => (Some(code.clone()), *purpose),
+            MessageKind::Task { .. } => (None, None),
+        };
+        let msg = OutboundMessage {
+            channel: m.channel,
+            to: m.to.clone(),
+            text: m.text.clone(),
+            code,
+            purpose,
+            at: written_at(),
+        };
+        let mut v: serde_json::Value = serde_json::from_str(&OutboxSender::line(&msg))
+            .map_err(|e| CarrierError::transient("outbox", e.to_string()))?;
+        if msg.code.is_none() {
+            v["id"] = json!(m.idempotency_key);
+        }
+        self.outbox
+            .write_line(v.to_string())
+            .await
+            .map_err(|e| CarrierError::transient("outbox", e.0))?;
+        Ok(Accepted::new(m.idempotency_key.clone()))
+    }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sms_core::clock::SystemClock;
 use sms_core::codes::CodePolicy;
 use sms_core::gateway::MessageGateway;
 use sms_core::password::Argon2Hasher;
@@ -23,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::blocking::BlockingHasher;
+use crate::carriers::{Carriers, ReceiptEvent};
 use crate::config::PlatformArgs;
 use crate::outbox::{OutboxGateway, OutboxSender};
 use crate::router::PlatformService;
@@ -261,7 +263,25 @@ impl Platform {
             }
             None => OutboxSender::stdout(),
         });
-        let sender: Arc<dyn CodeSender> = outbox.clone();
+        let carriers = match &a.carriers {
+            Some(path) => {
+                let (c, receipts) =
+                    Carriers::load(path, Arc::new(SystemClock), rng.clone(), outbox.clone())
+                        .await
+                        .map_err(|e| PlatformError::Config(e.to_string()))?;
+                tokio::spawn(log_receipts(receipts));
+                Some(c)
+            }
+            None => None,
+        };
+        let sender: Arc<dyn CodeSender> = match &carriers {
+            Some(c) => c.sender(),
+            None => outbox.clone(),
+        };
+        let default_gateway: Arc<dyn MessageGateway> = match &carriers {
+            Some(c) => c.gateway(),
+            None => Arc::new(OutboxGateway::new(outbox)),
+        };
         let hasher = BlockingHasher::new(Argon2Hasher::with_params(
             rng.clone(),
             a.argon2_memory_kib,
@@ -271,7 +291,7 @@ impl Platform {
             .random(rng)
             .password_hasher(Arc::new(hasher))
             .code_secret(secret)
-            .gateway(custom_gateway.unwrap_or_else(|| Arc::new(OutboxGateway::new(outbox))))
+            .gateway(custom_gateway.unwrap_or(default_gateway))
             .pool_policy(PoolPolicy {
                 lease_secs: a.lease_secs.max(1),
                 hold_grace_secs: a.hold_grace_secs.max(0),
@@ -299,12 +319,14 @@ impl Platform {
             },
         );
         let ws = HubWs::new(core.clone(), WsConfig::default());
+        let mut platform = PlatformService::new(http, ws.clone());
+        if let Some(c) = carriers {
+            platform = platform.with_carriers(c);
+        }
         // The client's address is resolved once per request, here, for the
         // HTTP dialects and the WebSocket alike.
-        let service = tower_layer::Layer::layer(
-            &ClientIpLayer::new(TrustedProxies::new(nets)),
-            PlatformService::new(http, ws.clone()),
-        );
+        let service =
+            tower_layer::Layer::layer(&ClientIpLayer::new(TrustedProxies::new(nets)), platform);
         let listen_err = |source| PlatformError::Listen {
             addr: a.listen.to_string(),
             source,
@@ -343,5 +365,13 @@ impl Platform {
             shutdown: Some(tx),
             task,
         })
+    }
+}
+
+/// Receipts are logged; applying them to send-task recipients (statuses,
+/// refunds) is the delivery queue's work, not done yet.
+async fn log_receipts(mut rx: tokio::sync::mpsc::UnboundedReceiver<ReceiptEvent>) {
+    while let Some((carrier, r)) = rx.recv().await {
+        tracing::info!(%carrier, id = %r.provider_id, key = ?r.idempotency_key, status = r.status.as_str(), code = %r.carrier_code, "delivery receipt");
     }
 }

@@ -16,12 +16,23 @@ use sms_ws_tungstenite::HubWs;
 pub struct PlatformService {
     http: SmsService,
     ws: HubWs,
+    carriers: Option<crate::carriers::Carriers>,
 }
 
 impl PlatformService {
     /// Both front ends over one core.
     pub fn new(http: SmsService, ws: HubWs) -> Self {
-        Self { http, ws }
+        Self {
+            http,
+            ws,
+            carriers: None,
+        }
+    }
+
+    /// Also serves `POST /carriers/<name>/receipts` (carriers.md C3).
+    pub fn with_carriers(mut self, carriers: crate::carriers::Carriers) -> Self {
+        self.carriers = Some(carriers);
+        self
     }
 }
 
@@ -35,6 +46,18 @@ impl tower_service::Service<Request<Incoming>> for PlatformService {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        if let Some(carriers) = &self.carriers {
+            let name = req
+                .uri()
+                .path()
+                .strip_prefix("/carriers/")
+                .and_then(|rest| rest.strip_suffix("/receipts"))
+                .map(str::to_string);
+            if let Some(name) = name {
+                let carriers = carriers.clone();
+                return Box::pin(async move { Ok(carriers.receipts(&name, req).await) });
+            }
+        }
         if req.uri().path() == "/ws" {
             if req.method() != http::Method::GET {
                 // Read and discard the body like every other refusal, so a

@@ -24,6 +24,9 @@
 //!   operations.
 //! * [`sending`], [`sending_service`], [`gateway`]: signatures, templates,
 //!   audit, send tasks and the carrier port.
+//! * [`carrier`]: the one outgoing port, [`carrier::Carrier`], which serves
+//!   [`sender::CodeSender`] and [`gateway::MessageGateway`]; delivery statuses
+//!   and receipts.
 //! * [`sender`]: the [`sender::CodeSender`] port for outgoing codes.
 //! * [`Core`] wires all services to one set of ports.
 //!
@@ -65,6 +68,7 @@
 
 pub mod accounts;
 pub mod billing;
+pub mod carrier;
 pub mod clock;
 pub mod code_decision;
 pub mod codes;

@@ -173,6 +173,8 @@ async fn send_sms(core: &Core, p: &Params, req: &Incoming) -> Value {
         Ok(_) => json!({ "code": 200, "msg": "发送成功" }),
         Err(CoreError::AlreadyRegistered) => reply(-1, "手机号已经被注册"),
         Err(CoreError::NotRegistered) => reply(-1, "手机号未注册"),
+        // carriers.md C2: every carrier of the route refused the code.
+        Err(CoreError::Delivery(_)) => reply(-5, "短信发送失败"),
         Err(e) => limited(&e).unwrap_or_else(|| internal(&e)),
     }
 }

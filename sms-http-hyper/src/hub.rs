@@ -146,6 +146,8 @@ async fn forgot_vcode(core: &Core, p: &Params, req: &Incoming) -> Value {
         Err(CoreError::CodeCooldown { retry_at } | CoreError::RateLimited { retry_at }) => {
             json!({ "code": -6, "againTimestamp": retry_at })
         }
+        // carriers.md C2: every carrier of the route refused the code.
+        Err(CoreError::Delivery(_)) => code(-7),
         Err(e) => match recovery_error(e) {
             Ok(c) => code(c),
             Err(other) => internal(&other),

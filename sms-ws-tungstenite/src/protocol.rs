@@ -244,6 +244,8 @@ pub(crate) fn bind_get_code(e: &CoreError) -> (i64, Option<i64>) {
         CoreError::CodeCooldown { retry_at } | CoreError::RateLimited { retry_at } => {
             (-4, Some(*retry_at))
         }
+        // carriers.md C2: every carrier of the email route refused.
+        CoreError::Delivery(_) => (-5, None),
         e => (internal(Request::BindEmailGetVCode, e), None),
     }
 }

@@ -1,0 +1,280 @@
+//! The `--carriers` file in the platform (carriers.md): carriers built from
+//! it, codes and send tasks routed through them with in-order failover,
+//! and `POST /carriers/<name>/receipts`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use sms_carriers::config::{CarrierSettings, CarriersConfig, Routes};
+use sms_carriers::receipts;
+use sms_core::carrier::{Carrier, CarrierGateway, CarrierSender, FailoverCarrier, Receipt};
+use sms_core::clock::Clock;
+use sms_core::gateway::{DeliveryError, GatewayMessage, MessageGateway};
+use sms_core::random::RandomSource;
+use sms_core::sender::{Channel, CodeSender, OutboundMessage, SendError};
+use sms_http_hyper::HttpBody;
+use tokio::sync::mpsc;
+
+use crate::outbox::{OutboxCarrier, OutboxSender};
+
+/// A receipt as the platform gets it: the carrier's name and the receipt.
+pub type ReceiptEvent = (String, Receipt);
+
+/// The carriers of a `--carriers` file, ready to route.
+#[derive(Debug, Clone)]
+pub struct Carriers {
+    config: Arc<CarriersConfig>,
+    by_name: Arc<BTreeMap<String, Arc<dyn Carrier>>>,
+    fallback: Arc<dyn Carrier>,
+    receipts: mpsc::UnboundedSender<ReceiptEvent>,
+}
+
+/// Why a `--carriers` file was refused (names a line and key, or a
+/// carrier; never a secret).
+#[derive(Debug, thiserror::Error)]
+pub enum CarriersError {
+    /// The file could not be read.
+    #[error("--carriers {path}: {error}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The file is wrong.
+    #[error(transparent)]
+    Config(#[from] sms_carriers::config::ConfigError),
+    /// A carrier could not be built.
+    #[error(transparent)]
+    Build(#[from] sms_carriers::build::BuildError),
+}
+
+impl Carriers {
+    /// Reads and builds `path`; `outbox` serves `kind = "outbox"` carriers
+    /// without a `path` and every purpose without a route. Receipts (HTTP
+    /// and SMPP) are sent to the returned receiver.
+    pub async fn load(
+        path: &Path,
+        clock: Arc<dyn Clock>,
+        random: Arc<dyn RandomSource>,
+        outbox: Arc<OutboxSender>,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<ReceiptEvent>), CarriersError> {
+        let src = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|error| CarriersError::Read {
+                path: path.display().to_string(),
+                error,
+            })?;
+        let config = sms_carriers::config::parse(&src)?;
+        let mut files = BTreeMap::new();
+        for c in &config.carriers {
+            if let CarrierSettings::Outbox(o) = &c.settings {
+                let sender = match &o.path {
+                    Some(p) => Arc::new(OutboxSender::file(Path::new(p)).await.map_err(|e| {
+                        sms_carriers::build::BuildError {
+                            name: c.name.clone(),
+                            problem: format!("outbox {p}: {e}"),
+                        }
+                    })?),
+                    None => outbox.clone(),
+                };
+                files.insert(c.name.clone(), sender);
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (smpp_tx, mut smpp_rx) = mpsc::unbounded_channel::<sms_carriers::smpp::SmppReceipt>();
+        let make_outbox = |name: &str, _: &sms_carriers::config::OutboxConfig| {
+            files
+                .get(name)
+                .map(|s| Arc::new(OutboxCarrier::new(name, s.clone())) as Arc<dyn Carrier>)
+                .ok_or_else(|| "outbox not opened".to_string())
+        };
+        let by_name = sms_carriers::build::build(
+            &config,
+            &sms_carriers::build::Deps {
+                clock,
+                random,
+                outbox: &make_outbox,
+                smpp_receipts: Some(smpp_tx),
+            },
+        )?;
+        let forward = tx.clone();
+        tokio::spawn(async move {
+            while let Some(r) = smpp_rx.recv().await {
+                if forward.send((r.carrier, r.receipt)).is_err() {
+                    return;
+                }
+            }
+        });
+        for (purpose, route) in [
+            ("codes", &config.routes.codes),
+            ("tasks", &config.routes.tasks),
+            ("email", &config.routes.email),
+        ] {
+            match route {
+                Some(r) => tracing::info!(purpose, route = ?r, "carrier route"),
+                None => tracing::info!(purpose, "no carrier route: the outbox (G9)"),
+            }
+        }
+        Ok((
+            Self {
+                config: Arc::new(config),
+                by_name: Arc::new(by_name),
+                fallback: Arc::new(OutboxCarrier::new("outbox", outbox)),
+                receipts: tx,
+            },
+            rx,
+        ))
+    }
+
+    /// The routes of the file.
+    pub fn routes(&self) -> &Routes {
+        &self.config.routes
+    }
+
+    /// The carrier route for a message: failover over the named carriers,
+    /// or the outbox when the purpose has no route.
+    fn route(&self, channel: Channel, to: &str, tasks: bool) -> Arc<dyn Carrier> {
+        let names = match channel {
+            Channel::Email => self.config.routes.email.as_deref(),
+            Channel::Sms => self.config.routes.for_sms(to, tasks),
+        };
+        match names {
+            None => self.fallback.clone(),
+            Some(names) => Arc::new(FailoverCarrier::new(
+                names.join(","),
+                names
+                    .iter()
+                    .filter_map(|n| self.by_name.get(n).cloned())
+                    .collect(),
+            )),
+        }
+    }
+
+    /// Codes through their routes.
+    pub fn sender(&self) -> Arc<dyn CodeSender> {
+        Arc::new(RoutedSender(self.clone()))
+    }
+
+    /// Send-task messages through their routes.
+    pub fn gateway(&self) -> Arc<dyn MessageGateway> {
+        Arc::new(RoutedGateway(self.clone()))
+    }
+
+    /// Answers `POST /carriers/<name>/receipts`: checks the token (Aliyun,
+    /// Tencent) or the `X-Twilio-Signature` (Twilio), else 403; parses the
+    /// provider's receipts; hands them on; answers as the provider expects.
+    pub async fn receipts(&self, name: &str, req: Request<Incoming>) -> Response<HttpBody> {
+        let Some(carrier) = self.config.carriers.iter().find(|c| c.name == name) else {
+            return plain(StatusCode::NOT_FOUND, "");
+        };
+        if req.method() != http::Method::POST {
+            return sms_http_hyper::service::method_not_allowed("POST");
+        }
+        let query = req.uri().query().unwrap_or("").to_string();
+        let path = req.uri().path().to_string();
+        let signature = req
+            .headers()
+            .get("x-twilio-signature")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = match Limited::new(req.into_body(), 1024 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, ""),
+        };
+        let token_ok = |expected: &Option<sms_carriers::config::Secret>| {
+            let given = form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.into_owned());
+            match (expected, given) {
+                (Some(e), Some(g)) => {
+                    sms_carriers::sign::ct_eq(e.expose().as_bytes(), g.as_bytes())
+                }
+                _ => false,
+            }
+        };
+        let (parsed, answer) = match &carrier.settings {
+            CarrierSettings::Aliyun(a) => {
+                if !token_ok(&a.templates.callback_token) {
+                    return plain(StatusCode::FORBIDDEN, "");
+                }
+                (receipts::aliyun(&body), receipts::ALIYUN_ANSWER)
+            }
+            CarrierSettings::Tencent(t) => {
+                if !token_ok(&t.templates.callback_token) {
+                    return plain(StatusCode::FORBIDDEN, "");
+                }
+                (receipts::tencent(&body), receipts::TENCENT_ANSWER)
+            }
+            CarrierSettings::Twilio(t) => {
+                let url = if query.is_empty() {
+                    format!("{}{path}", t.public_url)
+                } else {
+                    format!("{}{path}?{query}", t.public_url)
+                };
+                let r = receipts::twilio(t.auth_token.expose(), &url, signature.as_deref(), &body);
+                if matches!(r, Err(receipts::ReceiptError::Unauthenticated)) {
+                    return plain(StatusCode::FORBIDDEN, "");
+                }
+                (r, "")
+            }
+            _ => return plain(StatusCode::NOT_FOUND, ""),
+        };
+        match parsed {
+            Ok(list) => {
+                for r in list {
+                    tracing::info!(carrier = name, id = %r.provider_id, status = r.status.as_str(), code = %r.carrier_code, "receipt");
+                    let _ = self.receipts.send((name.to_string(), r));
+                }
+                let mut resp = plain(StatusCode::OK, answer);
+                if !answer.is_empty() {
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                }
+                resp
+            }
+            Err(e) => {
+                tracing::warn!(carrier = name, error = %e, "malformed receipt");
+                plain(StatusCode::BAD_REQUEST, "")
+            }
+        }
+    }
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<HttpBody> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+/// [`CodeSender`] over the routes.
+#[derive(Debug)]
+struct RoutedSender(Carriers);
+
+#[async_trait]
+impl CodeSender for RoutedSender {
+    async fn send(&self, message: &OutboundMessage) -> Result<(), SendError> {
+        let route = self.0.route(message.channel, &message.to, false);
+        CarrierSender::new(route).send(message).await
+    }
+}
+
+/// [`MessageGateway`] over the routes.
+#[derive(Debug)]
+struct RoutedGateway(Carriers);
+
+#[async_trait]
+impl MessageGateway for RoutedGateway {
+    async fn deliver(&self, message: &GatewayMessage) -> Result<String, DeliveryError> {
+        let route = self.0.route(Channel::Sms, &message.to.to_string(), true);
+        CarrierGateway::new(route).deliver(message).await
+    }
+}

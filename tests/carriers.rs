@@ -1,0 +1,328 @@
+//! `--carriers` in the platform: a bad file stops the start naming line and
+//! key (never a secret); account_v4 codes reach the Aliyun fake (signature
+//! verified) and can then be checked; a route fails over from a refusing
+//! Tencent fake to Aliyun; `POST /carriers/<name>/receipts` checks tokens and
+//! Twilio signatures and answers as each provider expects.
+
+mod common;
+
+#[path = "../sms-carriers/tests/fake/mod.rs"]
+mod fake;
+
+use std::sync::Arc;
+
+use common::TestPlatform;
+use http::{Method, StatusCode};
+use serde_json::json;
+use sms_carriers::sign;
+use sms_platform::Platform;
+
+/// An Aliyun fake that verifies the RPC signature and accepts.
+async fn aliyun_fake() -> fake::Fake {
+    fake::start(Arc::new(|s: &fake::Seen| {
+        let mut p = s.form();
+        let Some(i) = p.iter().position(|(k, _)| k == "Signature") else {
+            return (400, json!({"Code":"SignatureDoesNotMatch"}).to_string());
+        };
+        let (_, sig) = p.remove(i);
+        if sign::aliyun_rpc("POST", &p, "ali-secret") != sig {
+            return (400, json!({"Code":"SignatureDoesNotMatch"}).to_string());
+        }
+        (
+            200,
+            json!({"Code":"OK","Message":"OK","BizId":"biz-1","RequestId":"r"}).to_string(),
+        )
+    }))
+    .await
+}
+
+/// A Tencent fake that refuses every number (bad number, permanent).
+async fn tencent_refusing() -> fake::Fake {
+    fake::start(Arc::new(|_s: &fake::Seen| {
+        (200, json!({"Response":{"SendStatusSet":[{"SerialNo":"","PhoneNumber":"","Code":"InvalidParameterValue.IncorrectPhoneNumber","Message":"bad"}],"RequestId":"r"}}).to_string())
+    }))
+    .await
+}
+
+fn file(ali: &str, tc: &str) -> String {
+    format!(
+        r#"
+[[carrier]]
+name = "tc"
+kind = "tencent"
+endpoint = "{tc}"
+secret_id = "AKIDtest"
+secret_key = "tc-secret"
+region = "ap-guangzhou"
+sdk_app_id = "1400006666"
+sign_name = "腾讯云"
+code_template = "1110"
+callback_token = "tc-cb-token"
+
+[[carrier]]
+name = "ali"
+kind = "aliyun"
+endpoint = "{ali}"
+access_key_id = "LTAIid"
+access_key_secret = "ali-secret"
+sign_name = "阿里云短信测试"
+code_template = "SMS_154950909"
+callback_token = "ali-cb-token"
+
+[[carrier]]
+name = "tw"
+kind = "twilio"
+endpoint = "http://127.0.0.1:9/"
+account_sid = "AC123"
+auth_token = "tw-token"
+from = "+15005550006"
+public_url = "https://sms.example.com"
+
+[routes]
+codes = ["tc", "ali"]
+"#
+    )
+}
+
+#[tokio::test]
+async fn bad_file_stops_the_start_naming_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("carriers.toml");
+    std::fs::write(
+        &path,
+        file("http://127.0.0.1:9/", "http://127.0.0.1:9/")
+            .replace("kind = \"aliyun\"", "kind = \"alyun\""),
+    )
+    .unwrap();
+    let mut args = common::test_args(dir.path());
+    args.carriers = Some(path.clone());
+    let e = Platform::new(args).start().await.unwrap_err().to_string();
+    assert!(
+        e.contains("line 16") && e.contains("carrier[1].kind"),
+        "{e}"
+    );
+    std::fs::write(
+        &path,
+        file("http://127.0.0.1:9/", "http://127.0.0.1:9/")
+            .replace("secret_id = \"AKIDtest\"\n", ""),
+    )
+    .unwrap();
+    let mut args = common::test_args(dir.path());
+    args.carriers = Some(path);
+    let e = Platform::new(args).start().await.unwrap_err().to_string();
+    assert!(
+        e.contains("carrier[0].secret_id") && !e.contains("tc-secret"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn codes_fail_over_to_aliyun_and_receipts_are_checked() {
+    let ali = aliyun_fake().await;
+    let tc = tencent_refusing().await;
+    let t = TestPlatform::start_with(|a| {
+        let path = a.data.parent().unwrap().join("carriers.toml");
+        std::fs::write(&path, file(&ali.url(), &tc.url())).unwrap();
+        a.carriers = Some(path);
+    })
+    .await;
+    let phone = "13126939916";
+    let r = t
+        .post_form(&format!("/api/v4.0/sendsms/{phone}"), &[("expect", "0")])
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    // Tencent refused the number; Aliyun accepted, with a valid signature.
+    assert_eq!(tc.seen().len(), 1);
+    let seen = ali.seen();
+    assert_eq!(seen.len(), 1);
+    let form = seen[0].form();
+    let param = form
+        .iter()
+        .find(|(k, _)| k == "TemplateParam")
+        .unwrap()
+        .1
+        .clone();
+    let code: String = serde_json::from_str::<serde_json::Value>(&param).unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(t.outbox_lines().is_empty(), "routed codes skip the outbox");
+    // The code that reached the provider registers the phone.
+    let r = t
+        .post_form(
+            "/api/v4.0/register",
+            &[
+                ("phone", phone),
+                ("name", "Alice"),
+                ("password", "secret1"),
+                ("code", &code),
+            ],
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+
+    // Aliyun receipts: the token, else 403; the documented answer.
+    let report = json!([{"phone_number":phone,"success":true,"err_code":"DELIVERED","biz_id":"biz-1","out_id":"x"}]).to_string();
+    let (s, _) = t
+        .raw(
+            Method::POST,
+            "/carriers/ali/receipts",
+            Some("application/json"),
+            report.clone().into_bytes(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = t
+        .raw(
+            Method::POST,
+            "/carriers/ali/receipts?token=wrong",
+            Some("application/json"),
+            report.clone().into_bytes(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, b) = t
+        .raw(
+            Method::POST,
+            "/carriers/ali/receipts?token=ali-cb-token",
+            Some("application/json"),
+            report.into_bytes(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&b).unwrap(),
+        json!({"code":0,"msg":"接收成功"})
+    );
+    // Tencent.
+    let cb = json!([{"mobile":phone,"nationcode":"86","report_status":"FAIL","errmsg":"MI:0013","sid":"s1"}]).to_string();
+    let (s, b) = t
+        .raw(
+            Method::POST,
+            "/carriers/tc/receipts?token=tc-cb-token",
+            Some("application/json"),
+            cb.into_bytes(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&b).unwrap(),
+        json!({"result":0,"errmsg":"OK"})
+    );
+    // Twilio: signed over public_url + path (with or without :443), else 403.
+    let body = "MessageSid=SM1&MessageStatus=delivered&To=%2B8613126939916";
+    let params: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let (s, _) = t
+        .raw(
+            Method::POST,
+            "/carriers/tw/receipts",
+            Some("application/x-www-form-urlencoded"),
+            body.into(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    for url in [
+        "https://sms.example.com/carriers/tw/receipts",
+        "https://sms.example.com:443/carriers/tw/receipts",
+    ] {
+        let sig = sign::twilio("tw-token", url, &params);
+        let (s, _) = t
+            .raw_with(
+                Method::POST,
+                "/carriers/tw/receipts",
+                &[
+                    ("content-type", "application/x-www-form-urlencoded".into()),
+                    ("x-twilio-signature", sig),
+                ],
+                body.into(),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (s, _) = t
+        .raw(Method::POST, "/carriers/nope/receipts", None, Vec::new())
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn every_carrier_refusing_a_code_is_the_dialects_send_failure() {
+    let tc = tencent_refusing().await;
+    let t = TestPlatform::start_with(|a| {
+        let path = a.data.parent().unwrap().join("carriers.toml");
+        let f = file("http://127.0.0.1:9/", &tc.url())
+            .replace("codes = [\"tc\", \"ali\"]", "codes = [\"tc\"]");
+        std::fs::write(&path, f).unwrap();
+        a.carriers = Some(path);
+    })
+    .await;
+    let r = t
+        .post_form("/api/v4.0/sendsms/13126939916", &[("expect", "0")])
+        .await;
+    assert_eq!(r["code"], -5, "{r}");
+    assert!(r["msg"].is_string());
+    assert_eq!(tc.seen().len(), 1);
+}
+
+/// A Tencent fake that verifies TC3 and accepts.
+async fn tencent_fake() -> fake::Fake {
+    fake::start(Arc::new(|s: &fake::Seen| {
+        let h = |n: &str| s.header(n).unwrap_or("").to_string();
+        let expected = sign::tencent_tc3(
+            &sign::Tc3Request {
+                service: "sms",
+                timestamp: h("x-tc-timestamp").parse().unwrap_or(0),
+                headers: &[
+                    ("content-type", &h("content-type")),
+                    ("host", &h("host")),
+                    ("x-tc-action", &h("x-tc-action")),
+                ],
+                payload: &s.body,
+            },
+            "AKIDtest",
+            "tc-secret",
+        );
+        if h("authorization") != expected {
+            return (200, json!({"Response":{"Error":{"Code":"AuthFailure.SignatureFailure","Message":"bad"},"RequestId":"r"}}).to_string());
+        }
+        (200, json!({"Response":{"SendStatusSet":[{"SerialNo":"5000:1","PhoneNumber":"+8617012345678","Code":"Ok","Message":"send success"}],"RequestId":"r"}}).to_string())
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn telsignup_code_by_prefix_route_reaches_tencent_and_validates() {
+    let tc = tencent_fake().await;
+    let t = TestPlatform::start_with(|a| {
+        let path = a.data.parent().unwrap().join("carriers.toml");
+        let f = file("http://127.0.0.1:9/", &tc.url()).replace(
+            "codes = [\"tc\", \"ali\"]",
+            "codes = [\"ali\"]\n[[routes.prefix]]\nprefix = \"86170\"\ncodes = [\"tc\"]",
+        );
+        std::fs::write(&path, f).unwrap();
+        a.carriers = Some(path);
+    })
+    .await;
+    let tel = "17012345678";
+    let r = t
+        .post_json(
+            "/index.php?r=user/sms-validation-request",
+            json!({"type": "sms_validation_request", "tel": tel, "time": "1439280893"}),
+        )
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+    let seen = tc.seen();
+    assert_eq!(seen.len(), 1, "the 86170 prefix routes to tencent");
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(body["PhoneNumberSet"], json!(["+8617012345678"]));
+    let code = body["TemplateParamSet"][0].as_str().unwrap().to_string();
+    let r = t
+        .post_json(
+            "/index.php?r=user/sms-validation-code",
+            json!({"type": "sms_validation_code", "tel": tel, "time": "1439280893", "code": code}),
+        )
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+}
