@@ -25,7 +25,6 @@ use sms_core::prelude::*;
 use sms_http_hyper::{
     client_ip_of, ClientAddr, ClientIpLayer, HttpConfig, SmsService, TrustedProxies,
 };
-use sms_platform::blocking::BlockingHasher;
 use sms_platform::outbox::{OutboxGateway, OutboxSender};
 use sms_platform::secrets::{load_code_secret, SecretError, SecretSources};
 use sms_platform::BackgroundWorkers;
@@ -100,9 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Stores::from_single(Arc::new(MemoryStore::new())),
         outbox.clone(),
     )
-    .password_hasher(Arc::new(BlockingHasher::new(Argon2Hasher::new(Arc::new(
-        OsRandom,
-    )))))
+    .password_hasher(Arc::new(Argon2Hasher::new(Arc::new(OsRandom))))
     .gateway(Arc::new(OutboxGateway::new(outbox)))
     .code_secret(secret)
     .build()?;

@@ -7,7 +7,6 @@
 //! free port.
 #![deny(missing_docs)]
 
-pub mod blocking;
 pub mod carriers;
 pub mod config;
 pub mod logging;

@@ -23,7 +23,6 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::blocking::BlockingHasher;
 use crate::carriers::{Carriers, ReceiptEvent};
 use crate::config::PlatformArgs;
 use crate::outbox::{OutboxGateway, OutboxSender};
@@ -282,11 +281,8 @@ impl Platform {
             Some(c) => c.gateway(),
             None => Arc::new(OutboxGateway::new(outbox)),
         };
-        let hasher = BlockingHasher::new(Argon2Hasher::with_params(
-            rng.clone(),
-            a.argon2_memory_kib,
-            a.argon2_passes,
-        ));
+        // argon2id runs on its own threads, never on the async workers.
+        let hasher = Argon2Hasher::with_params(rng.clone(), a.argon2_memory_kib, a.argon2_passes);
         let core = Core::builder(stores, sender)
             .random(rng)
             .password_hasher(Arc::new(hasher))

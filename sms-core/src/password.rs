@@ -2,6 +2,8 @@
 //! implementation (decision G8).
 
 use std::fmt::Debug;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -14,8 +16,8 @@ use crate::random::RandomSource;
 /// # Contract
 /// `hash` returns a self-describing string (PHC format); `verify` is
 /// constant-time in the password and returns false for malformed hashes.
-/// Hashing is CPU-heavy: async front ends should run it off their I/O
-/// threads (see the `spawn_blocking` wrapper in `sms-http-hyper`).
+/// Hashing is CPU-heavy: an implementation must not run it on the caller's
+/// async worker thread ([`Argon2Hasher`] runs it on its own threads).
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait PasswordHasher: Debug + Send + Sync + 'static {
@@ -82,20 +84,93 @@ impl Argon2Hasher {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The hashing threads: one per core, shared by every [`Argon2Hasher`] of
+/// the process, so password work never runs on an async worker and never
+/// takes more than the machine's cores (callers queue; how many may queue is
+/// the caller's policy, see the core's hashing gate).
+fn hashing_pool() -> &'static Mutex<mpsc::Sender<Job>> {
+    static POOL: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for i in 0..threads {
+            let rx = rx.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        // A panicking job loses its answer, not the thread.
+                        Ok(job) => {
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
+                        Err(_) => return,
+                    }
+                });
+        }
+        Mutex::new(tx)
+    })
+}
+
+/// Runs `work` on the hashing threads (inline if they cannot take it);
+/// `None` only if `work` panicked.
+async fn off_the_workers<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(work());
+    });
+    let refused = match hashing_pool().lock() {
+        Ok(pool) => pool.send(job).err().map(|mpsc::SendError(job)| job),
+        Err(_) => Some(job),
+    };
+    if let Some(job) = refused {
+        job();
+    }
+    rx.await.ok()
+}
+
 #[async_trait]
 impl PasswordHasher for Argon2Hasher {
     async fn hash(&self, password: &str) -> String {
-        self.hash_blocking(password)
+        let (me, password) = (self.clone(), password.to_owned());
+        off_the_workers(move || me.hash_blocking(&password))
+            .await
+            // Only if argon2 panicked: a hash nothing verifies.
+            .unwrap_or_else(|| String::from("$invalid"))
     }
 
     async fn verify(&self, password: &str, phc: &str) -> bool {
-        self.verify_blocking(password, phc)
+        let (me, password, phc) = (self.clone(), password.to_owned(), phc.to_owned());
+        off_the_workers(move || me.verify_blocking(&password, &phc))
+            .await
+            .unwrap_or(false)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn hashing_runs_off_the_calling_thread() {
+        let here = std::thread::current().id();
+        let there = off_the_workers(|| std::thread::current().id())
+            .await
+            .unwrap();
+        assert_ne!(here, there);
+        let h = Argon2Hasher::fast_insecure_for_tests();
+        let phc = h.hash("s3cret!").await;
+        assert!(h.verify("s3cret!", &phc).await);
+        assert!(!h.verify("s3cret?", &phc).await);
+    }
 
     #[test]
     fn argon2id_round_trip() {
