@@ -188,6 +188,30 @@ impl Carrier for Resilient {
             }
         }
     }
+
+    /// One batch call to the carrier (after the rate limit's tokens for
+    /// every message); messages it failed transiently are then retried one
+    /// by one as [`send`](Carrier::send) does.
+    async fn send_batch(&self, messages: &[CarrierMessage]) -> Vec<Result<Accepted, CarrierError>> {
+        if self.is_open() {
+            let e = CarrierError::transient("circuit-open", "carrier skipped for a while");
+            return vec![Err(e); messages.len()];
+        }
+        for _ in messages {
+            while let Some(wait) = self.take_token() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let mut out = self.inner.send_batch(messages).await;
+        for (m, r) in messages.iter().zip(out.iter_mut()) {
+            match r {
+                Ok(_) => self.record(true),
+                Err(e) if e.is_transient() => *r = self.send(m).await,
+                Err(_) => {}
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
