@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use sms_carriers::config;
-use sms_core::carrier::{Carrier, CarrierMessage, MessageKind};
+use sms_core::carrier::{CarrierMessage, MessageKind};
 use sms_core::clock::ManualClock;
 use sms_core::random::SeededRandom;
 use sms_core::sender::Channel;
