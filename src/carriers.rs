@@ -15,7 +15,7 @@ use sms_carriers::config::{CarrierSettings, CarriersConfig, Routes};
 use sms_carriers::receipts;
 use sms_core::carrier::{Carrier, CarrierGateway, FailoverCarrier, Receipt};
 use sms_core::clock::Clock;
-use sms_core::delivery::{Delivery, MemoryDeliveryQueue, QueuePolicy, QueuedSender};
+use sms_core::delivery::{Delivery, DeliveryQueue, QueuePolicy, QueuedSender};
 use sms_core::gateway::{DeliveryError, GatewayMessage, MessageGateway};
 use sms_core::random::RandomSource;
 use sms_core::sender::{Channel, CodeSender};
@@ -34,7 +34,8 @@ pub struct Carriers {
     by_name: Arc<BTreeMap<String, Arc<dyn Carrier>>>,
     fallback: Arc<dyn Carrier>,
     receipts: mpsc::UnboundedSender<ReceiptEvent>,
-    codes: Delivery,
+    codes: Arc<Delivery>,
+    _stop: Arc<tokio::sync::watch::Sender<()>>,
 }
 
 /// Why a `--carriers` file was refused (names a line and key, or a
@@ -59,13 +60,15 @@ pub enum CarriersError {
 
 impl Carriers {
     /// Reads and builds `path`; `outbox` serves `kind = "outbox"` carriers
-    /// without a `path` and every purpose without a route. Receipts (HTTP
-    /// and SMPP) are sent to the returned receiver.
+    /// without a `path` and every purpose without a route; codes wait in
+    /// `queue` until a carrier accepts them. Receipts (HTTP and SMPP) are
+    /// sent to the returned receiver.
     pub async fn load(
         path: &Path,
         clock: Arc<dyn Clock>,
         random: Arc<dyn RandomSource>,
         outbox: Arc<OutboxSender>,
+        queue: Arc<dyn DeliveryQueue>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<ReceiptEvent>), CarriersError> {
         let src = tokio::fs::read_to_string(path)
             .await
@@ -129,7 +132,7 @@ impl Carriers {
         let fallback: Arc<dyn Carrier> = Arc::new(OutboxCarrier::new("outbox", outbox));
         let (c, b, f) = (config.clone(), by_name.clone(), fallback.clone());
         let codes = Delivery::new(
-            Arc::new(MemoryDeliveryQueue::new()),
+            queue,
             Arc::new(move |m: &sms_core::carrier::CarrierMessage| {
                 route_of(&c.routes, &b, &f, m.channel, &m.to, false)
             }),
@@ -137,11 +140,18 @@ impl Carriers {
             random,
             QueuePolicy::default(),
         );
-        let worker = codes.clone();
+        let codes = Arc::new(codes);
+        // The worker ends with the last handle on these carriers.
+        let (stop, mut stopped) = tokio::sync::watch::channel(());
+        let worker = Arc::downgrade(&codes);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                if let Err(e) = worker.work_once(100).await {
+                tokio::select! {
+                    _ = stopped.changed() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+                let Some(d) = worker.upgrade() else { return };
+                if let Err(e) = d.work_once(100).await {
                     tracing::error!(error = %e, "delivery queue");
                 }
             }
@@ -153,6 +163,7 @@ impl Carriers {
                 fallback,
                 receipts: tx,
                 codes,
+                _stop: Arc::new(stop),
             },
             rx,
         ))
@@ -179,7 +190,7 @@ impl Carriers {
     /// delayed is `Ok` (a delayed code stays queued and is offered again),
     /// refused by every carrier is the dialect's send failure.
     pub fn sender(&self) -> Arc<dyn CodeSender> {
-        Arc::new(QueuedSender::new(self.codes.clone()))
+        Arc::new(QueuedSender::new((*self.codes).clone()))
     }
 
     /// Send-task messages through their routes.

@@ -393,3 +393,65 @@ async fn a_code_delayed_by_an_outage_stays_queued_and_is_delivered() {
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(tw.seen().len(), 2);
 }
+
+#[tokio::test]
+async fn a_queued_code_survives_a_restart() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let up = Arc::new(AtomicBool::new(false));
+    let up2 = up.clone();
+    let tw = fake::start(Arc::new(move |_s: &fake::Seen| {
+        if up2.load(Ordering::SeqCst) {
+            (201, json!({"sid": "SM1", "status": "queued"}).to_string())
+        } else {
+            (
+                503,
+                json!({"code": 20503, "message": "Service Unavailable"}).to_string(),
+            )
+        }
+    }))
+    .await;
+    let url = tw.url();
+    let body = format!(
+        "[[carrier]]\nname = \"tw\"\nkind = \"twilio\"\nendpoint = \"{url}\"\naccount_sid = \"AC1\"\nauth_token = \"tok\"\nfrom = \"+15005550006\"\npublic_url = \"https://sms.example.com\"\nretries = 0\n\n[routes]\ncodes = [\"tw\"]\n"
+    );
+    let t = TestPlatform::start_with(|a| {
+        let path = a.data.parent().unwrap().join("carriers.toml");
+        std::fs::write(&path, &body).unwrap();
+        a.carriers = Some(path);
+    })
+    .await;
+    let r = t
+        .post_form("/api/v4.0/sendsms/13126939916", &[("expect", "0")])
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let dir = t.stop_keep_data().await;
+    assert_eq!(tw.seen().len(), 1);
+    up.store(true, Ordering::SeqCst);
+    // A new process on the same data (the queue is on disk).
+    let mut args = common::test_args(dir.path());
+    args.carriers = Some(dir.path().join("carriers.toml"));
+    let mut started = None;
+    for _ in 0..50 {
+        // The old process's last handles may still hold the data briefly.
+        match Platform::new(args.clone()).start().await {
+            Ok(p) => {
+                started = Some(p);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let running = started.expect("platform restarts");
+    for _ in 0..300 {
+        if tw.seen().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        tw.seen().len(),
+        2,
+        "the queued code was offered after the restart"
+    );
+    running.shutdown().await;
+}

@@ -24,7 +24,7 @@ use crate::store::Purpose;
 
 /// What a message is, beyond its text: template providers (Aliyun,
 /// Tencent) send a registered template with parameters instead of free text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MessageKind {
     /// A verification code: template carriers use their `code_template`
     /// with this code as its one parameter.
@@ -47,7 +47,7 @@ pub enum MessageKind {
 }
 
 /// One message for one recipient.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CarrierMessage {
     /// The same key means the same message (task uuid + recipient index,
     /// or the code's own id). Travels where a provider echoes it back

@@ -21,7 +21,7 @@ use crate::random::RandomSource;
 use crate::sender::{CodeSender, OutboundMessage, SendError};
 
 /// Where a queued message stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum QueueState {
     /// Waiting for an offer at `next_at` (unix s).
     Queued {
@@ -43,12 +43,51 @@ pub enum QueueState {
 }
 
 /// One queued message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueuedMessage {
     /// The message (its idempotency key is the queue key).
     pub message: CarrierMessage,
     /// Where it stands.
     pub state: QueueState,
+}
+
+impl QueuedMessage {
+    /// A new message, due at `now`.
+    pub fn new(message: CarrierMessage, now: i64) -> Self {
+        Self {
+            message,
+            state: QueueState::Queued {
+                next_at: now,
+                attempts: 0,
+            },
+        }
+    }
+
+    /// Whether it is waiting and due at `now`.
+    pub fn is_due(&self, now: i64) -> bool {
+        matches!(self.state, QueueState::Queued { next_at, .. } if next_at <= now)
+    }
+
+    /// The message after `decision`; `None` when it is no longer queued
+    /// (a `Sent` or `Failed` message never changes). Every store applies
+    /// this atomically.
+    pub fn apply(&self, decision: QueueDecision) -> Option<Self> {
+        let QueueState::Queued { attempts, .. } = self.state else {
+            return None;
+        };
+        let state = match decision {
+            QueueDecision::Sent(provider_id) => QueueState::Sent { provider_id },
+            QueueDecision::Retry { next_at } => QueueState::Queued {
+                next_at,
+                attempts: attempts + 1,
+            },
+            QueueDecision::Failed(code) => QueueState::Failed { code },
+        };
+        Some(Self {
+            message: self.message.clone(),
+            state,
+        })
+    }
 }
 
 /// The outcome of one offer, as the queue records it.
@@ -116,16 +155,7 @@ impl DeliveryQueue for MemoryDeliveryQueue {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         m.insert(
             message.idempotency_key.clone(),
-            (
-                seq,
-                QueuedMessage {
-                    message,
-                    state: QueueState::Queued {
-                        next_at: now,
-                        attempts: 0,
-                    },
-                },
-            ),
+            (seq, QueuedMessage::new(message, now)),
         );
         Ok(true)
     }
@@ -147,18 +177,13 @@ impl DeliveryQueue for MemoryDeliveryQueue {
         let Some((_, q)) = m.get_mut(key) else {
             return Ok(false);
         };
-        let QueueState::Queued { attempts, .. } = q.state else {
-            return Ok(false);
-        };
-        q.state = match decision {
-            QueueDecision::Sent(provider_id) => QueueState::Sent { provider_id },
-            QueueDecision::Retry { next_at } => QueueState::Queued {
-                next_at,
-                attempts: attempts + 1,
-            },
-            QueueDecision::Failed(code) => QueueState::Failed { code },
-        };
-        Ok(true)
+        match q.apply(decision) {
+            Some(next) => {
+                *q = next;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<QueuedMessage>, StoreError> {
