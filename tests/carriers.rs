@@ -327,8 +327,9 @@ async fn telsignup_code_by_prefix_route_reaches_tencent_and_validates() {
     assert_eq!(r["success"], true, "{r}");
 }
 
-#[tokio::test]
-async fn a_code_delayed_by_an_outage_stays_queued_and_is_delivered() {
+/// A Twilio fake answering 503 until the switch is on, then accepting;
+/// and a carriers file routing codes to it (no retries inside a request).
+async fn twilio_switch() -> (Arc<std::sync::atomic::AtomicBool>, fake::Fake, String) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let up = Arc::new(AtomicBool::new(false));
     let up2 = up.clone();
@@ -343,13 +344,19 @@ async fn a_code_delayed_by_an_outage_stays_queued_and_is_delivered() {
         }
     }))
     .await;
-    let url = tw.url();
+    let body = format!(
+        "[[carrier]]\nname = \"tw\"\nkind = \"twilio\"\nendpoint = \"{}\"\naccount_sid = \"AC1\"\nauth_token = \"tok\"\nfrom = \"+15005550006\"\npublic_url = \"https://sms.example.com\"\nretries = 0\n\n[routes]\ncodes = [\"tw\"]\n",
+        tw.url()
+    );
+    (up, tw, body)
+}
+
+#[tokio::test]
+async fn a_code_delayed_by_an_outage_stays_queued_and_is_delivered() {
+    let (up, tw, body) = twilio_switch().await;
     let t = TestPlatform::start_with(|a| {
         let path = a.data.parent().unwrap().join("carriers.toml");
-        let body = format!(
-            "[[carrier]]\nname = \"tw\"\nkind = \"twilio\"\nendpoint = \"{url}\"\naccount_sid = \"AC1\"\nauth_token = \"tok\"\nfrom = \"+15005550006\"\npublic_url = \"https://sms.example.com\"\nretries = 0\n\n[routes]\ncodes = [\"tw\"]\n"
-        );
-        std::fs::write(&path, body).unwrap();
+        std::fs::write(&path, &body).unwrap();
         a.carriers = Some(path);
     })
     .await;
@@ -360,7 +367,7 @@ async fn a_code_delayed_by_an_outage_stays_queued_and_is_delivered() {
         .await;
     assert_eq!(r["code"], 200, "{r}");
     assert_eq!(tw.seen().len(), 1);
-    up.store(true, Ordering::SeqCst);
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
     // The queue's worker offers it again after its backoff (bounded wait).
     let mut body = None;
     for _ in 0..300 {
@@ -396,24 +403,7 @@ async fn a_code_delayed_by_an_outage_stays_queued_and_is_delivered() {
 
 #[tokio::test]
 async fn a_queued_code_survives_a_restart() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let up = Arc::new(AtomicBool::new(false));
-    let up2 = up.clone();
-    let tw = fake::start(Arc::new(move |_s: &fake::Seen| {
-        if up2.load(Ordering::SeqCst) {
-            (201, json!({"sid": "SM1", "status": "queued"}).to_string())
-        } else {
-            (
-                503,
-                json!({"code": 20503, "message": "Service Unavailable"}).to_string(),
-            )
-        }
-    }))
-    .await;
-    let url = tw.url();
-    let body = format!(
-        "[[carrier]]\nname = \"tw\"\nkind = \"twilio\"\nendpoint = \"{url}\"\naccount_sid = \"AC1\"\nauth_token = \"tok\"\nfrom = \"+15005550006\"\npublic_url = \"https://sms.example.com\"\nretries = 0\n\n[routes]\ncodes = [\"tw\"]\n"
-    );
+    let (up, tw, body) = twilio_switch().await;
     let t = TestPlatform::start_with(|a| {
         let path = a.data.parent().unwrap().join("carriers.toml");
         std::fs::write(&path, &body).unwrap();
@@ -426,7 +416,7 @@ async fn a_queued_code_survives_a_restart() {
     assert_eq!(r["code"], 200, "{r}");
     let dir = t.stop_keep_data().await;
     assert_eq!(tw.seen().len(), 1);
-    up.store(true, Ordering::SeqCst);
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
     // A new process on the same data (the queue is on disk).
     let mut args = common::test_args(dir.path());
     args.carriers = Some(dir.path().join("carriers.toml"));

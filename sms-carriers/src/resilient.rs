@@ -126,13 +126,12 @@ impl Resilient {
     /// The delay before retry `attempt` (0-based): the upper half of
     /// `backoff · 2^attempt`, capped at 10 s.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let cap = Duration::from_secs(10);
-        let full = Duration::from_millis(self.policy.backoff_ms)
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(cap);
-        let half = full / 2;
-        let jitter = u32::try_from(half.as_millis()).unwrap_or(u32::MAX);
-        half + Duration::from_millis(u64::from(self.random.below(jitter.saturating_add(1))))
+        Duration::from_millis(sms_core::delivery::jittered_backoff(
+            self.policy.backoff_ms,
+            attempt,
+            10_000,
+            self.random.as_ref(),
+        ))
     }
 
     fn record(&self, ok: bool) {
@@ -217,22 +216,13 @@ impl Carrier for Resilient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sms_core::carrier::{MessageKind, RecordingCarrier};
+    use sms_core::carrier::RecordingCarrier;
     use sms_core::clock::ManualClock;
     use sms_core::random::SeededRandom;
     use sms_core::sender::Channel;
 
     fn msg() -> CarrierMessage {
-        CarrierMessage {
-            idempotency_key: "k".into(),
-            channel: Channel::Sms,
-            to: "13800000000".into(),
-            text: "x".into(),
-            kind: MessageKind::Code {
-                code: "1".into(),
-                purpose: None,
-            },
-        }
+        CarrierMessage::new_code("k", Channel::Sms, "13800000000", "x", "1")
     }
 
     fn wrap(

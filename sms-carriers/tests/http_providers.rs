@@ -89,6 +89,15 @@ fn aliyun_answer(phone: &str) -> (u16, String) {
     }
 }
 
+/// The form of an Aliyun RPC request whose signature (under `ali-secret`)
+/// holds, without `Signature`.
+fn rpc_params(s: &fake::Seen) -> Option<Vec<(String, String)>> {
+    let mut p = s.form();
+    let i = p.iter().position(|(k, _)| k == "Signature")?;
+    let (_, sig) = p.remove(i);
+    (sign::aliyun_rpc("POST", &p, "ali-secret") == sig).then_some(p)
+}
+
 fn sig_mismatch() -> (u16, String) {
     (400, json!({"Code":"SignatureDoesNotMatch","Message":"Specified signature is not matched with our calculation."}).to_string())
 }
@@ -98,14 +107,9 @@ async fn aliyun_rpc_signed_and_mapped() {
     let nonces = Arc::new(Mutex::new(HashSet::new()));
     let n2 = nonces.clone();
     let f = fake::start(Arc::new(move |s: &fake::Seen| {
-        let mut p = s.form();
-        let Some(i) = p.iter().position(|(k, _)| k == "Signature") else {
+        let Some(p) = rpc_params(s) else {
             return sig_mismatch();
         };
-        let (_, sig) = p.remove(i);
-        if sign::aliyun_rpc("POST", &p, "ali-secret") != sig {
-            return sig_mismatch();
-        }
         let get = |k: &str| {
             p.iter()
                 .find(|(n, _)| n == k)
@@ -344,12 +348,7 @@ async fn unreachable_provider_is_transient_and_not_sent() {
 #[tokio::test]
 async fn aliyun_send_batch_sms_for_one_template() {
     let f = fake::start(Arc::new(|s: &fake::Seen| {
-        let mut p = s.form();
-        let Some(i) = p.iter().position(|(k, _)| k == "Signature") else {
-            return sig_mismatch();
-        };
-        let (_, sig) = p.remove(i);
-        if sign::aliyun_rpc("POST", &p, "ali-secret") != sig {
+        if rpc_params(s).is_none() {
             return sig_mismatch();
         }
         (

@@ -191,6 +191,16 @@ impl DeliveryQueue for MemoryDeliveryQueue {
     }
 }
 
+/// Exponential backoff with jitter: `base · 2^attempt`, capped at `cap`,
+/// then drawn uniformly from the upper half (so retries of many messages
+/// spread out but never come sooner than half the delay). Any unit.
+pub fn jittered_backoff(base: u64, attempt: u32, cap: u64, random: &dyn RandomSource) -> u64 {
+    let full = base.saturating_mul(1u64 << attempt.min(32)).min(cap);
+    let half = full / 2;
+    let spread = u32::try_from(full - half).unwrap_or(u32::MAX);
+    half + u64::from(random.below(spread.saturating_add(1)))
+}
+
 /// How the queue retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueuePolicy {
@@ -266,20 +276,13 @@ impl Delivery {
 
     /// The delay before offer `attempts + 1`.
     pub fn backoff(&self, attempts: u32) -> i64 {
-        let full = self
-            .policy
-            .backoff_secs
-            .max(1)
-            .saturating_mul(1i64 << attempts.min(30))
-            .min(self.policy.max_backoff_secs.max(1));
-        let half = full / 2;
-        half + i64::from(
-            self.random.below(
-                u32::try_from(full - half)
-                    .unwrap_or(u32::MAX)
-                    .saturating_add(1),
-            ),
-        )
+        let secs = jittered_backoff(
+            self.policy.backoff_secs.max(1) as u64,
+            attempts,
+            self.policy.max_backoff_secs.max(1) as u64,
+            self.random.as_ref(),
+        );
+        i64::try_from(secs).unwrap_or(i64::MAX)
     }
 
     /// Stores `message` and offers it once. A repeat of a known key is not
@@ -373,22 +376,13 @@ impl CodeSender for QueuedSender {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::carrier::{MessageKind, RecordingCarrier};
+    use crate::carrier::RecordingCarrier;
     use crate::clock::ManualClock;
     use crate::random::SeededRandom;
     use crate::sender::Channel;
 
     fn msg(key: &str) -> CarrierMessage {
-        CarrierMessage {
-            idempotency_key: key.into(),
-            channel: Channel::Sms,
-            to: "13800000000".into(),
-            text: "x".into(),
-            kind: MessageKind::Code {
-                code: "1".into(),
-                purpose: None,
-            },
-        }
+        CarrierMessage::new_code(key, Channel::Sms, "13800000000", "x", "1")
     }
 
     fn setup() -> (

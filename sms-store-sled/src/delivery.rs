@@ -138,21 +138,11 @@ impl DeliveryQueue for SledDeliveryQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sms_core::carrier::MessageKind;
     use sms_core::delivery::QueueState;
     use sms_core::sender::Channel;
 
     fn msg(key: &str) -> CarrierMessage {
-        CarrierMessage {
-            idempotency_key: key.into(),
-            channel: Channel::Sms,
-            to: "13800000000".into(),
-            text: "x".into(),
-            kind: MessageKind::Code {
-                code: "1".into(),
-                purpose: None,
-            },
-        }
+        CarrierMessage::new_code(key, Channel::Sms, "13800000000", "x", "1")
     }
 
     #[tokio::test]
