@@ -13,11 +13,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use sms_carriers::config::{CarrierSettings, CarriersConfig, Routes};
 use sms_carriers::receipts;
-use sms_core::carrier::{Carrier, CarrierGateway, CarrierSender, FailoverCarrier, Receipt};
+use sms_core::carrier::{Carrier, CarrierGateway, FailoverCarrier, Receipt};
 use sms_core::clock::Clock;
+use sms_core::delivery::{Delivery, DeliveryQueue, QueuePolicy, QueuedSender};
 use sms_core::gateway::{DeliveryError, GatewayMessage, MessageGateway};
 use sms_core::random::RandomSource;
-use sms_core::sender::{Channel, CodeSender, OutboundMessage, SendError};
+use sms_core::sender::{Channel, CodeSender};
 use sms_http_hyper::HttpBody;
 use tokio::sync::mpsc;
 
@@ -33,6 +34,8 @@ pub struct Carriers {
     by_name: Arc<BTreeMap<String, Arc<dyn Carrier>>>,
     fallback: Arc<dyn Carrier>,
     receipts: mpsc::UnboundedSender<ReceiptEvent>,
+    codes: Arc<Delivery>,
+    _stop: Arc<tokio::sync::watch::Sender<()>>,
 }
 
 /// Why a `--carriers` file was refused (names a line and key, or a
@@ -57,13 +60,15 @@ pub enum CarriersError {
 
 impl Carriers {
     /// Reads and builds `path`; `outbox` serves `kind = "outbox"` carriers
-    /// without a `path` and every purpose without a route. Receipts (HTTP
-    /// and SMPP) are sent to the returned receiver.
+    /// without a `path` and every purpose without a route; codes wait in
+    /// `queue` until a carrier accepts them. Receipts (HTTP and SMPP) are
+    /// sent to the returned receiver.
     pub async fn load(
         path: &Path,
         clock: Arc<dyn Clock>,
         random: Arc<dyn RandomSource>,
         outbox: Arc<OutboxSender>,
+        queue: Arc<dyn DeliveryQueue>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<ReceiptEvent>), CarriersError> {
         let src = tokio::fs::read_to_string(path)
             .await
@@ -98,8 +103,8 @@ impl Carriers {
         let by_name = sms_carriers::build::build(
             &config,
             &sms_carriers::build::Deps {
-                clock,
-                random,
+                clock: clock.clone(),
+                random: random.clone(),
                 outbox: &make_outbox,
                 smpp_receipts: Some(smpp_tx),
             },
@@ -122,12 +127,43 @@ impl Carriers {
                 None => tracing::info!(purpose, "no carrier route: the outbox (G9)"),
             }
         }
+        let config = Arc::new(config);
+        let by_name = Arc::new(by_name);
+        let fallback: Arc<dyn Carrier> = Arc::new(OutboxCarrier::new("outbox", outbox));
+        let (c, b, f) = (config.clone(), by_name.clone(), fallback.clone());
+        let codes = Delivery::new(
+            queue,
+            Arc::new(move |m: &sms_core::carrier::CarrierMessage| {
+                route_of(&c.routes, &b, &f, m.channel, &m.to, false)
+            }),
+            clock,
+            random,
+            QueuePolicy::default(),
+        );
+        let codes = Arc::new(codes);
+        // The worker ends with the last handle on these carriers.
+        let (stop, mut stopped) = tokio::sync::watch::channel(());
+        let worker = Arc::downgrade(&codes);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+                let Some(d) = worker.upgrade() else { return };
+                if let Err(e) = d.work_once(100).await {
+                    tracing::error!(error = %e, "delivery queue");
+                }
+            }
+        });
         Ok((
             Self {
-                config: Arc::new(config),
-                by_name: Arc::new(by_name),
-                fallback: Arc::new(OutboxCarrier::new("outbox", outbox)),
+                config,
+                by_name,
+                fallback,
                 receipts: tx,
+                codes,
+                _stop: Arc::new(stop),
             },
             rx,
         ))
@@ -138,28 +174,23 @@ impl Carriers {
         &self.config.routes
     }
 
-    /// The carrier route for a message: failover over the named carriers,
-    /// or the outbox when the purpose has no route.
+    /// The carrier route for a message.
     fn route(&self, channel: Channel, to: &str, tasks: bool) -> Arc<dyn Carrier> {
-        let names = match channel {
-            Channel::Email => self.config.routes.email.as_deref(),
-            Channel::Sms => self.config.routes.for_sms(to, tasks),
-        };
-        match names {
-            None => self.fallback.clone(),
-            Some(names) => Arc::new(FailoverCarrier::new(
-                names.join(","),
-                names
-                    .iter()
-                    .filter_map(|n| self.by_name.get(n).cloned())
-                    .collect(),
-            )),
-        }
+        route_of(
+            &self.config.routes,
+            &self.by_name,
+            &self.fallback,
+            channel,
+            to,
+            tasks,
+        )
     }
 
-    /// Codes through their routes.
+    /// Codes through the delivery queue and their routes: accepted or only
+    /// delayed is `Ok` (a delayed code stays queued and is offered again),
+    /// refused by every carrier is the dialect's send failure.
     pub fn sender(&self) -> Arc<dyn CodeSender> {
-        Arc::new(RoutedSender(self.clone()))
+        Arc::new(QueuedSender::new((*self.codes).clone()))
     }
 
     /// Send-task messages through their routes.
@@ -255,15 +286,29 @@ fn plain(status: StatusCode, body: &'static str) -> Response<HttpBody> {
     r
 }
 
-/// [`CodeSender`] over the routes.
-#[derive(Debug)]
-struct RoutedSender(Carriers);
-
-#[async_trait]
-impl CodeSender for RoutedSender {
-    async fn send(&self, message: &OutboundMessage) -> Result<(), SendError> {
-        let route = self.0.route(message.channel, &message.to, false);
-        CarrierSender::new(route).send(message).await
+/// The carrier route for a message: failover over the named carriers, or
+/// the outbox when the purpose has no route.
+fn route_of(
+    routes: &Routes,
+    by_name: &BTreeMap<String, Arc<dyn Carrier>>,
+    fallback: &Arc<dyn Carrier>,
+    channel: Channel,
+    to: &str,
+    tasks: bool,
+) -> Arc<dyn Carrier> {
+    let names = match channel {
+        Channel::Email => routes.email.as_deref(),
+        Channel::Sms => routes.for_sms(to, tasks),
+    };
+    match names {
+        None => fallback.clone(),
+        Some(names) => Arc::new(FailoverCarrier::new(
+            names.join(","),
+            names
+                .iter()
+                .filter_map(|n| by_name.get(n).cloned())
+                .collect(),
+        )),
     }
 }
 

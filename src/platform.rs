@@ -264,10 +264,18 @@ impl Platform {
         });
         let carriers = match &a.carriers {
             Some(path) => {
-                let (c, receipts) =
-                    Carriers::load(path, Arc::new(SystemClock), rng.clone(), outbox.clone())
-                        .await
-                        .map_err(|e| PlatformError::Config(e.to_string()))?;
+                let queue = Arc::new(sms_store_sled::delivery::SledDeliveryQueue::open(
+                    a.data.join("delivery"),
+                )?);
+                let (c, receipts) = Carriers::load(
+                    path,
+                    Arc::new(SystemClock),
+                    rng.clone(),
+                    outbox.clone(),
+                    queue,
+                )
+                .await
+                .map_err(|e| PlatformError::Config(e.to_string()))?;
                 tokio::spawn(log_receipts(receipts));
                 Some(c)
             }

@@ -326,3 +326,122 @@ async fn telsignup_code_by_prefix_route_reaches_tencent_and_validates() {
         .await;
     assert_eq!(r["success"], true, "{r}");
 }
+
+/// A Twilio fake answering 503 until the switch is on, then accepting;
+/// and a carriers file routing codes to it (no retries inside a request).
+async fn twilio_switch() -> (Arc<std::sync::atomic::AtomicBool>, fake::Fake, String) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let up = Arc::new(AtomicBool::new(false));
+    let up2 = up.clone();
+    let tw = fake::start(Arc::new(move |_s: &fake::Seen| {
+        if up2.load(Ordering::SeqCst) {
+            (201, json!({"sid": "SM1", "status": "queued"}).to_string())
+        } else {
+            (
+                503,
+                json!({"code": 20503, "message": "Service Unavailable"}).to_string(),
+            )
+        }
+    }))
+    .await;
+    let body = format!(
+        "[[carrier]]\nname = \"tw\"\nkind = \"twilio\"\nendpoint = \"{}\"\naccount_sid = \"AC1\"\nauth_token = \"tok\"\nfrom = \"+15005550006\"\npublic_url = \"https://sms.example.com\"\nretries = 0\n\n[routes]\ncodes = [\"tw\"]\n",
+        tw.url()
+    );
+    (up, tw, body)
+}
+
+#[tokio::test]
+async fn a_code_delayed_by_an_outage_stays_queued_and_is_delivered() {
+    let (up, tw, body) = twilio_switch().await;
+    let t = TestPlatform::start_with(|a| {
+        let path = a.data.parent().unwrap().join("carriers.toml");
+        std::fs::write(&path, &body).unwrap();
+        a.carriers = Some(path);
+    })
+    .await;
+    let phone = "13126939916";
+    // Only delayed: not an error for the client (carriers.md C2).
+    let r = t
+        .post_form(&format!("/api/v4.0/sendsms/{phone}"), &[("expect", "0")])
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    assert_eq!(tw.seen().len(), 1);
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The queue's worker offers it again after its backoff (bounded wait).
+    let mut body = None;
+    for _ in 0..300 {
+        if let Some(s) = tw.seen().get(1) {
+            body = Some(s.form());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let form = body.expect("the queued code was offered again");
+    let text = form.iter().find(|(k, _)| k == "Body").unwrap().1.clone();
+    let code: String = text
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .take(6)
+        .collect();
+    let r = t
+        .post_form(
+            "/api/v4.0/register",
+            &[
+                ("phone", phone),
+                ("name", "Alice"),
+                ("password", "secret1"),
+                ("code", &code),
+            ],
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    // Accepted once: never offered again.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(tw.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn a_queued_code_survives_a_restart() {
+    let (up, tw, body) = twilio_switch().await;
+    let t = TestPlatform::start_with(|a| {
+        let path = a.data.parent().unwrap().join("carriers.toml");
+        std::fs::write(&path, &body).unwrap();
+        a.carriers = Some(path);
+    })
+    .await;
+    let r = t
+        .post_form("/api/v4.0/sendsms/13126939916", &[("expect", "0")])
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let dir = t.stop_keep_data().await;
+    assert_eq!(tw.seen().len(), 1);
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    // A new process on the same data (the queue is on disk).
+    let mut args = common::test_args(dir.path());
+    args.carriers = Some(dir.path().join("carriers.toml"));
+    let mut started = None;
+    for _ in 0..50 {
+        // The old process's last handles may still hold the data briefly.
+        match Platform::new(args.clone()).start().await {
+            Ok(p) => {
+                started = Some(p);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let running = started.expect("platform restarts");
+    for _ in 0..300 {
+        if tw.seen().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        tw.seen().len(),
+        2,
+        "the queued code was offered after the restart"
+    );
+    running.shutdown().await;
+}

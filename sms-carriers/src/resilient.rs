@@ -126,13 +126,12 @@ impl Resilient {
     /// The delay before retry `attempt` (0-based): the upper half of
     /// `backoff · 2^attempt`, capped at 10 s.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let cap = Duration::from_secs(10);
-        let full = Duration::from_millis(self.policy.backoff_ms)
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(cap);
-        let half = full / 2;
-        let jitter = u32::try_from(half.as_millis()).unwrap_or(u32::MAX);
-        half + Duration::from_millis(u64::from(self.random.below(jitter.saturating_add(1))))
+        Duration::from_millis(sms_core::delivery::jittered_backoff(
+            self.policy.backoff_ms,
+            attempt,
+            10_000,
+            self.random.as_ref(),
+        ))
     }
 
     fn record(&self, ok: bool) {
@@ -188,27 +187,42 @@ impl Carrier for Resilient {
             }
         }
     }
+
+    /// One batch call to the carrier (after the rate limit's tokens for
+    /// every message); messages it failed transiently are then retried one
+    /// by one as [`send`](Carrier::send) does.
+    async fn send_batch(&self, messages: &[CarrierMessage]) -> Vec<Result<Accepted, CarrierError>> {
+        if self.is_open() {
+            let e = CarrierError::transient("circuit-open", "carrier skipped for a while");
+            return vec![Err(e); messages.len()];
+        }
+        for _ in messages {
+            while let Some(wait) = self.take_token() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let mut out = self.inner.send_batch(messages).await;
+        for (m, r) in messages.iter().zip(out.iter_mut()) {
+            match r {
+                Ok(_) => self.record(true),
+                Err(e) if e.is_transient() => *r = self.send(m).await,
+                Err(_) => {}
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sms_core::carrier::{MessageKind, RecordingCarrier};
+    use sms_core::carrier::RecordingCarrier;
     use sms_core::clock::ManualClock;
     use sms_core::random::SeededRandom;
     use sms_core::sender::Channel;
 
     fn msg() -> CarrierMessage {
-        CarrierMessage {
-            idempotency_key: "k".into(),
-            channel: Channel::Sms,
-            to: "13800000000".into(),
-            text: "x".into(),
-            kind: MessageKind::Code {
-                code: "1".into(),
-                purpose: None,
-            },
-        }
+        CarrierMessage::new_code("k", Channel::Sms, "13800000000", "x", "1")
     }
 
     fn wrap(

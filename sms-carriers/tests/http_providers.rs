@@ -89,6 +89,15 @@ fn aliyun_answer(phone: &str) -> (u16, String) {
     }
 }
 
+/// The form of an Aliyun RPC request whose signature (under `ali-secret`)
+/// holds, without `Signature`.
+fn rpc_params(s: &fake::Seen) -> Option<Vec<(String, String)>> {
+    let mut p = s.form();
+    let i = p.iter().position(|(k, _)| k == "Signature")?;
+    let (_, sig) = p.remove(i);
+    (sign::aliyun_rpc("POST", &p, "ali-secret") == sig).then_some(p)
+}
+
 fn sig_mismatch() -> (u16, String) {
     (400, json!({"Code":"SignatureDoesNotMatch","Message":"Specified signature is not matched with our calculation."}).to_string())
 }
@@ -98,14 +107,9 @@ async fn aliyun_rpc_signed_and_mapped() {
     let nonces = Arc::new(Mutex::new(HashSet::new()));
     let n2 = nonces.clone();
     let f = fake::start(Arc::new(move |s: &fake::Seen| {
-        let mut p = s.form();
-        let Some(i) = p.iter().position(|(k, _)| k == "Signature") else {
+        let Some(p) = rpc_params(s) else {
             return sig_mismatch();
         };
-        let (_, sig) = p.remove(i);
-        if sign::aliyun_rpc("POST", &p, "ali-secret") != sig {
-            return sig_mismatch();
-        }
         let get = |k: &str| {
             p.iter()
                 .find(|(n, _)| n == k)
@@ -339,4 +343,52 @@ async fn unreachable_provider_is_transient_and_not_sent() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn aliyun_send_batch_sms_for_one_template() {
+    let f = fake::start(Arc::new(|s: &fake::Seen| {
+        if rpc_params(s).is_none() {
+            return sig_mismatch();
+        }
+        (
+            200,
+            json!({"Code":"OK","Message":"OK","BizId":"batch-1","RequestId":"r"}).to_string(),
+        )
+    }))
+    .await;
+    let c = build(&format!(
+        "[[carrier]]\nname = \"ali\"\nkind = \"aliyun\"\nendpoint = \"{}\"\naccess_key_id = \"LTAIid\"\naccess_key_secret = \"ali-secret\"\nsign_name = \"阿里云短信测试\"\ncode_template = \"SMS_154950909\"\ntask_templates = {{ \"3\" = \"SMS_2000001\" }}\n",
+        f.url()
+    ));
+    let batch = [
+        task(OK, "t:0", Some(3)),
+        task("+8613800000009", "t:1", Some(3)),
+    ];
+    let out = c.send_batch(&batch).await;
+    assert!(
+        out.iter()
+            .all(|r| r.as_ref().is_ok_and(|a| a.provider_id == "batch-1")),
+        "{out:?}"
+    );
+    let seen = f.seen();
+    assert_eq!(seen.len(), 1, "one SendBatchSms");
+    let form = seen[0].form();
+    let get = |k: &str| {
+        form.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(get("Action"), "SendBatchSms");
+    assert_eq!(get("PhoneNumberJson"), r#"["13800000000","13800000009"]"#);
+    assert_eq!(get("SignNameJson"), r#"["Shop","Shop"]"#);
+    assert_eq!(
+        get("TemplateParamJson"),
+        r#"[{"parcel":"42"},{"parcel":"42"}]"#
+    );
+    // Mixed templates fall back to one SendSms each.
+    let mixed = [task(OK, "t:2", Some(3)), code(OK, "c:1")];
+    assert_eq!(c.send_batch(&mixed).await.len(), 2);
+    assert_eq!(f.seen().len(), 3);
 }

@@ -24,7 +24,7 @@ use crate::store::Purpose;
 
 /// What a message is, beyond its text: template providers (Aliyun,
 /// Tencent) send a registered template with parameters instead of free text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MessageKind {
     /// A verification code: template carriers use their `code_template`
     /// with this code as its one parameter.
@@ -47,7 +47,7 @@ pub enum MessageKind {
 }
 
 /// One message for one recipient.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CarrierMessage {
     /// The same key means the same message (task uuid + recipient index,
     /// or the code's own id). Travels where a provider echoes it back
@@ -80,6 +80,27 @@ impl Debug for CarrierMessage {
 }
 
 impl CarrierMessage {
+    /// A verification code message (SMS to a phone or email to an
+    /// address).
+    pub fn new_code(
+        idempotency_key: impl Into<String>,
+        channel: Channel,
+        to: impl Into<String>,
+        text: impl Into<String>,
+        code: impl Into<String>,
+    ) -> Self {
+        Self {
+            idempotency_key: idempotency_key.into(),
+            channel,
+            to: to.into(),
+            text: text.into(),
+            kind: MessageKind::Code {
+                code: code.into(),
+                purpose: None,
+            },
+        }
+    }
+
     /// The code this message carries, if it is a code.
     pub fn code(&self) -> Option<&str> {
         match &self.kind {
@@ -498,16 +519,7 @@ mod tests {
     use super::*;
 
     fn msg(to: &str) -> CarrierMessage {
-        CarrierMessage {
-            idempotency_key: format!("k-{to}"),
-            channel: Channel::Sms,
-            to: to.into(),
-            text: "hello".into(),
-            kind: MessageKind::Code {
-                code: "123456".into(),
-                purpose: None,
-            },
-        }
+        CarrierMessage::new_code(format!("k-{to}"), Channel::Sms, to, "hello", "123456")
     }
 
     #[tokio::test]

@@ -26,7 +26,8 @@
 //!   audit, send tasks and the carrier port.
 //! * [`carrier`]: the one outgoing port, [`carrier::Carrier`], which serves
 //!   [`sender::CodeSender`] and [`gateway::MessageGateway`]; delivery statuses
-//!   and receipts.
+//!   and receipts; [`delivery`]: the delivery queue (store port, memory
+//!   implementation, retries with backoff) that codes go through.
 //! * [`sender`]: the [`sender::CodeSender`] port for outgoing codes.
 //! * [`Core`] wires all services to one set of ports.
 //!
@@ -74,6 +75,7 @@ pub mod code_decision;
 pub mod codes;
 pub mod core;
 mod credentials;
+pub mod delivery;
 pub mod error;
 pub mod events;
 pub mod gateway;

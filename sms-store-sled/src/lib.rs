@@ -168,6 +168,8 @@ mod pool;
 mod queues;
 mod sending;
 
+pub mod delivery;
+
 /// The key of the layout version, in sled's default tree.
 const SCHEMA_KEY: &[u8] = b"sms-store-sled/schema";
 /// The layout version this crate writes and reads.
