@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::error::CoreError;
 use crate::identity::Email;
-use crate::limits::{LimitCheck, LimitDecision, LimitRule};
+use crate::limits::{ip_limit_key, LimitCheck, LimitDecision, LimitRule, DEFAULT_IPV6_PREFIX_LEN};
 use crate::phone::PhoneNumber;
 use crate::random::{random_digits, RandomSource};
 use crate::secret::CodeHasher;
@@ -91,6 +91,9 @@ pub struct CodePolicy {
     pub pump_trip_secs: i64,
     /// Development only: every code is this value (`--dev-code`).
     pub fixed_code: Option<String>,
+    /// IPv6 clients are counted by their network of this many bits (64);
+    /// see [`ip_limit_key`].
+    pub ipv6_prefix_len: u8,
 }
 
 impl Default for CodePolicy {
@@ -112,6 +115,7 @@ impl Default for CodePolicy {
             pump_min_success_pct: 10,
             pump_trip_secs: 3_600,
             fixed_code: None,
+            ipv6_prefix_len: DEFAULT_IPV6_PREFIX_LEN,
         }
     }
 }
@@ -177,6 +181,7 @@ impl CodeService {
             ),
         ];
         if let Some(ip) = ip {
+            let ip = ip_limit_key(ip, p.ipv6_prefix_len);
             checks.push(LimitCheck::new(
                 format!("code:ip:h:{ip}"),
                 LimitRule::per(p.per_ip_hour, 3_600),
