@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sms_core::accounts::AccountPolicy;
 use sms_core::codes::CodePolicy;
 use sms_core::gateway::MessageGateway;
 use sms_core::password::Argon2Hasher;
@@ -12,7 +13,7 @@ use sms_core::pool_service::PoolPolicy;
 use sms_core::random::{OsRandom, RandomSource};
 use sms_core::sender::CodeSender;
 use sms_core::Core;
-use sms_http_hyper::{client_addr, HttpConfig, ServerConfig, SmsService, TrustedProxies};
+use sms_http_hyper::{client_addr, HttpConfig, PoolAuth, ServerConfig, SmsService, TrustedProxies};
 use sms_store_sled::SledStore;
 use sms_ws_tungstenite::{HubWs, WsConfig};
 use tokio::net::TcpListener;
@@ -103,6 +104,34 @@ fn code_secret(dir: &Path, rng: &dyn RandomSource) -> Result<[u8; 32], PlatformE
     Ok(key)
 }
 
+/// The pool credentials of the flags (tokens never reach the logs).
+fn pool_auth(a: &PlatformArgs) -> Result<PoolAuth, PlatformError> {
+    let mut auth = PoolAuth::default();
+    let bad = |what: &str, e: String| PlatformError::Config(format!("{what}: {e}"));
+    for t in &a.device_tokens {
+        auth.add_device(t).map_err(|e| bad("--device-token", e))?;
+    }
+    for t in &a.consumer_tokens {
+        auth.add_consumer(t)
+            .map_err(|e| bad("--consumer-token", e))?;
+    }
+    for t in &a.admin_tokens {
+        auth.add_admin(t).map_err(|e| bad("--admin-token", e))?;
+    }
+    if let Some(path) = &a.pool_token_file {
+        let text = std::fs::read_to_string(path)?;
+        auth.add_file(&text)
+            .map_err(|e| bad(&path.display().to_string(), e))?;
+    }
+    if auth.is_open() && !a.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %a.listen,
+            "the pool routes (/phones, /vcodes, /mobiles, /sends, /setsize) are open to anyone who can reach this address: set --device-token and --consumer-token"
+        );
+    }
+    Ok(auth)
+}
+
 impl Platform {
     /// A platform with these settings.
     pub fn new(args: PlatformArgs) -> Self {
@@ -133,6 +162,7 @@ impl Platform {
                 "!!! --dev-code is set: EVERY verification code is {code}. Development only; never run this in production. !!!"
             );
         }
+        let pool_auth = pool_auth(&a)?;
         let mut nets = Vec::new();
         for p in &a.trusted_proxies {
             nets.push(client_addr::parse_net(p.trim()).map_err(PlatformError::Config)?);
@@ -163,7 +193,12 @@ impl Platform {
             })
             .code_policy(CodePolicy {
                 fixed_code: a.dev_code.clone(),
+                ipv6_prefix_len: a.ipv6_prefix_len,
                 ..CodePolicy::default()
+            })
+            .account_policy(AccountPolicy {
+                ipv6_prefix_len: a.ipv6_prefix_len,
+                ..AccountPolicy::default()
             })
             .build();
         match &a.root_password {
@@ -179,6 +214,7 @@ impl Platform {
                 body_limit: a.body_limit,
                 trusted_proxies: TrustedProxies::new(nets),
                 body_timeout: Duration::from_secs(a.body_timeout_secs.max(1)),
+                pool_auth,
                 ..HttpConfig::default()
             },
         );

@@ -214,6 +214,10 @@ pub enum CoreError {
     /// ([`crate::sending::check_params`]).
     #[error("send parameter refused")]
     SendParams,
+    /// A device credential bound to some channels (`cid`s) was used for a
+    /// number or channel outside them.
+    #[error("outside the device's channels")]
+    OutsideDeviceScope,
     /// Too many password checks are running or waiting; try again shortly.
     #[error("password checks at capacity")]
     Overloaded,
@@ -279,6 +283,7 @@ impl CoreError {
             Self::InvalidCount => "invalid_count",
             Self::SendParams => "send_params",
             Self::Overloaded => "overloaded",
+            Self::OutsideDeviceScope => "outside_device_scope",
             Self::Delivery(_) => "delivery_failed",
             Self::Store(_) => "store_failed",
         }
@@ -347,6 +352,7 @@ mod tests {
             CoreError::InvalidCount,
             CoreError::SendParams,
             CoreError::Overloaded,
+            CoreError::OutsideDeviceScope,
             CoreError::Delivery(String::new()),
             CoreError::Store(StoreError::NotFound),
         ];

@@ -41,6 +41,7 @@ pub mod idle;
 pub mod openapi;
 pub mod params;
 pub mod pool;
+pub mod pool_auth;
 pub mod response;
 pub mod sendapi;
 pub mod server;
@@ -48,5 +49,6 @@ pub mod service;
 pub mod telsignup;
 
 pub use client_addr::{ClientAddr, TrustedProxies};
+pub use pool_auth::PoolAuth;
 pub use server::{serve, ServerConfig};
 pub use service::{HttpBody, HttpConfig, SmsService};
