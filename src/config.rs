@@ -103,6 +103,48 @@ pub struct PlatformArgs {
     /// argon2id passes.
     #[arg(long, env = "SMS_ARGON2_PASSES", default_value_t = 2)]
     pub argon2_passes: u32,
+
+    /// A device token for the pool's device routes (`POST /phones`,
+    /// `POST /vcodes`, `GET /sends/<cid>`): `TOKEN`, or `TOKEN=cid1,cid2` to
+    /// bind it to those channels; repeatable (env: `;`-separated).
+    #[arg(
+        long = "device-token",
+        env = "SMS_DEVICE_TOKENS",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub device_tokens: Vec<String>,
+
+    /// A consumer token for `GET /mobiles/…` and `GET /vcodes/<app>`;
+    /// repeatable (env: `;`-separated).
+    #[arg(
+        long = "consumer-token",
+        env = "SMS_CONSUMER_TOKENS",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub consumer_tokens: Vec<String>,
+
+    /// A token for `PUT /setsize` (root's HTTP Basic credentials work too);
+    /// repeatable (env: `;`-separated).
+    #[arg(
+        long = "admin-token",
+        env = "SMS_ADMIN_TOKENS",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub admin_tokens: Vec<String>,
+
+    /// A file of pool tokens, one a line: `device TOKEN[=cid1,cid2]`,
+    /// `consumer TOKEN` or `admin TOKEN` (`#` comments).
+    #[arg(long, env = "SMS_POOL_TOKEN_FILE")]
+    pub pool_token_file: Option<PathBuf>,
+
+    /// IPv6 clients are counted by their network of this many bits for
+    /// every per-IP limit (IPv4-mapped addresses count as the IPv4 address).
+    #[arg(long, env = "SMS_IPV6_PREFIX_LEN", default_value_t = 64,
+          value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub ipv6_prefix_len: u8,
 }
 
 /// Where the platform listens: `HOST:PORT`, the host an IP address or a

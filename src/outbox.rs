@@ -33,14 +33,15 @@ impl OutboxSender {
         }
     }
 
-    /// Lines appended to `path` (created if missing); each line is on disk
+    /// Lines appended to `path` (created if missing, readable by its owner
+    /// only: mode 0600 on Unix, since it holds codes); each line is on disk
     /// before the send is acknowledged.
     pub async fn file(path: &Path) -> std::io::Result<Self> {
-        let f = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await?;
+        let mut options = tokio::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        let f = options.open(path).await?;
         Ok(Self {
             target: Target::File(path.to_owned(), Mutex::new(f)),
         })

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sms_core::accounts::AccountPolicy;
 use sms_core::clock::SystemClock;
 use sms_core::codes::CodePolicy;
 use sms_core::gateway::MessageGateway;
@@ -15,7 +16,7 @@ use sms_core::sender::CodeSender;
 use sms_core::store::Stores;
 use sms_core::Core;
 use sms_http_hyper::{
-    client_addr, ClientIpLayer, HttpConfig, ServerConfig, SmsService, TrustedProxies,
+    client_addr, ClientIpLayer, HttpConfig, PoolAuth, ServerConfig, SmsService, TrustedProxies,
 };
 use sms_store_sled::SledStore;
 use sms_ws_tungstenite::{HubWs, WsConfig};
@@ -180,6 +181,29 @@ impl RunningPlatform {
     }
 }
 
+/// The pool credentials of the flags (tokens never reach the logs).
+fn pool_auth(a: &PlatformArgs) -> Result<PoolAuth, PlatformError> {
+    let mut auth = PoolAuth::default();
+    let bad = |what: &str, e: String| PlatformError::Config(format!("{what}: {e}"));
+    for t in &a.device_tokens {
+        auth.add_device(t).map_err(|e| bad("--device-token", e))?;
+    }
+    for t in &a.consumer_tokens {
+        auth.add_consumer(t)
+            .map_err(|e| bad("--consumer-token", e))?;
+    }
+    for t in &a.admin_tokens {
+        auth.add_admin(t).map_err(|e| bad("--admin-token", e))?;
+    }
+    if let Some(path) = &a.pool_token_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(&path.display().to_string(), e.to_string()))?;
+        auth.add_file(&text)
+            .map_err(|e| bad(&path.display().to_string(), e))?;
+    }
+    Ok(auth)
+}
+
 impl Platform {
     /// A platform with these settings.
     pub fn new(args: PlatformArgs) -> Self {
@@ -220,6 +244,8 @@ impl Platform {
                 "!!! --dev-code is set: EVERY verification code is {code}. Development only; never run this in production. !!!"
             );
         }
+        let pool_auth = pool_auth(&a)?;
+        let pool_open = pool_auth.is_open();
         let mut nets = Vec::new();
         for p in &a.trusted_proxies {
             nets.push(client_addr::parse_net(p.trim()).map_err(PlatformError::Config)?);
@@ -303,7 +329,12 @@ impl Platform {
             })
             .code_policy(CodePolicy {
                 fixed_code: a.dev_code.clone(),
+                ipv6_prefix_len: a.ipv6_prefix_len,
                 ..CodePolicy::default()
+            })
+            .account_policy(AccountPolicy {
+                ipv6_prefix_len: a.ipv6_prefix_len,
+                ..AccountPolicy::default()
             })
             .build()?;
         match &a.root_password {
@@ -319,6 +350,7 @@ impl Platform {
                 body_limit: a.body_limit,
                 trusted_proxies: TrustedProxies::new(nets.clone()),
                 body_timeout: Duration::from_secs(a.body_timeout_secs.max(1)),
+                pool_auth,
                 ..HttpConfig::default()
             },
         );
@@ -339,6 +371,12 @@ impl Platform {
             .await
             .map_err(listen_err)?;
         let addr = listener.local_addr().map_err(listen_err)?;
+        if pool_open && !addr.ip().is_loopback() {
+            tracing::warn!(
+                listen = %addr,
+                "the pool routes (/phones, /vcodes, /mobiles, /sends, /setsize) are open to anyone who can reach this address: set --device-token and --consumer-token"
+            );
+        }
         let server_config = ServerConfig {
             header_read_timeout: Duration::from_secs(a.header_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),

@@ -152,6 +152,8 @@ async fn mobiles_count_rules() {
 #[tokio::test]
 async fn vcodes_queue_per_app_once_oldest_first() {
     let t = TestPlatform::start().await;
+    // Codes are kept only for numbers in the pool (issue 10).
+    upload(&t, json!([entry("18250794865"), entry("17342060825")])).await;
     let r = t
         .post_json(
             "/vcodes",

@@ -346,3 +346,244 @@ async fn hub_recovery_closes_the_live_sessions() {
     let fresh = r["token"].as_str().unwrap();
     assert_eq!(Ws::connect(&t).await.login(fresh).await["code"], 0);
 }
+
+// ----- issue 10 ----------------------------------------------------------
+
+#[tokio::test]
+async fn hub_login_and_recovery_probes_share_the_per_ip_budget() {
+    let t = TestPlatform::start().await;
+    assert_eq!(
+        t.post_form("/signup", &[("user", "alice"), ("password", "secret1")])
+            .await["code"],
+        0
+    );
+    // 30 revealing answers a minute from one client: -1 / -4 at login,
+    // -1 / -3 at forgot/verify.
+    for i in 0..10 {
+        let ghost = format!("ghost{i}");
+        let r = t
+            .post_form("/login", &[("user", &ghost), ("password", "secret1")])
+            .await;
+        assert_eq!(r["code"], -1, "{r}");
+        let r = t
+            .post_form(
+                "/forgot/verify",
+                &[
+                    ("user", &ghost),
+                    ("email", "a@example.com"),
+                    ("verify", "123456"),
+                ],
+            )
+            .await;
+        assert_eq!(r["code"], -1, "{r}");
+        let r = t
+            .post_form(
+                "/forgot/verify",
+                &[
+                    ("user", "alice"),
+                    ("email", "a@example.com"),
+                    ("verify", "123456"),
+                ],
+            )
+            .await;
+        assert_eq!(r["code"], -3, "{r}");
+    }
+    // Past the budget: -5 at login and -7 at forgot/verify, whatever the user.
+    for (user, pw) in [("ghost99", "secret1"), ("alice", "wrong-pw")] {
+        let r = t
+            .post_form("/login", &[("user", user), ("password", pw)])
+            .await;
+        assert_eq!(r["code"], -5, "{user}: {r}");
+        let r = t
+            .post_form(
+                "/forgot/verify",
+                &[
+                    ("user", user),
+                    ("email", "a@example.com"),
+                    ("verify", "123456"),
+                ],
+            )
+            .await;
+        assert_eq!(r["code"], -7, "{user}: {r}");
+    }
+    // The right password still logs in.
+    let r = t
+        .post_form("/login", &[("user", "alice"), ("password", "secret1")])
+        .await;
+    assert_eq!(r["code"], 0, "{r}");
+}
+
+#[tokio::test]
+async fn hub_login_timing_does_not_tell_unknown_users_from_wrong_passwords() {
+    // Medians of interleaved samples with the production argon2 cost; the
+    // bound is generous (both do one argon2 verification: the structure is
+    // asserted exactly in `sms-core` `unknown_users_and_wrong_passwords_do_the_same_work`),
+    // so only a real leak, an argon2 skipped on one side, can trip it.
+    let t = TestPlatform::start_with(|a| {
+        a.argon2_memory_kib = 19 * 1024;
+        a.argon2_passes = 2;
+    })
+    .await;
+    assert_eq!(
+        t.post_form("/signup", &[("user", "alice"), ("password", "secret1")])
+            .await["code"],
+        0
+    );
+    let mut unknown = Vec::new();
+    let mut wrong = Vec::new();
+    // 2 × 5 answers stay under the probe budget, and the fifth wrong
+    // password is the one that locks the account (still -4).
+    for i in 0..5 {
+        let start = std::time::Instant::now();
+        let r = t
+            .post_form(
+                "/login",
+                &[("user", "nobody_here"), ("password", "secret9")],
+            )
+            .await;
+        unknown.push(start.elapsed());
+        assert_eq!(r["code"], -1);
+        let start = std::time::Instant::now();
+        let r = t
+            .post_form(
+                "/login",
+                &[("user", "alice"), ("password", &format!("wrong{i}x"))],
+            )
+            .await;
+        wrong.push(start.elapsed());
+        assert_eq!(r["code"], -4);
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (u, w) = (median(&mut unknown), median(&mut wrong));
+    // An argon2 verification at this cost takes several milliseconds; a
+    // path that skipped it would answer in well under half the other's time.
+    let (fast, slow) = if u < w { (u, w) } else { (w, u) };
+    assert!(
+        fast * 5 >= slow,
+        "medians differ beyond any noise: unknown {u:?}, wrong password {w:?}"
+    );
+}
+
+#[tokio::test]
+async fn banned_users_cannot_recover_their_account() {
+    let t = TestPlatform::start().await;
+    let (_token, mut ws) = signed_in(&t, "dave").await;
+    let mut skipped = Vec::new();
+    ws.request(
+        json!({"protocol": "CSBindEmailGetVCode", "email": "dave@example.com"}),
+        "SCBindEmailGetVCode",
+        &mut skipped,
+    )
+    .await;
+    let code = t.last_code("dave@example.com");
+    let r = ws
+        .request(
+            json!({"protocol": "CSBindEmailCheckVCode", "email": "dave@example.com", "vCode": code}),
+            "SCBindEmailCheckVCode",
+            &mut skipped,
+        )
+        .await;
+    assert_eq!(r["code"], 0);
+    let who = [("user", "dave"), ("email", "dave@example.com")];
+    assert_eq!(t.post_form("/forgot/vcode", &who).await["code"], 0);
+    let code = t.last_code("dave@example.com");
+    let (_, r) = t
+        .root(http::Method::POST, "/v2/ban", json!({"user": "dave"}))
+        .await;
+    assert_eq!(r["message"], "ok");
+    let r = t
+        .post_form(
+            "/forgot/verify",
+            &[who[0], who[1], ("verify", code.as_str())],
+        )
+        .await;
+    assert_eq!(r, json!({"code": -8}));
+    assert_eq!(
+        t.post_form("/forgot/vcode", &who).await,
+        json!({"code": -8})
+    );
+    // account_v4: a permit granted before the ban does not reset.
+    let tel = "13811112222";
+    t.post_form(&format!("/api/v4.0/sendsms/{tel}"), &[("expect", "0")])
+        .await;
+    let code = t.last_code(tel);
+    let r = t
+        .post_form(
+            "/api/v4.0/register",
+            &[
+                ("phone", tel),
+                ("name", "Erin"),
+                ("password", "secret1"),
+                ("code", &code),
+            ],
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    t.post_form(&format!("/api/v4.0/sendsms/{tel}"), &[("expect", "1")])
+        .await;
+    let code = t.last_code(tel);
+    let r = t
+        .post_form("/api/v4.0/verify_code", &[("phone", tel), ("code", &code)])
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let user = t
+        .core()
+        .stores
+        .users
+        .user_by_phone(&sms_core::phone::PhoneNumber::parse_cn_mobile(tel).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    t.core()
+        .stores
+        .users
+        .update_user(&user.id, sms_core::user::UserChange::SetBanned(true))
+        .await
+        .unwrap();
+    let r = t
+        .post_form(
+            "/api/v4.0/forget_password",
+            &[("phone", tel), ("password", "newpass1")],
+        )
+        .await;
+    assert_eq!(r["code"], -4, "{r}");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_outbox_file_is_created_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestPlatform::start().await;
+    let mode = std::fs::metadata(&t.outbox).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+}
+
+#[tokio::test]
+async fn failed_basic_auth_per_ip_is_budgeted() {
+    // 100 failed password checks an hour per client, then ER:0001 without
+    // hashing, even for the right password.
+    let t = TestPlatform::start().await;
+    for i in 0..100 {
+        let (_, r) = t
+            .basic(
+                http::Method::GET,
+                "/v1/signature",
+                Some((&format!("ghost{i}"), "secret1")),
+                None,
+            )
+            .await;
+        assert_eq!(r["error"], "ER:0001", "{r}");
+    }
+    let (_, r) = t
+        .basic(
+            http::Method::GET,
+            "/v1/signature",
+            Some(("root", common::ROOT_PASSWORD)),
+            None,
+        )
+        .await;
+    assert_eq!(r["error"], "ER:0001", "{r}");
+}

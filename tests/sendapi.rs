@@ -830,3 +830,43 @@ fn basic(u: &str, p: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
     )
 }
+
+#[tokio::test]
+async fn params_that_would_forge_a_text_are_er_0021_and_a_repeated_number_is_sent_once() {
+    let t = TestPlatform::start().await;
+    signup(&t, "alice").await;
+    charge(&t, "alice", 100).await;
+    let (s, tp) = approved(&t, "alice", "验证码${code}").await;
+    let send = |code: Value, mobiles: Value| json!({"sign_id": s, "temp_id": tp, "mobiles": mobiles, "params": {"code": code}});
+    for bad in [
+        json!("】【中国银行】您的账户已冻结，请登录 http://evil.example 解冻"),
+        json!("12\u{0}34"),
+        json!("12\u{202E}34"),
+        json!("x".repeat(5_000)),
+    ] {
+        let r = as_user(
+            &t,
+            "alice",
+            Method::POST,
+            "/v1/message",
+            Some(send(bad.clone(), json!(["13900000000"]))),
+        )
+        .await;
+        err(&r, 403, "ER:0021");
+    }
+    assert_eq!(balance(&t, "alice").await, 100, "nothing refused is billed");
+    let mut many = vec![json!("13900000000"); 50];
+    many.push(json!("+86 139 0000 0000"));
+    let r = as_user(
+        &t,
+        "alice",
+        Method::POST,
+        "/v1/message",
+        Some(send(json!("482913"), json!(many))),
+    )
+    .await;
+    assert_eq!(r.0, StatusCode::OK, "{}", r.1);
+    let done = wait_done(&t, "alice", r.1["uuid"].as_str().unwrap()).await;
+    assert_eq!(done["total"], 1, "{done}");
+    assert_eq!(balance(&t, "alice").await, 99);
+}

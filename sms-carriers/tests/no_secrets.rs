@@ -50,7 +50,7 @@ async fn failures_log_no_secret() {
     // provider might; then a 503.
     let f = fake::start(Arc::new(|s: &fake::Seen| {
         let echo = String::from_utf8_lossy(&s.body).into_owned();
-        if s.body.len() % 2 == 0 {
+        if s.body.len().is_multiple_of(2) {
             (
                 400,
                 json!({"Code": "isv.X", "Message": "bad", "code": 21211, "message": "bad"})

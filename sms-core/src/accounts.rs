@@ -11,11 +11,11 @@ use std::sync::{Arc, OnceLock};
 
 use crate::clock::Clock;
 use crate::codes::{CodeAddress, CodeService, Issued};
-use crate::credentials::{AccountLocks, VerifiedCache};
+use crate::credentials::{AccountLocks, HashGate, VerifiedCache};
 use crate::error::{CoreError, StoreError, UniqueField};
 use crate::events::{Event, EventHub, KickoutReason};
 use crate::identity::{DisplayName, Email, Password, PasswordPolicy, Username, ROOT_USERNAME};
-use crate::limits::{LimitCheck, LimitDecision, LimitRule};
+use crate::limits::{ip_limit_key, LimitCheck, LimitDecision, LimitRule, DEFAULT_IPV6_PREFIX_LEN};
 use crate::password::PasswordHasher;
 use crate::phone::PhoneNumber;
 use crate::provision::{ChatCredentials, ChatProvisioner};
@@ -51,6 +51,19 @@ pub struct AccountPolicy {
     /// Live sessions kept per user; a login beyond it revokes the oldest
     /// (50).
     pub max_sessions_per_user: usize,
+    /// IPv6 clients are counted by their network of this many bits (64);
+    /// see [`ip_limit_key`].
+    pub ipv6_prefix_len: u8,
+    /// Failed password checks (logins, HTTP Basic auth) per client IP per
+    /// hour (100); once spent, password checks from that client are refused
+    /// before any hashing until the window frees up.
+    pub failed_passwords_per_ip_hour: u32,
+    /// Password checks (argon2) running at once for unauthenticated
+    /// requests (4) …
+    pub max_concurrent_password_checks: usize,
+    /// … and waiting for a turn (32): a check beyond both is refused at once
+    /// ([`CoreError::Overloaded`]) instead of queueing behind the others.
+    pub max_waiting_password_checks: usize,
 }
 
 impl Default for AccountPolicy {
@@ -66,6 +79,10 @@ impl Default for AccountPolicy {
             probes_per_ip_day: 1_000,
             verified_cache_secs: 300,
             max_sessions_per_user: 50,
+            ipv6_prefix_len: DEFAULT_IPV6_PREFIX_LEN,
+            failed_passwords_per_ip_hour: 100,
+            max_concurrent_password_checks: 4,
+            max_waiting_password_checks: 32,
         }
     }
 }
@@ -130,6 +147,7 @@ pub struct Accounts {
     dummy_hash: Arc<OnceLock<String>>,
     account_locks: Arc<AccountLocks>,
     verified: Arc<VerifiedCache>,
+    hash_gate: Arc<HashGate>,
 }
 
 impl Accounts {
@@ -155,10 +173,14 @@ impl Accounts {
             events,
             clock,
             rng,
-            policy,
             dummy_hash: Arc::default(),
             account_locks: Arc::new(AccountLocks::new()),
             verified,
+            hash_gate: Arc::new(HashGate::new(
+                policy.max_concurrent_password_checks,
+                policy.max_waiting_password_checks,
+            )),
+            policy,
         }
     }
 
@@ -264,20 +286,70 @@ impl Accounts {
 
     // ----- passwords and logins -------------------------------------------
 
-    async fn verify_or_dummy(&self, password: &str, user: Option<&User>) -> bool {
-        match user {
-            Some(u) => self.hasher.verify(password, &u.password_hash).await,
+    /// Verifies `password` against `phc` under the hashing gate
+    /// ([`CoreError::Overloaded`] when too many checks run and wait).
+    async fn gated_verify(&self, password: &str, phc: &str) -> Result<bool, CoreError> {
+        let _turn = self.hash_gate.enter().await?;
+        Ok(self.hasher.verify(password, phc).await)
+    }
+
+    /// The work of a password check for an account that does not exist, so
+    /// that it costs as much as a real one.
+    async fn verify_dummy(&self, password: &str) -> Result<(), CoreError> {
+        let dummy = match self.dummy_hash.get() {
+            Some(h) => h.clone(),
             None => {
-                let dummy = match self.dummy_hash.get() {
-                    Some(h) => h.clone(),
-                    None => {
-                        let h = self.hasher.hash("dummy-password").await;
-                        self.dummy_hash.get_or_init(|| h).clone()
-                    }
-                };
-                let _ = self.hasher.verify(password, &dummy).await;
-                false
+                let h = self.hasher.hash("dummy-password").await;
+                self.dummy_hash.get_or_init(|| h).clone()
             }
+        };
+        self.gated_verify(password, &dummy).await?;
+        Ok(())
+    }
+
+    /// The per-IP budget of failed password checks of `ip`.
+    fn password_failures_check(&self, ip: IpAddr) -> LimitCheck {
+        LimitCheck::new(
+            format!(
+                "pwfail:ip:{}",
+                ip_limit_key(ip, self.policy.ipv6_prefix_len)
+            ),
+            LimitRule::per(self.policy.failed_passwords_per_ip_hour, 3_600),
+        )
+    }
+
+    /// Runs an unauthenticated password check `check` for a client: refused
+    /// before any hashing ([`CoreError::RateLimited`]) once the client's
+    /// budget of failed checks is spent; a failure
+    /// ([`CoreError::UserNotFound`], [`CoreError::WrongPassword`]) is
+    /// counted against that budget.
+    async fn client_password_check<T, F>(
+        &self,
+        client_ip: Option<IpAddr>,
+        check: F,
+    ) -> Result<T, CoreError>
+    where
+        F: std::future::Future<Output = Result<T, CoreError>>,
+    {
+        let budget = client_ip.map(|ip| self.password_failures_check(ip));
+        if let Some(b) = &budget {
+            if let LimitDecision::Denied { retry_at, .. } = self
+                .stores
+                .limits
+                .peek(std::slice::from_ref(b), self.clock.unix())
+                .await?
+            {
+                return Err(CoreError::RateLimited { retry_at });
+            }
+        }
+        match check.await {
+            Err(e @ (CoreError::UserNotFound | CoreError::WrongPassword)) => {
+                if let Some(b) = &budget {
+                    self.stores.limits.record(b, self.clock.unix()).await?;
+                }
+                Err(e)
+            }
+            other => other,
         }
     }
 
@@ -326,7 +398,7 @@ impl Accounts {
             let _one_at_a_time = self.account_locks.of(&user.id).lock().await;
             if !cached(self) {
                 locked(self).await?;
-                if !self.hasher.verify(password, &user.password_hash).await {
+                if !self.gated_verify(password, &user.password_hash).await? {
                     let now = self.clock.unix();
                     self.verified.invalidate(&user.id, now);
                     self.stores.limits.record(&check, now).await?;
@@ -418,35 +490,78 @@ impl Accounts {
             .map_err(unique_error)
     }
 
-    /// Username login (`hub`). Unknown username → [`CoreError::UserNotFound`];
-    /// then lockout, password, ban.
+    /// Username login (`hub`) without a client address: no per-IP budget
+    /// applies ([`login_username_from`](Self::login_username_from)).
     pub async fn login_username(&self, username: &str, password: &str) -> Result<Token, CoreError> {
+        self.login_username_from(username, password, None).await
+    }
+
+    /// Username login (`hub`) from `client_ip`. Unknown username →
+    /// [`CoreError::UserNotFound`] after the same work as a wrong password;
+    /// then lockout, password, ban. Both failures tell whether the user
+    /// exists, so they count against the client's probe budget (and its
+    /// budget of failed password checks): once either is spent, a failure
+    /// answers [`CoreError::RateLimited`], whatever the user.
+    pub async fn login_username_from(
+        &self,
+        username: &str,
+        password: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Token, CoreError> {
+        let check =
+            self.client_password_check(client_ip, self.username_password(username, password));
+        let user = self.probed(client_ip, check).await?;
+        self.issue_session(&user.id, SessionOrigin::Login).await
+    }
+
+    /// The user named `username` whose password is `password`:
+    /// [`CoreError::UserNotFound`] after a dummy check, else
+    /// [`check_password`](Self::check_password).
+    async fn username_password(&self, username: &str, password: &str) -> Result<User, CoreError> {
         let user = match Username::parse(username) {
             Ok(u) => self.stores.users.user_by_username(&u).await?,
             Err(_) => None,
         };
         let Some(user) = user else {
-            self.verify_or_dummy(password, None).await;
+            self.verify_dummy(password).await?;
             return Err(CoreError::UserNotFound);
         };
         self.check_password(&user, password).await?;
-        self.issue_session(&user.id, SessionOrigin::Login).await
+        Ok(user)
     }
 
-    /// Phone login (`account_v4`): unknown phone and wrong password both
-    /// answer [`CoreError::WrongPassword`] after the same work; records the
-    /// device.
+    /// Phone login (`account_v4`) without a client address: no per-IP
+    /// budget applies ([`login_phone_from`](Self::login_phone_from)).
     pub async fn login_phone(
         &self,
         phone: &PhoneNumber,
         password: &str,
         device: Option<&str>,
     ) -> Result<LoginOutcome, CoreError> {
-        let Some(user) = self.stores.users.user_by_phone(phone).await? else {
-            self.verify_or_dummy(password, None).await;
-            return Err(CoreError::WrongPassword);
-        };
-        self.check_password(&user, password).await?;
+        self.login_phone_from(phone, password, device, None).await
+    }
+
+    /// Phone login (`account_v4`) from `client_ip`: unknown phone and wrong
+    /// password both answer [`CoreError::WrongPassword`] after the same
+    /// work, counted against the client's budget of failed password checks
+    /// ([`CoreError::RateLimited`] once spent); records the device.
+    pub async fn login_phone_from(
+        &self,
+        phone: &PhoneNumber,
+        password: &str,
+        device: Option<&str>,
+        client_ip: Option<IpAddr>,
+    ) -> Result<LoginOutcome, CoreError> {
+        let user = self
+            .client_password_check(client_ip, async {
+                let Some(user) = self.stores.users.user_by_phone(phone).await? else {
+                    self.verify_dummy(password).await?;
+                    return Err(CoreError::WrongPassword);
+                };
+                self.check_password(&user, password).await?;
+                Ok(user)
+            })
+            .await?;
         let change_device = self.set_device(&user, device).await?;
         let token = self.issue_session(&user.id, SessionOrigin::Login).await?;
         Ok(LoginOutcome {
@@ -510,22 +625,29 @@ impl Accounts {
         Ok(user)
     }
 
-    /// Checks a username and password (HTTP Basic auth of `sendapi`).
+    /// Checks a username and password (HTTP Basic auth of `sendapi`)
+    /// without a client address
+    /// ([`verify_credentials_from`](Self::verify_credentials_from)).
     pub async fn verify_credentials(
         &self,
         username: &str,
         password: &str,
     ) -> Result<User, CoreError> {
-        let user = match Username::parse(username) {
-            Ok(u) => self.stores.users.user_by_username(&u).await?,
-            Err(_) => None,
-        };
-        let Some(user) = user else {
-            self.verify_or_dummy(password, None).await;
-            return Err(CoreError::UserNotFound);
-        };
-        self.check_password(&user, password).await?;
-        Ok(user)
+        self.verify_credentials_from(username, password, None).await
+    }
+
+    /// Checks a username and password (HTTP Basic auth of `sendapi`) from
+    /// `client_ip`; failures count against the client's budget of failed
+    /// password checks ([`CoreError::RateLimited`] once spent, before any
+    /// hashing).
+    pub async fn verify_credentials_from(
+        &self,
+        username: &str,
+        password: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<User, CoreError> {
+        self.client_password_check(client_ip, self.username_password(username, password))
+            .await
     }
 
     /// Bans or unbans a user by username; a ban revokes every session.
@@ -562,6 +684,7 @@ impl Accounts {
     // ----- phone accounts (account_v4) -----------------------------------
 
     fn probe_checks(ip: IpAddr, p: &AccountPolicy) -> [LimitCheck; 2] {
+        let ip = ip_limit_key(ip, p.ipv6_prefix_len);
         [
             LimitCheck::new(
                 format!("probe:m:{ip}"),
@@ -686,7 +809,8 @@ impl Accounts {
         Ok(())
     }
 
-    /// `account_v4` `forget_password`: consumes the reset permit
+    /// `account_v4` `forget_password`: refuses a banned user
+    /// ([`CoreError::Banned`]), consumes the reset permit
     /// ([`CoreError::GrantInvalid`] / [`CoreError::NotValidated`] without
     /// one), sets the password and revokes every session of the user.
     pub async fn reset_password_with_permit(
@@ -700,6 +824,11 @@ impl Accounts {
             .user_by_phone(phone)
             .await?
             .ok_or(CoreError::NotValidated)?;
+        // A banned user cannot take the account back by recovery; the
+        // permit stays unused.
+        if user.banned {
+            return Err(CoreError::Banned);
+        }
         let outcome = self
             .stores
             .grants
@@ -846,30 +975,62 @@ impl Accounts {
         Ok((user, email))
     }
 
-    /// `hub` forgot/vcode: sends a `reset` code by email.
+    /// `hub` forgot/vcode: sends a `reset` code by email
+    /// ([`CoreError::Banned`] for a banned user, after the recovery checks).
     pub async fn request_recovery_code(
         &self,
         username: &str,
         email: &str,
         client_ip: Option<IpAddr>,
     ) -> Result<Issued, CoreError> {
-        let (_, email) = self.recovery_user(username, email).await?;
+        let (user, email) = self
+            .probed(client_ip, self.recovery_user(username, email))
+            .await?;
+        if user.banned {
+            return Err(CoreError::Banned);
+        }
         self.codes
             .send(&CodeAddress::Email(email), Purpose::Reset, client_ip)
             .await
     }
 
-    /// `hub` forgot/verify: checks the code; on success every earlier session
-    /// of the user is revoked and a new session token is returned.
+    /// `hub` forgot/verify without a client address
+    /// ([`recover_with_code_from`](Self::recover_with_code_from)).
     pub async fn recover_with_code(
         &self,
         username: &str,
         email: &str,
         code: &str,
     ) -> Result<Token, CoreError> {
-        let (user, email) = self.recovery_user(username, email).await?;
-        self.codes
-            .check(&CodeAddress::Email(email), Purpose::Reset, code)
+        self.recover_with_code_from(username, email, code, None)
+            .await
+    }
+
+    /// `hub` forgot/verify from `client_ip`: checks the code; on success
+    /// every earlier session of the user is revoked and a new session token
+    /// is returned. A banned user gets [`CoreError::Banned`] (after the
+    /// recovery checks, before the code, which stays unused). The failures
+    /// (unknown user or email, mismatch, wrong code) tell what exists, so
+    /// they count against the client's probe budget; once it is spent they
+    /// answer [`CoreError::RateLimited`], whatever the user.
+    pub async fn recover_with_code_from(
+        &self,
+        username: &str,
+        email: &str,
+        code: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Token, CoreError> {
+        let user = self
+            .probed(client_ip, async {
+                let (user, email) = self.recovery_user(username, email).await?;
+                if user.banned {
+                    return Err(CoreError::Banned);
+                }
+                self.codes
+                    .check(&CodeAddress::Email(email), Purpose::Reset, code)
+                    .await?;
+                Ok(user)
+            })
             .await?;
         self.stores
             .sessions
@@ -881,6 +1042,28 @@ impl Accounts {
             .await?;
         self.kick_out(&user.id, None);
         self.issue_session(&user.id, SessionOrigin::Recovery).await
+    }
+
+    /// Runs `step`; a failure that tells whether a user or email exists (or
+    /// whether a code was right) is counted against the client's probe
+    /// budget, and answers [`CoreError::RateLimited`] once it is spent.
+    async fn probed<T, F>(&self, client_ip: Option<IpAddr>, step: F) -> Result<T, CoreError>
+    where
+        F: std::future::Future<Output = Result<T, CoreError>>,
+    {
+        match step.await {
+            Err(
+                e @ (CoreError::UserNotFound
+                | CoreError::WrongPassword
+                | CoreError::EmailNotFound
+                | CoreError::EmailMismatch
+                | CoreError::CodeInvalid),
+            ) => {
+                self.count_probe(client_ip).await?;
+                Err(e)
+            }
+            other => other,
+        }
     }
 
     async fn email_free_for(&self, user: &User, email: &Email) -> Result<(), CoreError> {

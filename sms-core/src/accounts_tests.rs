@@ -1966,3 +1966,347 @@ async fn live_sessions_per_user_are_capped_oldest_first() {
     };
     assert_eq!(live, vec![false, false, true, true, true]);
 }
+
+// ----- issue 10: per-IP keys, probes, password hashing, banned recovery ---
+
+fn v6(s: &str) -> Option<IpAddr> {
+    Some(s.parse().unwrap())
+}
+
+#[tokio::test]
+async fn per_ip_limits_key_ipv6_by_prefix_and_mapped_ipv4_by_ipv4() {
+    let fx = build(
+        CodePolicy {
+            per_ip_hour: 3,
+            ..CodePolicy::default()
+        },
+        AccountPolicy::default(),
+        Arc::new(Argon2Hasher::fast_insecure_for_tests()),
+    );
+    // The probe budget (30 a minute): 30 addresses of one /64 share it.
+    let p = phone("13900000000");
+    for i in 0..30 {
+        let a = v6(&format!("2001:db8:1:2::{:x}", i + 1));
+        fx.acc().probe_registered(&p, a).await.unwrap();
+    }
+    assert_err!(
+        fx.acc()
+            .probe_registered(&p, v6("2001:db8:1:2:ffff::9"))
+            .await,
+        CoreError::RateLimited { .. }
+    );
+    // Another /64 has its own.
+    fx.acc()
+        .probe_registered(&p, v6("2001:db8:1:3::1"))
+        .await
+        .unwrap();
+    // An IPv4 address and its IPv4-mapped spelling are one client.
+    for i in 0..30 {
+        let a = if i % 2 == 0 {
+            "10.77.0.1"
+        } else {
+            "::ffff:10.77.0.1"
+        };
+        fx.acc().probe_registered(&p, v6(a)).await.unwrap();
+    }
+    assert_err!(
+        fx.acc().probe_registered(&p, v6("::ffff:10.77.0.1")).await,
+        CoreError::RateLimited { .. }
+    );
+    assert_err!(
+        fx.acc().probe_registered(&p, v6("10.77.0.1")).await,
+        CoreError::RateLimited { .. }
+    );
+    // The G7 per-IP caps (3 an hour here) key the same way.
+    for i in 0..3 {
+        let to = phone(&format!("1370000000{i}"));
+        fx.acc()
+            .request_signup_code(&to, v6(&format!("2001:db8:9:9::{}", i + 1)))
+            .await
+            .unwrap();
+    }
+    assert_err!(
+        fx.acc()
+            .request_signup_code(&phone("13700000009"), v6("2001:db8:9:9:1:2:3:4"))
+            .await,
+        CoreError::RateLimited { .. }
+    );
+}
+
+#[tokio::test]
+async fn hub_login_failures_are_probes_and_answer_rate_limited_past_the_budget() {
+    // What is counted here is the client, not the account: keep the
+    // per-account lockout out of the way.
+    let fx = fixture_with(AccountPolicy {
+        login_failures_max: 100,
+        ..AccountPolicy::default()
+    });
+    fx.sign_up("alice", "s3cret-pw").await;
+    let acc = fx.acc();
+    // 30 revealing answers (unknown user, wrong password) a minute.
+    for i in 0..15 {
+        assert_err!(
+            acc.login_username_from(&format!("ghost{i}"), "whatever1", ip(7))
+                .await,
+            CoreError::UserNotFound
+        );
+        assert_err!(
+            acc.login_username_from("alice", &format!("wrong-{i}"), ip(7))
+                .await,
+            CoreError::WrongPassword
+        );
+    }
+    // Past the budget both look alike, whatever the user.
+    assert_err!(
+        acc.login_username_from("ghost99", "whatever1", ip(7)).await,
+        CoreError::RateLimited { .. }
+    );
+    assert_err!(
+        acc.login_username_from("alice", "wrong-again", ip(7)).await,
+        CoreError::RateLimited { .. }
+    );
+    // The right password still logs in; another client is not affected.
+    acc.login_username_from("alice", "s3cret-pw", ip(7))
+        .await
+        .unwrap();
+    assert_err!(
+        acc.login_username_from("ghost99", "whatever1", ip(8)).await,
+        CoreError::UserNotFound
+    );
+}
+
+#[tokio::test]
+async fn hub_recovery_failures_are_probes_and_answer_rate_limited_past_the_budget() {
+    let fx = fixture();
+    let token = fx.sign_up("alice", "s3cret-pw").await;
+    fx.bind_email(&fx.user_of(&token).await, "alice@example.com")
+        .await;
+    let acc = fx.acc();
+    for i in 0..10 {
+        assert_err!(
+            acc.recover_with_code_from(&format!("ghost{i}"), "a@example.com", "123456", ip(3))
+                .await,
+            CoreError::UserNotFound
+        );
+        assert_err!(
+            acc.recover_with_code_from("alice", &format!("x{i}@example.com"), "123456", ip(3))
+                .await,
+            CoreError::EmailNotFound
+        );
+        assert_err!(
+            acc.recover_with_code_from("alice", "alice@example.com", "000000", ip(3))
+                .await,
+            CoreError::CodeInvalid
+        );
+    }
+    for (user, email) in [
+        ("ghost", "a@example.com"),
+        ("alice", "nobody@example.com"),
+        ("alice", "alice@example.com"),
+    ] {
+        assert_err!(
+            acc.recover_with_code_from(user, email, "000000", ip(3))
+                .await,
+            CoreError::RateLimited { .. }
+        );
+    }
+}
+
+/// Counts password verifications; with `gate`, each waits for a permit.
+#[derive(Debug)]
+struct CountingHasher {
+    inner: Argon2Hasher,
+    verifies: std::sync::atomic::AtomicUsize,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl CountingHasher {
+    fn new(gate: Option<Arc<tokio::sync::Semaphore>>) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Argon2Hasher::fast_insecure_for_tests(),
+            verifies: Default::default(),
+            gate,
+        })
+    }
+
+    fn verifies(&self) -> usize {
+        self.verifies.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl PasswordHasher for CountingHasher {
+    async fn hash(&self, password: &str) -> String {
+        self.inner.hash_blocking(password)
+    }
+
+    async fn verify(&self, password: &str, phc: &str) -> bool {
+        self.verifies
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(g) = &self.gate {
+            let _p = g.acquire().await;
+        }
+        self.inner.verify_blocking(password, phc)
+    }
+}
+
+#[tokio::test]
+async fn unknown_users_and_wrong_passwords_do_the_same_work() {
+    let hasher = CountingHasher::new(None);
+    let fx = build(
+        CodePolicy::default(),
+        AccountPolicy::default(),
+        hasher.clone(),
+    );
+    fx.sign_up("alice", "s3cret-pw").await;
+    let before = hasher.verifies();
+    let _ = fx
+        .acc()
+        .login_username_from("ghost", "pw-123456", ip(1))
+        .await;
+    let unknown = hasher.verifies() - before;
+    let _ = fx
+        .acc()
+        .login_username_from("alice", "pw-123456", ip(1))
+        .await;
+    let wrong = hasher.verifies() - before - unknown;
+    assert_eq!((unknown, wrong), (1, 1), "one argon2 verification each");
+}
+
+#[tokio::test]
+async fn failed_password_checks_per_ip_are_budgeted_before_hashing() {
+    let hasher = CountingHasher::new(None);
+    let fx = build(
+        CodePolicy::default(),
+        AccountPolicy {
+            failed_passwords_per_ip_hour: 3,
+            ..AccountPolicy::default()
+        },
+        hasher.clone(),
+    );
+    fx.sign_up("alice", "s3cret-pw").await;
+    let acc = fx.acc();
+    for i in 0..3 {
+        assert_err!(
+            acc.verify_credentials_from(&format!("ghost{i}"), "pw-123456", v6("2001:db8::1"))
+                .await,
+            CoreError::UserNotFound
+        );
+    }
+    let spent = hasher.verifies();
+    // The same /64 is refused without hashing, even with the right password…
+    for (u, pw) in [("ghost", "pw-123456"), ("alice", "s3cret-pw")] {
+        assert_err!(
+            acc.verify_credentials_from(u, pw, v6("2001:db8::2")).await,
+            CoreError::RateLimited { .. }
+        );
+    }
+    assert_err!(
+        acc.login_phone_from(&phone("13900000000"), "pw-123456", None, v6("2001:db8::3"))
+            .await,
+        CoreError::RateLimited { .. }
+    );
+    assert_eq!(hasher.verifies(), spent);
+    // …another client is served, and the budget frees up after an hour.
+    acc.verify_credentials_from("alice", "s3cret-pw", ip(1))
+        .await
+        .unwrap();
+    fx.clock.advance(3_600);
+    acc.verify_credentials_from("alice", "s3cret-pw", v6("2001:db8::2"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn password_checks_beyond_the_running_and_waiting_cap_are_refused_at_once() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let hasher = CountingHasher::new(Some(gate.clone()));
+    let fx = build(
+        CodePolicy::default(),
+        AccountPolicy {
+            max_concurrent_password_checks: 1,
+            max_waiting_password_checks: 1,
+            verified_cache_secs: 0,
+            ..AccountPolicy::default()
+        },
+        hasher.clone(),
+    );
+    fx.sign_up("alice", "s3cret-pw").await;
+    let spawn = |user: &'static str| {
+        let acc = fx.core.accounts.clone();
+        tokio::spawn(async move { acc.verify_credentials_from(user, "pw-123456", None).await })
+    };
+    // One check runs (held inside the hasher), one waits for its turn.
+    let running = spawn("ghost1");
+    while hasher.verifies() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let waiting = spawn("ghost2");
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    // A third is refused at once, whoever it is for.
+    assert_err!(
+        fx.acc()
+            .verify_credentials_from("alice", "s3cret-pw", None)
+            .await,
+        CoreError::Overloaded
+    );
+    gate.add_permits(2);
+    assert_err!(running.await.unwrap(), CoreError::UserNotFound);
+    assert_err!(waiting.await.unwrap(), CoreError::UserNotFound);
+    gate.add_permits(1);
+    fx.acc()
+        .verify_credentials_from("alice", "s3cret-pw", None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn banned_users_cannot_recover_their_account() {
+    let fx = fixture();
+    let token = fx.sign_up("alice", "s3cret-pw").await;
+    fx.bind_email(&fx.user_of(&token).await, "alice@example.com")
+        .await;
+    fx.acc()
+        .request_recovery_code("alice", "alice@example.com", None)
+        .await
+        .unwrap();
+    let code = fx.last_code("alice@example.com");
+    fx.acc().set_banned("alice", true).await.unwrap();
+    assert_err!(
+        fx.acc()
+            .recover_with_code_from("alice", "alice@example.com", &code, ip(1))
+            .await,
+        CoreError::Banned
+    );
+    assert_err!(
+        fx.acc()
+            .request_recovery_code("alice", "alice@example.com", None)
+            .await,
+        CoreError::Banned
+    );
+    // account_v4: a permit granted before the ban does not reset.
+    fx.register_phone("13811112222", "secret1", None).await;
+    fx.grant_reset_permit("13811112222").await;
+    let user = fx
+        .core
+        .stores
+        .users
+        .user_by_phone(&phone("13811112222"))
+        .await
+        .unwrap()
+        .unwrap();
+    fx.core
+        .stores
+        .users
+        .update_user(&user.id, UserChange::SetBanned(true))
+        .await
+        .unwrap();
+    assert_err!(
+        fx.acc()
+            .reset_password_with_permit(&phone("13811112222"), short_pw("newpass1"))
+            .await,
+        CoreError::Banned
+    );
+}

@@ -12,7 +12,7 @@ use crate::code_decision::{
 use crate::error::CoreError;
 use crate::error::StoreError;
 use crate::identity::Email;
-use crate::limits::{LimitCheck, LimitRule};
+use crate::limits::{ip_limit_key, LimitCheck, LimitRule, DEFAULT_IPV6_PREFIX_LEN};
 use crate::phone::PhoneNumber;
 use crate::random::{random_digits, RandomSource};
 use crate::secret::CodeHasher;
@@ -95,6 +95,9 @@ pub struct CodePolicy {
     pub pump_trip_secs: i64,
     /// Development only: every code is this value (`--dev-code`).
     pub fixed_code: Option<String>,
+    /// IPv6 clients are counted by their network of this many bits (64);
+    /// see [`ip_limit_key`].
+    pub ipv6_prefix_len: u8,
 }
 
 impl Default for CodePolicy {
@@ -116,6 +119,7 @@ impl Default for CodePolicy {
             pump_min_success_pct: 10,
             pump_trip_secs: 3_600,
             fixed_code: None,
+            ipv6_prefix_len: DEFAULT_IPV6_PREFIX_LEN,
         }
     }
 }
@@ -181,6 +185,7 @@ impl CodeService {
             ),
         ];
         if let Some(ip) = ip {
+            let ip = ip_limit_key(ip, p.ipv6_prefix_len);
             checks.push(LimitCheck::new(
                 format!("code:ip:h:{ip}"),
                 LimitRule::per(p.per_ip_hour, 3_600),

@@ -5,11 +5,14 @@
 //! `sendapi`'s HTTP Basic auth — pays argon2 once, not per request).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{Mutex as AsyncMutex, Semaphore, SemaphorePermit};
+
+use crate::error::CoreError;
 
 use crate::random::RandomSource;
 use crate::user::UserId;
@@ -41,6 +44,67 @@ impl AccountLocks {
                 (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
             });
         &self.stripes[(h % STRIPES as u64) as usize]
+    }
+}
+
+/// The cap on password hashing for unauthenticated requests: at most
+/// `running` checks at once and `waiting` more in line; one beyond both is
+/// refused at once ([`CoreError::Overloaded`]) rather than making everyone
+/// wait longer.
+#[derive(Debug)]
+pub(crate) struct HashGate {
+    turns: Semaphore,
+    admitted: AtomicUsize,
+    max_admitted: usize,
+}
+
+/// A place in the gate: running (it holds a permit) and counted until
+/// dropped.
+pub(crate) struct Turn<'a> {
+    gate: &'a HashGate,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.gate.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl HashGate {
+    pub(crate) fn new(running: usize, waiting: usize) -> Self {
+        let running = running.max(1);
+        Self {
+            turns: Semaphore::new(running),
+            admitted: AtomicUsize::new(0),
+            max_admitted: running.saturating_add(waiting),
+        }
+    }
+
+    /// Waits for a turn, or refuses at once when the line is full.
+    pub(crate) async fn enter(&self) -> Result<Turn<'_>, CoreError> {
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.max_admitted {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return Err(CoreError::Overloaded);
+        }
+        // Counted from here: a cancelled wait must give its place back.
+        struct Place<'a>(&'a AtomicUsize);
+        impl Drop for Place<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let place = Place(&self.admitted);
+        let permit = self
+            .turns
+            .acquire()
+            .await
+            .map_err(|_| CoreError::Overloaded)?;
+        std::mem::forget(place);
+        Ok(Turn {
+            gate: self,
+            _permit: permit,
+        })
     }
 }
 
@@ -129,6 +193,32 @@ impl VerifiedCache {
 mod tests {
     use super::*;
     use crate::random::SeededRandom;
+
+    #[tokio::test]
+    async fn hash_gate_refuses_beyond_running_and_waiting() {
+        let gate = HashGate::new(2, 1);
+        let a = gate.enter().await.unwrap();
+        let b = gate.enter().await.unwrap();
+        // A third waits for a turn; a fourth finds the line full.
+        let mut third = Box::pin(gate.enter());
+        assert!(futures_util::FutureExt::now_or_never(&mut third).is_none());
+        assert!(matches!(gate.enter().await, Err(CoreError::Overloaded)));
+        drop(a);
+        let c = third.await.unwrap();
+        // Two running, the line free again: a newcomer waits, and one more
+        // is refused.
+        let mut waiting = Box::pin(gate.enter());
+        assert!(futures_util::FutureExt::now_or_never(&mut waiting).is_none());
+        assert!(matches!(gate.enter().await, Err(CoreError::Overloaded)));
+        drop(waiting);
+        drop((b, c));
+        // Everything given back, including a wait that was cancelled.
+        let cancelled = gate.enter();
+        drop(cancelled);
+        let _x = gate.enter().await.unwrap();
+        let _y = gate.enter().await.unwrap();
+        assert_eq!(gate.admitted.load(Ordering::Acquire), 2);
+    }
 
     #[test]
     fn cache_matches_only_same_password_hash_and_time() {

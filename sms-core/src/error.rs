@@ -208,6 +208,19 @@ pub enum CoreError {
     /// A count of numbers is out of range.
     #[error("count out of range")]
     InvalidCount,
+    /// A `params` value of a send is refused: too long, a rendered text too
+    /// long, a forbidden character (`【】`, control, bidi), or not digits and
+    /// letters for a verification-code template
+    /// ([`crate::sending::check_params`]).
+    #[error("send parameter refused")]
+    SendParams,
+    /// A device credential bound to some channels (`cid`s) was used for a
+    /// number or channel outside them.
+    #[error("outside the device's channels")]
+    OutsideDeviceScope,
+    /// Too many password checks are running or waiting; try again shortly.
+    #[error("password checks at capacity")]
+    Overloaded,
     /// The message could not be delivered by the sender.
     #[error("delivery failed: {0}")]
     Delivery(String),
@@ -268,6 +281,9 @@ impl CoreError {
             Self::MessageEmpty => "message_empty",
             Self::MessageTooLong => "message_too_long",
             Self::InvalidCount => "invalid_count",
+            Self::SendParams => "send_params",
+            Self::Overloaded => "overloaded",
+            Self::OutsideDeviceScope => "outside_device_scope",
             Self::Delivery(_) => "delivery_failed",
             Self::Store(_) => "store_failed",
         }
@@ -334,6 +350,9 @@ mod tests {
             CoreError::MessageEmpty,
             CoreError::MessageTooLong,
             CoreError::InvalidCount,
+            CoreError::SendParams,
+            CoreError::Overloaded,
+            CoreError::OutsideDeviceScope,
             CoreError::Delivery(String::new()),
             CoreError::Store(StoreError::NotFound),
         ];

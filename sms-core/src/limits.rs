@@ -6,6 +6,32 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The default prefix length IPv6 clients are keyed by (a /64 is what one
+/// subscriber line usually gets, so it is one client).
+pub const DEFAULT_IPV6_PREFIX_LEN: u8 = 64;
+
+/// The per-IP limit key of a client address: an IPv4 address as itself, an
+/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as that IPv4 address, and any
+/// other IPv6 address as its network of `ipv6_prefix_len` bits (clamped to
+/// 0–128), written `addr/len`. Every per-IP limit keys through this, so one
+/// subscriber cannot multiply its budget by walking its /64, nor by writing
+/// its IPv4 address in IPv6 form.
+pub fn ip_limit_key(ip: std::net::IpAddr, ipv6_prefix_len: u8) -> String {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let len = ipv6_prefix_len.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                let net = Ipv6Addr::from(u128::from(v6) & mask);
+                format!("{net}/{len}")
+            }
+        },
+    }
+}
+
 /// One rule over one key: at most `max` hits in any `window_secs`, and, when
 /// `lockout_secs` is set, reaching `max` locks the key for that long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +224,20 @@ mod tests {
         assert_eq!(s.blocked_until(&rule, 40), Some(40 + 900));
         assert_eq!(s.blocked_until(&rule, 939), Some(940));
         assert_eq!(s.blocked_until(&rule, 940), None);
+    }
+
+    #[test]
+    fn ip_keys_group_a_v6_prefix_and_unmap_v4() {
+        let k = |s: &str, len| ip_limit_key(s.parse().unwrap(), len);
+        assert_eq!(k("10.77.0.1", 64), "10.77.0.1");
+        assert_eq!(k("::ffff:10.77.0.1", 64), "10.77.0.1");
+        assert_eq!(k("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::/64");
+        assert_eq!(k("2001:db8:1:2:ffff:1:2:3", 64), "2001:db8:1:2::/64");
+        assert_ne!(k("2001:db8:1:3::1", 64), k("2001:db8:1:2::1", 64));
+        assert_eq!(k("2001:db8:1:2::1", 48), "2001:db8:1::/48");
+        assert_eq!(k("2001:db8::1", 128), "2001:db8::1/128");
+        assert_eq!(k("2001:db8::1", 200), "2001:db8::1/128");
+        assert_eq!(k("2001:db8::1", 0), "::/0");
     }
 
     #[test]

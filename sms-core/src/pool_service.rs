@@ -19,6 +19,37 @@ use crate::random::{random_hex, RandomSource};
 use crate::store::Stores;
 use crate::user::UserId;
 
+/// Which device channels (`cid`s) a device credential may act for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DeviceScope {
+    /// Any channel (no credentials configured, or an unbound device token).
+    #[default]
+    Any,
+    /// Only these channels: uploads of numbers with another `cid`, or of
+    /// numbers another channel holds, codes for such numbers, and texts
+    /// queued for other channels are refused
+    /// ([`CoreError::OutsideDeviceScope`]).
+    Channels(std::collections::BTreeSet<String>),
+}
+
+impl DeviceScope {
+    /// True when `cid` is one of the scope's channels.
+    pub fn covers(&self, cid: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Channels(c) => c.contains(cid),
+        }
+    }
+
+    fn check(&self, cid: &str) -> Result<(), CoreError> {
+        if self.covers(cid) {
+            Ok(())
+        } else {
+            Err(CoreError::OutsideDeviceScope)
+        }
+    }
+}
+
 /// Pool rules; every number is configuration with these defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolPolicy {
@@ -109,6 +140,26 @@ impl PoolService {
 
     /// Numbers from a device (`POST /phones`).
     pub async fn upload_numbers(&self, entries: Vec<NumberInfo>) -> Result<Intake, CoreError> {
+        self.upload_numbers_for(&DeviceScope::Any, entries).await
+    }
+
+    /// Numbers in from a device acting for `scope`: every entry's `cid`,
+    /// and the `cid` of a number already in the pool, must be in the scope
+    /// ([`CoreError::OutsideDeviceScope`], nothing stored), so one device
+    /// cannot take over another's numbers (and the texts sent from them).
+    pub async fn upload_numbers_for(
+        &self,
+        scope: &DeviceScope,
+        entries: Vec<NumberInfo>,
+    ) -> Result<Intake, CoreError> {
+        if let DeviceScope::Channels(_) = scope {
+            for e in &entries {
+                scope.check(&e.cid)?;
+                if let Some(n) = self.stores.pool.number(&e.mobile).await? {
+                    scope.check(&n.info.cid)?;
+                }
+            }
+        }
         Ok(self.stores.pool.intake(entries, self.clock.unix()).await?)
     }
 
@@ -250,12 +301,34 @@ impl PoolService {
     /// is named), delivered to the lessee's mailbox and live sessions; the
     /// lease's price is taken with its first SMS.
     pub async fn receive(&self, batch: Vec<IncomingSms>) -> Result<(), CoreError> {
+        self.receive_for(&DeviceScope::Any, batch).await
+    }
+
+    /// [`receive`](Self::receive) from a device acting for `scope`. Every
+    /// number must be in the pool ([`CoreError::InvalidParameter`]
+    /// `"mobile"` otherwise: codes for numbers never uploaded, or no longer
+    /// stored, are not kept) and held by a channel of the scope
+    /// ([`CoreError::OutsideDeviceScope`]); a refused batch stores nothing.
+    pub async fn receive_for(
+        &self,
+        scope: &DeviceScope,
+        batch: Vec<IncomingSms>,
+    ) -> Result<(), CoreError> {
         let now = self.clock.unix();
-        for sms in batch {
-            let number = self.stores.pool.number(&sms.mobile).await?;
+        let mut numbers = Vec::with_capacity(batch.len());
+        for sms in &batch {
+            let number = self
+                .stores
+                .pool
+                .number(&sms.mobile)
+                .await?
+                .ok_or(CoreError::InvalidParameter("mobile"))?;
+            scope.check(&number.info.cid)?;
+            numbers.push(number);
+        }
+        for (sms, number) in batch.into_iter().zip(numbers) {
             let lease_ref = number
-                .as_ref()
-                .and_then(|n| n.lease.clone())
+                .lease
                 .filter(|l| l.until > now)
                 .filter(|l| sms.appname.as_deref().is_none_or(|a| a == l.item));
             let item_id = sms
@@ -397,6 +470,20 @@ impl PoolService {
         cid: &str,
         max: usize,
     ) -> Result<Vec<DeviceMessage>, CoreError> {
+        self.take_device_messages_for(&DeviceScope::Any, cid, max)
+            .await
+    }
+
+    /// [`take_device_messages`](Self::take_device_messages) for a device
+    /// acting for `scope` ([`CoreError::OutsideDeviceScope`] for a channel
+    /// outside it).
+    pub async fn take_device_messages_for(
+        &self,
+        scope: &DeviceScope,
+        cid: &str,
+        max: usize,
+    ) -> Result<Vec<DeviceMessage>, CoreError> {
+        scope.check(cid)?;
         Ok(self.stores.queues.take_device_messages(cid, max).await?)
     }
 

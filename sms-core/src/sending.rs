@@ -151,6 +151,63 @@ pub fn render(content: &str, params: &HashMap<String, String>) -> String {
     out
 }
 
+/// Longest value of one `params` entry, in characters.
+pub const MAX_PARAM_CHARS: usize = 100;
+/// Longest rendered text `【signature】content`, in characters.
+pub const MAX_RENDERED_CHARS: usize = 500;
+
+/// True for the characters no `params` value may hold: the signature
+/// brackets `【】` (a value could forge a second signature), control
+/// characters (NUL, newlines …) and the Unicode bidirectional controls
+/// (U+202E and kin, which reorder what the reader sees).
+fn forbidden_in_param(c: char) -> bool {
+    matches!(
+        c,
+        '【' | '】'
+            | '\u{061C}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+    ) || c.is_control()
+}
+
+/// The rules on the values a send fills a template with (`params`): each at
+/// most [`MAX_PARAM_CHARS`] characters, none of the characters
+/// [`forbidden_in_param`] refuses, and, for a verification-code template
+/// ([`TemplateType::Code`]), ASCII digits and letters only. A passed template
+/// must not become another text through its values.
+pub fn check_params(
+    kind: TemplateType,
+    params: &HashMap<String, String>,
+) -> Result<(), crate::error::CoreError> {
+    let ok = params.values().all(|v| {
+        v.chars().count() <= MAX_PARAM_CHARS
+            && !v.chars().any(forbidden_in_param)
+            && (kind != TemplateType::Code || v.chars().all(|c| c.is_ascii_alphanumeric()))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::error::CoreError::SendParams)
+    }
+}
+
+/// The rendered text of a send, `【signature】content` with `params`
+/// filled in, after [`check_params`] and the [`MAX_RENDERED_CHARS`] bound.
+pub fn render_send(
+    signature: &str,
+    template: &Template,
+    params: &HashMap<String, String>,
+) -> Result<String, crate::error::CoreError> {
+    check_params(template.kind, params)?;
+    let text = full_text(signature, &render(&template.content, params));
+    if text.chars().count() > MAX_RENDERED_CHARS {
+        return Err(crate::error::CoreError::SendParams);
+    }
+    Ok(text)
+}
+
 /// The full text of a message: `【signature】content`.
 pub fn full_text(signature: &str, content: &str) -> String {
     format!("【{signature}】{content}")

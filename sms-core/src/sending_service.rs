@@ -18,8 +18,8 @@ use crate::ledger::{Amount, LedgerOp};
 use crate::phone::PhoneNumber;
 use crate::random::RandomSource;
 use crate::sending::{
-    full_text, render, segments, AuditStatus, RecipientStatus, SendTask, Signature, TaskState,
-    Template, TemplateType,
+    render_send, segments, AuditStatus, RecipientStatus, SendTask, Signature, TaskState, Template,
+    TemplateType,
 };
 use crate::store::{DeleteOutcome, Stores};
 use crate::user::UserId;
@@ -540,12 +540,16 @@ impl SendService {
         if mobiles.is_empty() || mobiles.len() > self.policy.max_recipients {
             return Err(CoreError::InvalidMobiles);
         }
-        let recipients = mobiles
+        let mut recipients = mobiles
             .iter()
             .map(|m| PhoneNumber::parse_cn_mobile(m))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| CoreError::InvalidMobiles)?;
-        let text = full_text(&sig.text, &render(&template.content, params));
+        // One message per distinct number, however often (and in whatever
+        // spelling) it is listed: a send is not a bombing tool.
+        let mut seen = std::collections::HashSet::new();
+        recipients.retain(|r| seen.insert(r.clone()));
+        let text = render_send(&sig.text, &template, params)?;
         let now = self.clock.unix();
         let task = SendTask {
             uuid: self.new_uuid(),

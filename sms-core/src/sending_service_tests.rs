@@ -333,7 +333,7 @@ async fn placeholders_and_segments_decide_the_cost() {
     let mut params = HashMap::new();
     params.insert("code".to_string(), "482913".to_string());
     params.insert("minutes".to_string(), "5".to_string());
-    params.insert("pad".to_string(), "。".repeat(60));
+    params.insert("pad".to_string(), "x".repeat(60));
     let uuid = f
         .core
         .sending
@@ -431,4 +431,98 @@ async fn a_task_stuck_in_created_is_reconciled() {
         TaskState::Cancelled
     );
     assert_eq!(f.core.billing.balance(&f.alice).await.unwrap().total, 9);
+}
+
+#[tokio::test]
+async fn send_params_cannot_forge_a_text_nor_bloat_the_bill() {
+    let f = fx(Arc::new(RecordingGateway::new()), 1_000).await;
+    let (g, code_t) = approved(&f, "验证码${code}").await;
+    let s = &f.core.sending;
+    let notice = s
+        .create_template(
+            &f.alice,
+            TemplateInput {
+                kind: 2,
+                ..tpl(g, "您的订单${a}${b}${c}${d}${e}已发货")
+            },
+        )
+        .await
+        .unwrap();
+    s.review_template(notice.id, true, "").await.unwrap();
+    let alice = f.alice.clone();
+    let send = |t: i64, pairs: &[(&str, String)]| {
+        let params: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let alice = alice.clone();
+        async move { s.send(&alice, g, t, &mobiles(1), &params).await }
+    };
+    let refused = [
+        // The attacker's text from the issue: a second signature and a link.
+        "】【中国银行】您的账户已冻结，请登录 http://evil.example 解冻".to_owned(),
+        "12\u{0}34".to_owned(),
+        "12\u{202E}34".to_owned(),
+        "12 34".to_owned(),
+        "１２３４".to_owned(),
+        "a".repeat(101),
+    ];
+    for v in &refused {
+        assert!(
+            matches!(
+                send(code_t, &[("code", v.clone())]).await,
+                Err(CoreError::SendParams)
+            ),
+            "{v:?}"
+        );
+    }
+    assert!(send(code_t, &[("code", "Ab12".into())]).await.is_ok());
+    assert!(send(code_t, &[("code", "a".repeat(100))]).await.is_ok());
+    // Notice templates take any text without brackets, controls or bidi.
+    for v in ["【测试】", "x\ny", "\u{2066}x"] {
+        assert!(
+            matches!(
+                send(notice.id, &[("a", v.into())]).await,
+                Err(CoreError::SendParams)
+            ),
+            "{v:?}"
+        );
+    }
+    assert!(send(notice.id, &[("a", "订单 A-1，明天到".into())])
+        .await
+        .is_ok());
+    // Five values of 100 make a rendered text over 500 characters.
+    let five: Vec<(&str, String)> = ["a", "b", "c", "d", "e"]
+        .into_iter()
+        .map(|k| (k, "字".repeat(100)))
+        .collect();
+    assert!(matches!(
+        send(notice.id, &five).await,
+        Err(CoreError::SendParams)
+    ));
+    assert!(send(notice.id, &five[..4]).await.is_ok());
+    // Nothing refused was charged: 4 sends of one segment, one of 7.
+    let total = f.core.billing.balance(&f.alice).await.unwrap().total;
+    assert_eq!(total, 1_000 - 4 - 7);
+}
+
+#[tokio::test]
+async fn a_number_listed_many_times_is_sent_and_billed_once() {
+    let f = fx(Arc::new(RecordingGateway::new()), 100).await;
+    let (g, t) = approved(&f, "验证码${code}").await;
+    let mut listed = vec!["13900000000".to_owned(); 50];
+    listed.push("+86 139-0000-0000".into());
+    listed.push("13900000001".into());
+    let mut params = HashMap::new();
+    params.insert("code".to_string(), "482913".to_string());
+    let uuid = f
+        .core
+        .sending
+        .send(&f.alice, g, t, &listed, &params)
+        .await
+        .unwrap();
+    let (task, statuses) = f.core.sending.task(&f.alice, &uuid).await.unwrap();
+    assert_eq!(task.recipients.len(), 2);
+    assert_eq!(statuses.len(), 2);
+    assert_eq!(f.core.billing.balance(&f.alice).await.unwrap().total, 98);
 }

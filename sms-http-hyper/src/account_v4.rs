@@ -93,6 +93,7 @@ fn limited(e: &CoreError) -> Option<Value> {
         CoreError::AccountLocked { .. } => "登录失败次数过多，账号暂时锁定",
         CoreError::CodeChecksLocked { .. } => "验证失败次数过多，请稍后再试",
         CoreError::Banned => "账号已被封禁",
+        CoreError::Overloaded => "服务器繁忙，请稍后再试",
         _ => return None,
     };
     Some(reply(-4, msg))
@@ -122,7 +123,7 @@ pub async fn handle(
         Endpoint::SendSms => send_sms(core, &p, req).await,
         Endpoint::IsRegister => is_register(core, &p, req).await,
         Endpoint::Register => register(core, &p).await,
-        Endpoint::Login => login(core, &p).await,
+        Endpoint::Login => login(core, &p, req).await,
         Endpoint::VerifyCode => verify_code(core, &p).await,
         Endpoint::ForgetPassword => forget_password(core, &p).await,
     };
@@ -230,11 +231,15 @@ async fn register(core: &Core, p: &Params) -> Value {
     }
 }
 
-async fn login(core: &Core, p: &Params) -> Value {
+async fn login(core: &Core, p: &Params, req: &Incoming) -> Value {
     let phone = tri!(phone(p, "phone"));
     let password = p.text("password").unwrap_or("");
     let device = p.text("device_identifier");
-    match core.accounts.login_phone(&phone, password, device).await {
+    match core
+        .accounts
+        .login_phone_from(&phone, password, device, req.client_ip)
+        .await
+    {
         Ok(out) => json!({
             "code": 200,
             "data": session_data(&out.user, out.token.expose(), out.change_device),

@@ -14,6 +14,14 @@ use crate::service::{HttpBody, Incoming};
 /// seed does not name.
 pub const INTERNAL: i64 = -99;
 
+/// `forgot/verify` extension: too many failed recovery attempts from this
+/// client (the per-IP probe budget is spent), whatever the user.
+pub const RECOVERY_TOO_FREQUENT: i64 = -7;
+
+/// `forgot/vcode` and `forgot/verify` extension: the user is banned and
+/// cannot recover the account.
+pub const RECOVERY_BANNED: i64 = -8;
+
 /// A `hub` HTTP endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -54,9 +62,9 @@ pub async fn handle(core: &Core, endpoint: Endpoint, req: &Incoming) -> Response
     let p = Params::from_parts(req.query.as_deref(), req.content_type.as_deref(), &req.body);
     let body = match endpoint {
         Endpoint::Signup => signup(core, &p).await,
-        Endpoint::Login => login(core, &p).await,
+        Endpoint::Login => login(core, &p, req).await,
         Endpoint::ForgotVcode => forgot_vcode(core, &p, req).await,
-        Endpoint::ForgotVerify => forgot_verify(core, &p).await,
+        Endpoint::ForgotVerify => forgot_verify(core, &p, req).await,
     };
     response::ok(&body)
 }
@@ -90,7 +98,7 @@ async fn signup(core: &Core, p: &Params) -> Value {
     }
 }
 
-async fn login(core: &Core, p: &Params) -> Value {
+async fn login(core: &Core, p: &Params, req: &Incoming) -> Value {
     let (user, password) = (raw(p, "user"), raw(p, "password"));
     if user.is_empty() {
         return code(-2);
@@ -98,12 +106,21 @@ async fn login(core: &Core, p: &Params) -> Value {
     if password.is_empty() {
         return code(-3);
     }
-    match core.accounts.login_username(user, password).await {
+    match core
+        .accounts
+        .login_username_from(user, password, req.client_ip)
+        .await
+    {
         Ok(token) => json!({ "code": 0, "token": token.expose() }),
         Err(e) => code(match e {
             CoreError::UserNotFound => -1,
             CoreError::WrongPassword => -4,
-            CoreError::AccountLocked { .. } => -5,
+            // Locked account, the client's probe or failed-password budget
+            // spent, or too many password checks at once: "too many
+            // attempts".
+            CoreError::AccountLocked { .. }
+            | CoreError::RateLimited { .. }
+            | CoreError::Overloaded => -5,
             CoreError::Banned => -6,
             other => return internal(&other),
         }),
@@ -128,6 +145,7 @@ fn recovery_error(e: CoreError) -> Result<i64, CoreError> {
         CoreError::UserNotFound => -1,
         CoreError::EmailNotFound => -3,
         CoreError::EmailMismatch => -5,
+        CoreError::Banned => RECOVERY_BANNED,
         other => return Err(other),
     })
 }
@@ -155,18 +173,19 @@ async fn forgot_vcode(core: &Core, p: &Params, req: &Incoming) -> Value {
     }
 }
 
-async fn forgot_verify(core: &Core, p: &Params) -> Value {
+async fn forgot_verify(core: &Core, p: &Params, req: &Incoming) -> Value {
     let (user, email) = match recovery_fields(p) {
         Ok(f) => f,
         Err(v) => return v,
     };
     match core
         .accounts
-        .recover_with_code(user, email, raw(p, "verify"))
+        .recover_with_code_from(user, email, raw(p, "verify"), req.client_ip)
         .await
     {
         Ok(token) => json!({ "code": 0, "token": token.expose() }),
         Err(CoreError::CodeInvalid | CoreError::CodeChecksLocked { .. }) => code(-6),
+        Err(CoreError::RateLimited { .. }) => code(RECOVERY_TOO_FREQUENT),
         Err(e) => match recovery_error(e) {
             Ok(c) => code(c),
             Err(other) => internal(&other),

@@ -45,6 +45,7 @@ pub mod idle;
 pub mod openapi;
 pub mod params;
 pub mod pool;
+pub mod pool_auth;
 pub mod response;
 pub mod sendapi;
 pub mod server;
@@ -52,5 +53,6 @@ pub mod service;
 pub mod telsignup;
 
 pub use client_addr::{client_ip_of, ClientAddr, ClientIp, ClientIpLayer, TrustedProxies};
+pub use pool_auth::PoolAuth;
 pub use server::{serve, ServerConfig};
 pub use service::{Dialect, HttpBody, HttpConfig, SmsService};

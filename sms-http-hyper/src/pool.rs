@@ -4,15 +4,21 @@
 //! `PUT /setsize?newsize=N`, and the extension `GET /sends/<cid>` (texts
 //! users send from leased numbers, for the device to deliver). The result is
 //! in the body's `code` (200, 208, 400, 406, 500), HTTP 200 (decision G4).
+//!
+//! Credentials ([`PoolAuth`], an extension: the seed has none): a call
+//! without the right kind of token answers `{"code":401,"desc":…}`, a device
+//! token bound to channels used for a number or channel outside them
+//! `{"code":403,"desc":…}`, both with HTTP 200 like every pool answer.
 
 use http::Response;
 use serde_json::{json, Map, Value};
 use sms_core::phone::PhoneNumber;
 use sms_core::pool::NumberInfo;
-use sms_core::pool_service::IncomingSms;
+use sms_core::pool_service::{DeviceScope, IncomingSms};
 use sms_core::{Core, CoreError};
 
 use crate::params::Params;
+use crate::pool_auth::{PoolAccess, PoolAuth};
 use crate::response;
 use crate::service::{HttpBody, Incoming};
 
@@ -82,20 +88,54 @@ fn none() -> Value {
     json!({"code": 208, "desc": "Sorry, there is no data that you need currently! Please try again later~"})
 }
 
+/// `code` of a call without the credential its route needs.
+pub const UNAUTHORIZED: i64 = 401;
+/// `code` of a device token used beyond the channels it is bound to.
+pub const FORBIDDEN: i64 = 403;
+
+fn unauthorized() -> Value {
+    json!({"code": UNAUTHORIZED, "desc": "A valid token is required for this route."})
+}
+
+fn forbidden() -> Value {
+    json!({"code": FORBIDDEN, "desc": "This token does not cover that device channel."})
+}
+
 fn busy(e: &CoreError) -> Value {
     tracing::error!(error = %e, "pool: internal failure");
     json!({"code": 500, "desc": "The server is busy, please try again later."})
 }
 
-/// Serves one `pool` request.
-pub async fn handle(core: &Core, endpoint: Endpoint, req: &Incoming) -> Response<HttpBody> {
+/// Serves one `pool` request, after checking its credential.
+pub async fn handle(
+    core: &Core,
+    auth: &PoolAuth,
+    endpoint: Endpoint,
+    req: &Incoming,
+) -> Response<HttpBody> {
+    let access = match &endpoint {
+        Endpoint::Phones | Endpoint::UploadCodes | Endpoint::Sends(_) => auth.device(req),
+        Endpoint::Mobiles(..) | Endpoint::Codes(_) => auth.consumer(req),
+        Endpoint::SetSize => match auth.admin(req) {
+            PoolAccess::Refused if crate::sendapi::basic_credentials(&req.headers).is_some() => {
+                match crate::sendapi::authenticate_root(core, req).await {
+                    Ok(_) => PoolAccess::Allowed(DeviceScope::Any),
+                    Err(_) => PoolAccess::Refused,
+                }
+            }
+            other => other,
+        },
+    };
+    let PoolAccess::Allowed(scope) = access else {
+        return response::ok(&unauthorized());
+    };
     let body = match endpoint {
-        Endpoint::Phones => phones(core, req).await,
+        Endpoint::Phones => phones(core, &scope, req).await,
         Endpoint::Mobiles(app, n) => mobiles(core, &app, &n).await,
-        Endpoint::UploadCodes => upload_codes(core, req).await,
+        Endpoint::UploadCodes => upload_codes(core, &scope, req).await,
         Endpoint::Codes(app) => codes(core, &app).await,
         Endpoint::SetSize => set_size(core, req).await,
-        Endpoint::Sends(cid) => sends(core, &cid).await,
+        Endpoint::Sends(cid) => sends(core, &scope, &cid).await,
     };
     response::ok(&body)
 }
@@ -154,14 +194,14 @@ fn number_info(m: &Map<String, Value>) -> Result<NumberInfo, ()> {
     })
 }
 
-async fn phones(core: &Core, req: &Incoming) -> Value {
+async fn phones(core: &Core, scope: &DeviceScope, req: &Incoming) -> Value {
     let Some(items) = entries(&req.body) else {
         return bad();
     };
     let Ok(infos) = items.iter().map(number_info).collect::<Result<Vec<_>, _>>() else {
         return bad();
     };
-    match core.pool.upload_numbers(infos).await {
+    match core.pool.upload_numbers_for(scope, infos).await {
         Ok(intake) if intake.full => json!({
             "code": 406,
             "desc": "Thanks for your contribution. However, as we have enough data to be used, thus we don not need your data just now. Please devote your data later~",
@@ -171,6 +211,7 @@ async fn phones(core: &Core, req: &Incoming) -> Value {
             "msg": "Thanks for your contribution. And as follows, we have used some datas that you provided, please offer their verify codes later.",
             "phonesUsed": intake.used.iter().map(ToString::to_string).collect::<Vec<_>>(),
         }),
+        Err(CoreError::OutsideDeviceScope) => forbidden(),
         Err(e) => busy(&e),
     }
 }
@@ -203,7 +244,7 @@ async fn mobiles(core: &Core, app: &str, n: &str) -> Value {
     }
 }
 
-async fn upload_codes(core: &Core, req: &Incoming) -> Value {
+async fn upload_codes(core: &Core, scope: &DeviceScope, req: &Incoming) -> Value {
     let Some(items) = entries(&req.body) else {
         return bad();
     };
@@ -225,8 +266,10 @@ async fn upload_codes(core: &Core, req: &Incoming) -> Value {
     let Ok(batch) = items.iter().map(parse).collect::<Result<Vec<_>, _>>() else {
         return bad();
     };
-    match core.pool.receive(batch).await {
+    match core.pool.receive_for(scope, batch).await {
         Ok(()) => json!({"code": 200, "msg": "Save successfully~"}),
+        Err(CoreError::InvalidParameter(_)) => bad(),
+        Err(CoreError::OutsideDeviceScope) => forbidden(),
         Err(e) => busy(&e),
     }
 }
@@ -260,11 +303,15 @@ async fn set_size(core: &Core, req: &Incoming) -> Value {
     }
 }
 
-async fn sends(core: &Core, cid: &str) -> Value {
+async fn sends(core: &Core, scope: &DeviceScope, cid: &str) -> Value {
     if cid.is_empty() {
         return bad();
     }
-    match core.pool.take_device_messages(cid, MAX_TAKE).await {
+    match core
+        .pool
+        .take_device_messages_for(scope, cid, MAX_TAKE)
+        .await
+    {
         Ok(list) if list.is_empty() => none(),
         Ok(list) => json!({
             "code": 200,
@@ -275,6 +322,7 @@ async fn sends(core: &Core, cid: &str) -> Value {
                 "at": m.at,
             })).collect::<Vec<_>>(),
         }),
+        Err(CoreError::OutsideDeviceScope) => forbidden(),
         Err(e) => busy(&e),
     }
 }

@@ -91,7 +91,11 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 /// The authenticated user of a request (ER:0001 otherwise).
 pub async fn authenticate(core: &Core, req: &Incoming) -> Result<User, ApiError> {
     let (user, password) = basic_credentials(&req.headers).ok_or(AUTH)?;
-    match core.accounts.verify_credentials(&user, &password).await {
+    match core
+        .accounts
+        .verify_credentials_from(&user, &password, req.client_ip)
+        .await
+    {
         Ok(u) => Ok(u),
         Err(e) if e.is_internal() => {
             tracing::error!(error = %e, "sendapi: auth failed internally");
@@ -295,7 +299,7 @@ fn map_core(e: CoreError) -> ApiError {
         CoreError::SignatureInUse => DELETE_SIGN,
         CoreError::SignatureNotPending => SIGN_STATUS,
         CoreError::TemplateLocked => EDIT_TEMP,
-        CoreError::TemplateField => TEMPLATE_PARAMS,
+        CoreError::TemplateField | CoreError::SendParams => TEMPLATE_PARAMS,
         CoreError::TemplateType => TEMPLATE_TYPE,
         CoreError::SignatureNotPassed => SIGN_NOT_PASSED,
         CoreError::TemplateNotPassed => TEMP_NOT_PASSED,

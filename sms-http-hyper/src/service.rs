@@ -41,6 +41,9 @@ pub struct HttpConfig {
     /// and requests that asked `Expect: 100-continue`, get the answer at once
     /// and the connection is closed.
     pub discard_limit: u64,
+    /// Credentials of the `pool` routes (none by default: open, as the
+    /// seed has them).
+    pub pool_auth: crate::PoolAuth,
 }
 
 impl Default for HttpConfig {
@@ -50,6 +53,7 @@ impl Default for HttpConfig {
             trusted_proxies: TrustedProxies::default(),
             body_timeout: std::time::Duration::from_secs(30),
             discard_limit: 16 * 1024 * 1024,
+            pool_auth: crate::PoolAuth::default(),
         }
     }
 }
@@ -310,7 +314,7 @@ impl SmsService {
             Route::Hub(e) => hub::handle(core, e, &incoming).await,
             Route::Telsignup => telsignup::handle(core, &incoming).await,
             Route::AccountV4(e, seg) => account_v4::handle(core, e, seg, &incoming).await,
-            Route::Pool(e) => pool::handle(core, e, &incoming).await,
+            Route::Pool(e) => pool::handle(core, &config.pool_auth, e, &incoming).await,
             Route::Admin(a) => sendapi::handle_admin(core, a, &incoming).await,
             Route::SendApi(r) => sendapi::handle(core, r, &method, &incoming).await,
             Route::OpenApi(d) => openapi::handle(d),
