@@ -14,7 +14,41 @@ use tokio::sync::Mutex;
 #[derive(Debug)]
 enum Target {
     Stdout,
-    File(PathBuf, Mutex<tokio::fs::File>),
+    File(PathBuf, Box<OutboxFile>),
+}
+
+/// An outbox file whose lines share their disk syncs (group commit).
+#[derive(Debug)]
+struct OutboxFile {
+    /// Appends; holds the count of lines written (to the OS) so far.
+    append: Mutex<(tokio::fs::File, u64)>,
+    /// Syncs, one at a time, through a second handle of the same file;
+    /// holds the count of lines known to be on disk.
+    sync: Mutex<(tokio::fs::File, u64)>,
+}
+
+impl OutboxFile {
+    /// Appends `line` and returns once it is on disk. Writers waiting
+    /// together share one `fdatasync`: the sync that runs after a line was
+    /// written covers every line written before it started.
+    async fn append(&self, line: &[u8]) -> std::io::Result<()> {
+        let ticket = {
+            let mut a = self.append.lock().await;
+            a.0.write_all(line).await?;
+            a.0.flush().await?;
+            a.1 += 1;
+            a.1
+        };
+        let mut s = self.sync.lock().await;
+        if s.1 >= ticket {
+            return Ok(());
+        }
+        // Every line counted now was written before this sync starts.
+        let covered = self.append.lock().await.1;
+        s.0.sync_data().await?;
+        s.1 = covered;
+        Ok(())
+    }
 }
 
 /// Writes every message as a JSON line:
@@ -33,15 +67,23 @@ impl OutboxSender {
     }
 
     /// Lines appended to `path` (created if missing); each line is on disk
-    /// before the send is acknowledged.
+    /// before the send is acknowledged, and concurrent sends share their
+    /// syncs.
     pub async fn file(path: &Path) -> std::io::Result<Self> {
         let f = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .await?;
+        let syncer = f.try_clone().await?;
         Ok(Self {
-            target: Target::File(path.to_owned(), Mutex::new(f)),
+            target: Target::File(
+                path.to_owned(),
+                Box::new(OutboxFile {
+                    append: Mutex::new((f, 0)),
+                    sync: Mutex::new((syncer, 0)),
+                }),
+            ),
         })
     }
 
@@ -70,16 +112,10 @@ impl OutboxSender {
                     .map_err(|e| SendError(e.to_string()))?;
                 out.flush().await.map_err(|e| SendError(e.to_string()))
             }
-            Target::File(path, f) => {
-                let mut f = f.lock().await;
-                let r = async {
-                    f.write_all(line.as_bytes()).await?;
-                    f.flush().await?;
-                    f.sync_data().await
-                }
-                .await;
-                r.map_err(|e| SendError(format!("{}: {e}", path.display())))
-            }
+            Target::File(path, f) => f
+                .append(line.as_bytes())
+                .await
+                .map_err(|e| SendError(format!("{}: {e}", path.display()))),
         }
     }
 }
