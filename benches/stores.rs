@@ -165,6 +165,7 @@ fn codes(c: &mut Criterion) {
                             max_attempts: 5,
                             failures: LimitCheck::new("bench:fail", LimitRule::per(20, 86_400)),
                             pump_ok: None,
+                            grant: None,
                         });
                         let r = b.stores.codes.decide_code(check).await;
                         assert_eq!(

@@ -264,8 +264,12 @@ impl CodeStore for MemoryStore {
                 .iter()
                 .map(|k| g.limits.get(*k).cloned().unwrap_or_default())
                 .collect(),
+            grant: None,
         };
         let verdict = decision.apply(&mut state);
+        if let Some(grant) = state.grant {
+            g.grants.insert((grant.kind, grant.phone.clone()), grant);
+        }
         match state.code {
             Some(code) => {
                 g.codes.insert(decision.key().clone(), code);

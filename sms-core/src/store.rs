@@ -257,7 +257,9 @@ impl CodeRecord {
 ///   stores what changed, all in one atomic step: of concurrent issues within
 ///   one cooldown at most one stores a code, a refused issue counts against
 ///   no cap, of concurrent checks presenting the right code exactly one gets
-///   [`RedeemOutcome::Redeemed`], and no wrong try or failure is lost.
+///   [`RedeemOutcome::Redeemed`], and no wrong try or failure is lost. A
+///   grant the transition sets ([`crate::code_decision::CodeState::grant`])
+///   is stored (as [`GrantStore::put_grant`] would) in the same step.
 /// * A decision that changes nothing writes nothing.
 /// * Writes are durable when the call returns `Ok`.
 #[cfg_attr(feature = "mock", mockall::automock)]

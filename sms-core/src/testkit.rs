@@ -545,6 +545,7 @@ async fn redeem(
             max_attempts,
             failures: LimitCheck::new("kit:fail", LimitRule::per(1_000, 86_400)),
             pump_ok: None,
+            grant: None,
         }))
         .await?
     {
@@ -793,7 +794,8 @@ pub async fn codes_issue_is_one_atomic_decision(s: &Stores) {
 }
 
 /// Concurrent checks of one address never overrun the failure budget, and
-/// a locked check changes nothing; a success is counted on the breaker.
+/// a locked check changes nothing; a success is counted on the breaker and
+/// stores the grant it carries, in the same step.
 pub async fn codes_check_is_one_atomic_decision(s: &Stores) {
     let h = CodeHasher::new([7; 32]);
     let rec = code_record(&h, "123456", 100);
@@ -809,6 +811,7 @@ pub async fn codes_check_is_one_atomic_decision(s: &Stores) {
             max_attempts,
             failures: fail.clone(),
             pump_ok: Some(ok.clone()),
+            grant: None,
         })
     };
     let mut tasks = Vec::new();
@@ -852,17 +855,48 @@ pub async fn codes_check_is_one_atomic_decision(s: &Stores) {
     other.hash = h.hash(&other.key.flat(), "654321");
     let other_key = other.key.clone();
     replace(&s.codes, other, 60).await.unwrap();
-    let d = CodeDecision::Check(CheckCode {
-        key: other_key.clone(),
-        presented: h.hash(&other_key.flat(), "654321"),
-        now: 150,
-        max_attempts: 5,
-        failures: LimitCheck::new("kit:fail:two", LimitRule::per(3, 86_400)),
-        pump_ok: Some(ok.clone()),
-    });
+    // A success also stores the grant it carries; a failure does not.
+    let phone = PhoneNumber::parse_cn_mobile("13800000009").expect("valid phone");
+    let permit = Grant {
+        kind: GrantKind::PasswordReset,
+        phone: phone.clone(),
+        token_hash: None,
+        issued_at: 150,
+        expires_at: 750,
+        used: false,
+    };
+    let granting = |code: &str| {
+        CodeDecision::Check(CheckCode {
+            key: other_key.clone(),
+            presented: h.hash(&other_key.flat(), code),
+            now: 150,
+            max_attempts: 5,
+            failures: LimitCheck::new("kit:fail:two", LimitRule::per(3, 86_400)),
+            pump_ok: Some(ok.clone()),
+            grant: Some(permit.clone()),
+        })
+    };
+    assert!(matches!(
+        s.codes.decide_code(granting("000000")).await.unwrap(),
+        CodeVerdict::Check(CheckOutcome::Presented(RedeemOutcome::Mismatch { .. }))
+    ));
     assert_eq!(
-        s.codes.decide_code(d).await.unwrap(),
+        s.grants
+            .grant(GrantKind::PasswordReset, &phone)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.codes.decide_code(granting("654321")).await.unwrap(),
         CodeVerdict::Check(CheckOutcome::Presented(RedeemOutcome::Redeemed))
+    );
+    assert_eq!(
+        s.grants
+            .grant(GrantKind::PasswordReset, &phone)
+            .await
+            .unwrap(),
+        Some(permit)
     );
     assert!(!s
         .limits
@@ -870,10 +904,18 @@ pub async fn codes_check_is_one_atomic_decision(s: &Stores) {
         .await
         .unwrap()
         .is_allowed());
-    let two = LimitCheck::new("kit:fail:two", LimitRule::per(1, 86_400));
+    // The one failure, not the success, counted on its budget.
+    let two = LimitCheck::new("kit:fail:two", LimitRule::per(2, 86_400));
     assert!(s
         .limits
         .peek(std::slice::from_ref(&two), 150)
+        .await
+        .unwrap()
+        .is_allowed());
+    let one = LimitCheck::new("kit:fail:two", LimitRule::per(1, 86_400));
+    assert!(!s
+        .limits
+        .peek(std::slice::from_ref(&one), 150)
         .await
         .unwrap()
         .is_allowed());

@@ -36,6 +36,7 @@ fn check(key: &CodeKey, presented: sms_core::secret::CodeHash, now: i64) -> Code
         max_attempts: 5,
         failures: LimitCheck::new("reopen:fail", LimitRule::per(20, 86_400)),
         pump_ok: None,
+        grant: None,
     })
 }
 
