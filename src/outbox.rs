@@ -8,7 +8,6 @@ use serde_json::json;
 use sms_core::gateway::{DeliveryError, GatewayMessage, MessageGateway};
 use sms_core::sender::{Channel, CodeSender, OutboundMessage, SendError};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
 
 /// Where outbox lines go.
 #[derive(Debug)]
@@ -17,37 +16,59 @@ enum Target {
     File(PathBuf, Box<OutboxFile>),
 }
 
-/// An outbox file whose lines share their disk syncs (group commit).
+/// A line to append and whom to tell once it is on disk.
+type Append = (Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>);
+
+/// An outbox file whose lines share their disk syncs (group commit): one
+/// thread appends every queued line with one write, syncs once, then
+/// answers all of them. The thread ends when the sender is dropped.
 #[derive(Debug)]
 struct OutboxFile {
-    /// Appends; holds the count of lines written (to the OS) so far.
-    append: Mutex<(tokio::fs::File, u64)>,
-    /// Syncs, one at a time, through a second handle of the same file;
-    /// holds the count of lines known to be on disk.
-    sync: Mutex<(tokio::fs::File, u64)>,
+    queue: std::sync::mpsc::Sender<Append>,
 }
 
+/// Most lines appended before one sync.
+const MAX_BATCH: usize = 1_024;
+
 impl OutboxFile {
-    /// Appends `line` and returns once it is on disk. Writers waiting
-    /// together share one `fdatasync`: the sync that runs after a line was
-    /// written covers every line written before it started.
-    async fn append(&self, line: &[u8]) -> std::io::Result<()> {
-        let ticket = {
-            let mut a = self.append.lock().await;
-            a.0.write_all(line).await?;
-            a.0.flush().await?;
-            a.1 += 1;
-            a.1
-        };
-        let mut s = self.sync.lock().await;
-        if s.1 >= ticket {
-            return Ok(());
-        }
-        // Every line counted now was written before this sync starts.
-        let covered = self.append.lock().await.1;
-        s.0.sync_data().await?;
-        s.1 = covered;
-        Ok(())
+    fn open(path: &Path) -> std::io::Result<Self> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let (queue, lines) = std::sync::mpsc::channel::<Append>();
+        std::thread::Builder::new()
+            .name("sms-outbox".into())
+            .spawn(move || {
+                use std::io::Write;
+                while let Ok(first) = lines.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match lines.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    let bytes: Vec<u8> =
+                        batch.iter().flat_map(|(l, _)| l.iter().copied()).collect();
+                    let result = file.write_all(&bytes).and_then(|()| file.sync_data());
+                    for (_, reply) in batch {
+                        let _ = reply.send(match &result {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                        });
+                    }
+                }
+            })?;
+        Ok(Self { queue })
+    }
+
+    /// Appends `line` and returns once it is on disk.
+    async fn append(&self, line: Vec<u8>) -> std::io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || std::io::Error::other("the outbox writer is gone");
+        self.queue.send((line, tx)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 }
 
@@ -70,20 +91,15 @@ impl OutboxSender {
     /// before the send is acknowledged, and concurrent sends share their
     /// syncs.
     pub async fn file(path: &Path) -> std::io::Result<Self> {
-        let f = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await?;
-        let syncer = f.try_clone().await?;
+        let path = path.to_owned();
+        let file = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || OutboxFile::open(&path)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         Ok(Self {
-            target: Target::File(
-                path.to_owned(),
-                Box::new(OutboxFile {
-                    append: Mutex::new((f, 0)),
-                    sync: Mutex::new((syncer, 0)),
-                }),
-            ),
+            target: Target::File(path, Box::new(file)),
         })
     }
 
@@ -113,7 +129,7 @@ impl OutboxSender {
                 out.flush().await.map_err(|e| SendError(e.to_string()))
             }
             Target::File(path, f) => f
-                .append(line.as_bytes())
+                .append(line.into_bytes())
                 .await
                 .map_err(|e| SendError(format!("{}: {e}", path.display()))),
         }
