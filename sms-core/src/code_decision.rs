@@ -264,6 +264,14 @@ mod tests {
         })
     }
 
+    fn issue_ok(d: CodeDecision, s: &mut CodeState) {
+        assert_eq!(d.apply(s), CodeVerdict::Issue(IssueOutcome::Issued));
+    }
+
+    fn limited(retry_at: i64) -> CodeVerdict {
+        CodeVerdict::Issue(IssueOutcome::Limited { retry_at })
+    }
+
     fn check_at(code: &str, now: i64) -> CodeDecision {
         let h = CodeHasher::new([1; 32]);
         CodeDecision::Check(CheckCode {
@@ -310,17 +318,11 @@ mod tests {
     fn spent_cap_refuses_and_counts_nothing() {
         let clock = ManualClock::at(1_000);
         let mut s = CodeState::default();
-        assert_eq!(
-            issue_at("1", clock.unix(), 1).apply(&mut s),
-            CodeVerdict::Issue(IssueOutcome::Issued)
-        );
+        issue_ok(issue_at("1", clock.unix(), 1), &mut s);
         s.code = None;
         clock.advance(100);
         let before = s.clone();
-        assert_eq!(
-            issue_at("2", clock.unix(), 1).apply(&mut s),
-            CodeVerdict::Issue(IssueOutcome::Limited { retry_at: 4_600 })
-        );
+        assert_eq!(issue_at("2", clock.unix(), 1).apply(&mut s), limited(4_600));
         assert_eq!(s, before);
     }
 
@@ -330,10 +332,7 @@ mod tests {
         let mut s = CodeState::default();
         for _ in 0..2 {
             s.code = None;
-            assert_eq!(
-                issue_at("1", clock.unix(), 99).apply(&mut s),
-                CodeVerdict::Issue(IssueOutcome::Issued)
-            );
+            issue_ok(issue_at("1", clock.unix(), 99), &mut s);
             clock.advance(1);
         }
         s.code = None;
@@ -348,7 +347,7 @@ mod tests {
         let before = s.clone();
         assert_eq!(
             issue_at("1", clock.unix(), 99).apply(&mut s),
-            CodeVerdict::Issue(IssueOutcome::Limited { retry_at: 4_602 })
+            limited(4_602)
         );
         assert_eq!(s, before);
     }

@@ -400,6 +400,15 @@ pub async fn sessions_open_caps_oldest_first(s: &Stores) {
     assert_eq!(ss.user_sessions(&u1).await.unwrap().len(), 4);
 }
 
+/// Whether the session of `token` is stored.
+async fn has_session(s: &Stores, token: &str) -> bool {
+    s.sessions
+        .session(&Token::from_client(token).hash())
+        .await
+        .unwrap()
+        .is_some()
+}
+
 /// A sign-up opens the user's first session in the same atomic step; a
 /// taken field fails with a conflict and leaves neither user nor session.
 pub async fn sessions_open_with_sign_up(s: &Stores) {
@@ -415,12 +424,7 @@ pub async fn sessions_open_with_sign_up(s: &Stores) {
     let stored = s.sessions.open_session(first).await.unwrap();
     assert_eq!(stored.origin, SessionOrigin::Signup);
     assert_eq!(s.users.user(&alice.id).await.unwrap(), Some(alice.clone()));
-    assert!(s
-        .sessions
-        .session(&Token::from_client("a").hash())
-        .await
-        .unwrap()
-        .is_some());
+    assert!(has_session(s, "a").await);
     let clash = OpenSession {
         session: session("b", 2, 10),
         new_user: Some(user(2, Some("ALICE"), None, None)),
@@ -430,12 +434,7 @@ pub async fn sessions_open_with_sign_up(s: &Stores) {
         s.sessions.open_session(clash).await,
         Err(StoreError::Conflict(UniqueField::Username))
     ));
-    assert!(s
-        .sessions
-        .session(&Token::from_client("b").hash())
-        .await
-        .unwrap()
-        .is_none());
+    assert!(!has_session(s, "b").await);
     assert_eq!(
         s.users.user(&user(2, None, None, None).id).await.unwrap(),
         None
@@ -695,6 +694,15 @@ fn capped_issue(h: &CodeHasher, address: &str, code: &str, at: i64) -> CodeDecis
     })
 }
 
+/// Whether the limit store would allow a hit on `check` at `now`.
+async fn allows(s: &Stores, check: &LimitCheck, now: i64) -> bool {
+    s.limits
+        .peek(std::slice::from_ref(check), now)
+        .await
+        .unwrap()
+        .is_allowed()
+}
+
 /// An issue refused by the cooldown counts against no cap; concurrent sends
 /// to one address issue exactly one code and count exactly once; the caps
 /// and the breaker's count are kept in the limit states [`LimitStore`]
@@ -726,45 +734,21 @@ pub async fn codes_issue_is_one_atomic_decision(s: &Stores) {
     // The per-IP cap (3) saw exactly one send (the 15 refused by the
     // cooldown counted nothing); so did the address cap and the breaker.
     let sent2 = LimitCheck::new("kit:sent", LimitRule::per(2, 3_600));
-    assert!(!s
-        .limits
-        .peek(std::slice::from_ref(&sent), 100)
-        .await
-        .unwrap()
-        .is_allowed());
-    assert!(s
-        .limits
-        .peek(std::slice::from_ref(&sent2), 100)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(!allows(s, &sent, 100).await);
+    assert!(allows(s, &sent2, 100).await);
     let addr1 = LimitCheck::new("kit:addr:+8613800000001", LimitRule::per(1, 3_600));
     let addr2 = LimitCheck::new("kit:addr:+8613800000001", LimitRule::per(2, 3_600));
-    assert!(!s
-        .limits
-        .peek(std::slice::from_ref(&addr1), 100)
-        .await
-        .unwrap()
-        .is_allowed());
-    assert!(s
-        .limits
-        .peek(std::slice::from_ref(&addr2), 100)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(!allows(s, &addr1, 100).await);
+    assert!(allows(s, &addr2, 100).await);
     let ip_two_more = [ip.clone()];
-    assert!(s
-        .limits
-        .acquire(&ip_two_more, 101)
-        .await
-        .unwrap()
-        .is_allowed());
-    assert!(s
-        .limits
-        .acquire(&ip_two_more, 101)
-        .await
-        .unwrap()
-        .is_allowed());
+    for _ in 0..2 {
+        assert!(s
+            .limits
+            .acquire(&ip_two_more, 101)
+            .await
+            .unwrap()
+            .is_allowed());
+    }
     assert_eq!(
         s.limits.peek(&ip_two_more, 101).await.unwrap(),
         LimitDecision::Denied {
@@ -782,12 +766,7 @@ pub async fn codes_issue_is_one_atomic_decision(s: &Stores) {
         CodeVerdict::Issue(IssueOutcome::Limited { retry_at: 3_700 })
     );
     let addr3 = LimitCheck::new("kit:addr:+8613800000002", LimitRule::per(1, 3_600));
-    assert!(s
-        .limits
-        .peek(std::slice::from_ref(&addr3), 102)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(allows(s, &addr3, 102).await);
     let mut key = code_record(&h, "", 0).key;
     key.address = "+8613800000002".into();
     assert_eq!(s.codes.code(&key).await.unwrap(), None);
@@ -843,12 +822,7 @@ pub async fn codes_check_is_one_atomic_decision(s: &Stores) {
     ));
     let rec = s.codes.code(&key).await.unwrap().unwrap();
     assert_eq!((rec.attempts, rec.used), (3, false));
-    assert!(s
-        .limits
-        .peek(std::slice::from_ref(&ok), 150)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(allows(s, &ok, 150).await);
     // Another address's budget is its own; its success counts on the breaker.
     let mut other = code_record(&h, "654321", 100);
     other.key.address = "+8613800000009".into();
@@ -898,27 +872,12 @@ pub async fn codes_check_is_one_atomic_decision(s: &Stores) {
             .unwrap(),
         Some(permit)
     );
-    assert!(!s
-        .limits
-        .peek(std::slice::from_ref(&ok), 150)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(!allows(s, &ok, 150).await);
     // The one failure, not the success, counted on its budget.
     let two = LimitCheck::new("kit:fail:two", LimitRule::per(2, 86_400));
-    assert!(s
-        .limits
-        .peek(std::slice::from_ref(&two), 150)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(allows(s, &two, 150).await);
     let one = LimitCheck::new("kit:fail:two", LimitRule::per(1, 86_400));
-    assert!(!s
-        .limits
-        .peek(std::slice::from_ref(&one), 150)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(!allows(s, &one, 150).await);
 }
 
 /// One grant per (kind, phone); consumed exactly once under concurrency;
@@ -1092,22 +1051,12 @@ pub async fn limits_lockout_and_reset(s: &Stores) {
             retry_at: 903
         }
     );
-    assert!(s
-        .limits
-        .peek(std::slice::from_ref(&c), 903)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(allows(s, &c, 903).await);
     s.limits.record(&c, 1_000).await.unwrap();
     s.limits.reset("login").await.unwrap();
     s.limits.record(&c, 1_001).await.unwrap();
     s.limits.record(&c, 1_002).await.unwrap();
-    assert!(s
-        .limits
-        .peek(std::slice::from_ref(&c), 1_003)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(allows(s, &c, 1_003).await);
 }
 
 fn info(mobile: &str, cid: &str, area: Option<&str>) -> NumberInfo {
