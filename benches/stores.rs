@@ -297,9 +297,13 @@ fn pool(c: &mut Criterion) {
                         until: now + 1,
                         hold_id: format!("hold{}", next()),
                         price: 1,
+                        hold: None,
                     };
                     let t = Instant::now();
-                    let got = rt.block_on(current.stores.pool.lease(req)).expect("lease");
+                    let got = rt
+                        .block_on(current.stores.pool.lease(req))
+                        .expect("lease")
+                        .leases();
                     total += t.elapsed();
                     assert_eq!(got.len(), 1);
                 }

@@ -24,7 +24,8 @@ use crate::ledger::{LedgerOp, LedgerOutcome, LedgerRequest, Refusal};
 use crate::limits::{LimitCheck, LimitDecision, LimitRule};
 use crate::phone::PhoneNumber;
 use crate::pool::{
-    DeviceMessage, Item, LeaseFilter, LeaseRequest, NumberInfo, Operator, ReceivedSms,
+    DeviceMessage, HoldTerms, Item, LeaseFilter, LeaseOutcome, LeaseRequest, NumberInfo, Operator,
+    ReceivedSms,
 };
 use crate::secret::{CodeHash, CodeHasher, Token};
 use crate::sending::{
@@ -77,6 +78,7 @@ macro_rules! store_conformance_tests {
             pool_concurrent_leases_distinct,
             pool_filters,
             pool_charged_and_settled_once,
+            pool_lease_holds_atomically,
             items_put_and_get,
             queues_fifo_and_take_once,
             mailbox_sequence_and_ack,
@@ -1087,6 +1089,7 @@ fn lease_req(user: u32, item: &str, ids: &[&str], now: i64, filter: LeaseFilter)
         until: now + 100,
         hold_id: format!("hold-{user}-{now}"),
         price: 5,
+        hold: None,
     }
 }
 
@@ -1125,7 +1128,8 @@ pub async fn pool_intake_caps_and_refresh(s: &Stores) {
     let leased = p
         .lease(lease_req(1, "app", &["l1"], 20, LeaseFilter::default()))
         .await
-        .unwrap();
+        .unwrap()
+        .leases();
     assert_eq!(leased.len(), 1);
     let r = p.intake(vec![numbers(5)[4].clone()], 21).await.unwrap();
     assert_eq!(r.used, vec![all[4].clone()]);
@@ -1145,7 +1149,8 @@ pub async fn pool_lease_exclusive_and_once_per_item(s: &Stores) {
     let a = p
         .lease(lease_req(1, "A", &["a1", "a2"], 10, LeaseFilter::default()))
         .await
-        .unwrap();
+        .unwrap()
+        .leases();
     assert_eq!(a.len(), 2);
     assert_ne!(a[0].mobile, a[1].mobile);
     assert_eq!(a[0].until, 110);
@@ -1161,7 +1166,8 @@ pub async fn pool_lease_exclusive_and_once_per_item(s: &Stores) {
             LeaseFilter::default(),
         ))
         .await
-        .unwrap();
+        .unwrap()
+        .leases();
     assert_eq!(b.len(), 3);
     for l in &b {
         assert!(a.iter().all(|x| x.mobile != l.mobile));
@@ -1181,7 +1187,8 @@ pub async fn pool_lease_exclusive_and_once_per_item(s: &Stores) {
             LeaseFilter::default(),
         ))
         .await
-        .unwrap();
+        .unwrap()
+        .leases();
     assert_eq!(again.len(), 3);
     for l in &again {
         assert!(a.iter().all(|x| x.mobile != l.mobile));
@@ -1214,6 +1221,7 @@ pub async fn pool_concurrent_leases_distinct(s: &Stores) {
             ))
             .await
             .unwrap()
+            .leases()
         }));
     }
     let mut got = Vec::new();
@@ -1260,14 +1268,22 @@ pub async fn pool_filters(s: &Stores) {
         operator: Some(Operator::Unicom),
         ..Default::default()
     };
-    let l = p.lease(lease_req(1, "i", &["1", "2"], 1, f)).await.unwrap();
+    let l = p
+        .lease(lease_req(1, "i", &["1", "2"], 1, f))
+        .await
+        .unwrap()
+        .leases();
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].mobile.to_string(), "13000000002");
     let f = LeaseFilter {
         area: Some("北京".into()),
         ..Default::default()
     };
-    let l = p.lease(lease_req(1, "i", &["3"], 1, f)).await.unwrap();
+    let l = p
+        .lease(lease_req(1, "i", &["3"], 1, f))
+        .await
+        .unwrap()
+        .leases();
     assert_eq!(l[0].mobile.to_string(), "13800000001");
     let f = LeaseFilter {
         custom: Some(PhoneNumber::parse_cn_mobile("13300000003").unwrap()),
@@ -1276,13 +1292,15 @@ pub async fn pool_filters(s: &Stores) {
     let l = p
         .lease(lease_req(1, "j", &["4", "5"], 1, f.clone()))
         .await
-        .unwrap();
+        .unwrap()
+        .leases();
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].mobile.to_string(), "13300000003");
     assert!(p
         .lease(lease_req(2, "k", &["6"], 2, f))
         .await
         .unwrap()
+        .leases()
         .is_empty());
 }
 
@@ -1295,7 +1313,8 @@ pub async fn pool_charged_and_settled_once(s: &Stores) {
     let l = p
         .lease(lease_req(1, "i", &["z1", "z2"], 10, LeaseFilter::default()))
         .await
-        .unwrap();
+        .unwrap()
+        .leases();
     assert_eq!(l.len(), 2);
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -1508,6 +1527,97 @@ fn lreq(op_id: &str, user: &str, op: LedgerOp) -> LedgerRequest {
         op,
         at: 1,
     }
+}
+
+/// A lease with its hold is one step with the ledger: `price × wanted` is
+/// held, what the numbers not found would cost is released, a balance too
+/// small leases nothing and records nothing, and concurrent leases never
+/// overdraw.
+pub async fn pool_lease_holds_atomically(s: &Stores) {
+    let payer = |n: u32| UserId::from_string(format!("{n:032x}"));
+    let held = |n: u32, ids: &[&str], now: i64| {
+        let mut r = lease_req(n, "app", ids, now, LeaseFilter::default());
+        r.price = 10;
+        r.hold = Some(HoldTerms {
+            expires_at: Some(now + 500),
+        });
+        r
+    };
+    s.ledger
+        .apply(lreq(
+            "top",
+            &payer(1).to_string(),
+            LedgerOp::Charge { amount: 25 },
+        ))
+        .await
+        .unwrap();
+    s.pool.intake(numbers(3), 0).await.unwrap();
+    // Two wanted, two found: 20 held.
+    let got = s
+        .pool
+        .lease(held(1, &["a", "b"], 10))
+        .await
+        .unwrap()
+        .leases();
+    assert_eq!(got.len(), 2);
+    let b = s.ledger.balance(&payer(1)).await.unwrap();
+    assert_eq!((b.total, b.held), (25, 20));
+    // Two more cannot be held: nothing leased, nothing recorded.
+    let entries = s.ledger.entries(&payer(1)).await.unwrap().len();
+    assert_eq!(
+        s.pool.lease(held(1, &["c", "d"], 11)).await.unwrap(),
+        LeaseOutcome::Refused(Refusal::Insufficient { available: 5 })
+    );
+    assert_eq!(s.ledger.entries(&payer(1)).await.unwrap().len(), entries);
+    assert!(s.pool.lease_record("c").await.unwrap().is_none());
+    // Two wanted, one left: 20 held, then 10 released.
+    s.ledger
+        .apply(lreq(
+            "top2",
+            &payer(1).to_string(),
+            LedgerOp::Charge { amount: 20 },
+        ))
+        .await
+        .unwrap();
+    let got = s
+        .pool
+        .lease(held(1, &["e", "f"], 12))
+        .await
+        .unwrap()
+        .leases();
+    assert_eq!(got.len(), 1);
+    let b = s.ledger.balance(&payer(1)).await.unwrap();
+    assert_eq!((b.total, b.held), (45, 30));
+    let hold = s.ledger.hold("hold-1-12").await.unwrap().unwrap();
+    assert_eq!(hold.remaining, 10);
+    // Concurrent leases of one user never hold more than the balance.
+    s.ledger
+        .apply(lreq(
+            "top3",
+            &payer(2).to_string(),
+            LedgerOp::Charge { amount: 30 },
+        ))
+        .await
+        .unwrap();
+    s.pool.intake(numbers(20)[3..].to_vec(), 20).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let p = s.pool.clone();
+        let mut r = held(2, &[format!("p{i}").as_str()], 20 + i);
+        r.hold_id = format!("hold-2-{i}");
+        tasks.push(tokio::spawn(async move { p.lease(r).await.unwrap() }));
+    }
+    let mut leased = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            LeaseOutcome::Leased(l) => leased += l.len(),
+            LeaseOutcome::Refused(Refusal::Insufficient { .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(leased, 3);
+    let b = s.ledger.balance(&payer(2)).await.unwrap();
+    assert_eq!((b.total, b.held), (30, 30));
 }
 
 /// Operation ids apply once; holds, captures and releases move exactly what
