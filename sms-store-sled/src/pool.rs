@@ -111,23 +111,18 @@ impl Trees {
     }
 }
 
-/// Inside a lease transaction: leases up to `req.lease_ids.len()` of the
-/// `candidates` that still pass `eligible` (aborting with [`Error::Raced`]
-/// when one does not and `strict`), keeping the open-lease count and index.
-#[allow(clippy::too_many_arguments)]
-fn claim_leases(
-    req: &LeaseRequest,
+/// Inside a claim transaction: each of the `candidates`, up to `want`, that
+/// still passes `eligible` (aborting with [`Error::Raced`] when one does not
+/// and `strict`) is given to `take`, then stored back; what `take` returns
+/// is collected (`None` ends the claim).
+fn claim_numbers<T>(
+    numbers: &TransactionalTree,
     candidates: &[sled::IVec],
+    want: usize,
     strict: bool,
     eligible: impl Fn(&PoolNumber) -> bool,
-    numbers: &TransactionalTree,
-    meta: &TransactionalTree,
-    leases: &TransactionalTree,
-    open: &TransactionalTree,
-) -> TxResult<Vec<Lease>> {
-    let want = req.lease_ids.len();
-    let mut open_count = tx_counter(meta, META_OPEN_LEASES)?;
-    let mut ids = req.lease_ids.iter();
+    mut take: impl FnMut(&mut PoolNumber) -> TxResult<Option<T>>,
+) -> TxResult<Vec<T>> {
     let mut out = Vec::new();
     for phone in candidates {
         if out.len() >= want {
@@ -143,9 +138,34 @@ fn claim_leases(
             }
             continue;
         }
-        let Some(id) = ids.next() else { break };
-        let lease = num.lease_to(req, id);
+        let Some(got) = take(&mut num)? else { break };
         numbers.insert(phone, tx(encode(POOL_NUMBERS, &num))?)?;
+        out.push(got);
+    }
+    Ok(out)
+}
+
+/// Inside a lease transaction: leases up to `req.lease_ids.len()` of the
+/// `candidates` ([`claim_numbers`]), keeping the open-lease count and index.
+#[allow(clippy::too_many_arguments)]
+fn claim_leases(
+    req: &LeaseRequest,
+    candidates: &[sled::IVec],
+    strict: bool,
+    eligible: impl Fn(&PoolNumber) -> bool,
+    numbers: &TransactionalTree,
+    meta: &TransactionalTree,
+    leases: &TransactionalTree,
+    open: &TransactionalTree,
+) -> TxResult<Vec<Lease>> {
+    let mut open_count = tx_counter(meta, META_OPEN_LEASES)?;
+    let mut ids = req.lease_ids.iter();
+    let want = req.lease_ids.len();
+    let out = claim_numbers(numbers, candidates, want, strict, eligible, |num| {
+        let Some(id) = ids.next() else {
+            return Ok(None);
+        };
+        let lease = num.lease_to(req, id);
         let record = tx(encode(LEASES, &lease))?;
         if let Some(old) = leases.insert(id.as_bytes(), record)? {
             // A reused id replaces its lease (as the reference does); keep
@@ -158,8 +178,8 @@ fn claim_leases(
         }
         open.insert(open_key(lease.until, &lease.id), &b""[..])?;
         open_count += 1;
-        out.push(lease);
-    }
+        Ok(Some(lease))
+    })?;
     if !out.is_empty() {
         tx_put_counter(meta, META_OPEN_LEASES, open_count)?;
     }
@@ -229,26 +249,9 @@ impl PhonePool for SledStore {
                 |t| t.candidates(n, eligible),
                 |candidates, strict| {
                     let out = t.pool_numbers.transaction(|numbers| {
-                        let mut out = Vec::new();
-                        for phone in candidates {
-                            if out.len() >= n {
-                                break;
-                            }
-                            let Some(raw) = numbers.get(phone)? else {
-                                continue;
-                            };
-                            let mut num: PoolNumber = tx(decode(POOL_NUMBERS, &raw))?;
-                            if !eligible(&num) {
-                                if strict {
-                                    return abort(Error::Raced);
-                                }
-                                continue;
-                            }
-                            let info = num.hand_out(&app);
-                            numbers.insert(phone, tx(encode(POOL_NUMBERS, &num))?)?;
-                            out.push(info);
-                        }
-                        Ok(out)
+                        claim_numbers(numbers, candidates, n, strict, eligible, |num| {
+                            Ok(Some(num.hand_out(&app)))
+                        })
                     })?;
                     Ok(out)
                 },
