@@ -165,6 +165,7 @@ fn codes(c: &mut Criterion) {
                             max_attempts: 5,
                             failures: LimitCheck::new("bench:fail", LimitRule::per(20, 86_400)),
                             pump_ok: None,
+                            grant: None,
                         });
                         let r = b.stores.codes.decide_code(check).await;
                         assert_eq!(
@@ -296,9 +297,13 @@ fn pool(c: &mut Criterion) {
                         until: now + 1,
                         hold_id: format!("hold{}", next()),
                         price: 1,
+                        hold: None,
                     };
                     let t = Instant::now();
-                    let got = rt.block_on(current.stores.pool.lease(req)).expect("lease");
+                    let got = rt
+                        .block_on(current.stores.pool.lease(req))
+                        .expect("lease")
+                        .leases();
                     total += t.elapsed();
                     assert_eq!(got.len(), 1);
                 }

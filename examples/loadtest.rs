@@ -41,7 +41,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
+use sms_core::gateway::RecordingGateway;
+use sms_core::ledger::LedgerOp;
 use sms_core::memory::MemoryStore;
+use sms_core::sending_service::{SignatureInput, TemplateInput};
 use sms_core::store::Stores;
 use sms_platform::{Platform, PlatformArgs};
 use tokio::net::{TcpListener, TcpStream};
@@ -637,6 +640,127 @@ fn table(outcomes: &[Outcome], baseline_rps: f64) -> String {
     s
 }
 
+/// Recipients of the bulk send (e).
+const BULK_RECIPIENTS: usize = 10_000;
+
+/// (e): a sendapi send of [`BULK_RECIPIENTS`] recipients by load account 0:
+/// the time to accept it (one HTTP round trip), then the time until the
+/// task is done, drained to a gateway that only records.
+async fn bulk_send(core: sms_core::Core, addr: SocketAddr) -> String {
+    let user = core
+        .accounts
+        .user_by_username(&username(0))
+        .await
+        .ok()
+        .flatten()
+        .expect("load account 0");
+    let sig = core
+        .sending
+        .create_signature(
+            &user.id,
+            SignatureInput {
+                text: "欢聚".into(),
+                source: "app".into(),
+                pics: Vec::new(),
+            },
+        )
+        .await
+        .expect("signature");
+    let temp = core
+        .sending
+        .create_template(
+            &user.id,
+            TemplateInput {
+                sign_id: sig.id,
+                name: "code".into(),
+                content: "验证码${code}".into(),
+                kind: 1,
+                description: "load".into(),
+            },
+        )
+        .await
+        .expect("template");
+    core.sending
+        .review_signature(sig.id, true, "")
+        .await
+        .expect("signature review");
+    core.sending
+        .review_template(temp.id, true, "")
+        .await
+        .expect("template review");
+    core.billing
+        .apply(
+            &user.id,
+            "load-bulk-top-up".into(),
+            LedgerOp::Charge {
+                amount: 1_000_000_000,
+            },
+        )
+        .await
+        .expect("top-up");
+    let mobiles: Vec<String> = (0..BULK_RECIPIENTS as u64)
+        .map(|n| format!("177{n:08}"))
+        .collect();
+    let body = json!({"sign_id": sig.id, "temp_id": temp.id, "mobiles": mobiles, "params": {"code": "482913"}});
+    let token =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{PASSWORD}", username(0)));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/message")
+        .header(header::HOST, addr.to_string())
+        .header(header::AUTHORIZATION, format!("Basic {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("valid request");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    let driver = tokio::spawn(conn);
+    // Warm the verified-credentials cache (one argon2id verify), as a
+    // client that sends in bulk has long done.
+    let warm = Request::builder()
+        .uri("/v1/signature")
+        .header(header::HOST, addr.to_string())
+        .header(header::AUTHORIZATION, format!("Basic {token}"))
+        .body(Full::new(Bytes::new()))
+        .expect("valid request");
+    let warmed = sender.send_request(warm).await.expect("answer");
+    let _ = warmed.into_body().collect().await;
+    sender.ready().await.expect("connection ready");
+    let t0 = Instant::now();
+    let resp = sender.send_request(req).await.expect("answer");
+    let status = resp.status();
+    let answer = resp.into_body().collect().await.expect("body").to_bytes();
+    let accepted = t0.elapsed();
+    driver.abort();
+    let v: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+    let Some(uuid) = v["uuid"].as_str().map(str::to_owned) else {
+        return format!(
+            "e-bulk-send: not accepted: {status} {}",
+            String::from_utf8_lossy(&answer)
+        );
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = matches!(
+            core.sending.task(&user.id, &uuid).await,
+            Ok((t, _)) if t.state == sms_core::sending::TaskState::Done
+        );
+        if done || Instant::now() > deadline {
+            let drained = t0.elapsed() - accepted;
+            return format!(
+                "e-bulk-send: {BULK_RECIPIENTS} recipients accepted in {:.1} ms; {} in {:.2} s after that = {:.0} messages/s",
+                accepted.as_secs_f64() * 1000.0,
+                if done { "drained" } else { "NOT drained" },
+                drained.as_secs_f64(),
+                BULK_RECIPIENTS as f64 / drained.as_secs_f64()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if args.secs == 0 || args.concurrency == 0 || args.concurrency > 10_000 {
@@ -668,7 +792,11 @@ fn main() -> std::process::ExitCode {
         let mut mem_args = a.clone();
         mem_args.data = dir.path().join("mem-data");
         mem_args.outbox = Some(dir.path().join("mem-outbox.jsonl"));
-        let running = Platform::new(a).start().await.expect("platform starts");
+        let running = Platform::new(a)
+            .with_gateway(Arc::new(RecordingGateway::new()))
+            .start()
+            .await
+            .expect("platform starts");
         let memory = Platform::new(mem_args)
             .with_stores(Stores::from_single(Arc::new(MemoryStore::new())))
             .start()
@@ -740,6 +868,14 @@ fn main() -> std::process::ExitCode {
         );
         outcomes.push(o);
     }
+    let bulk = (args.only.is_empty()
+        || args.only.iter().any(|o| "e-bulk-send".contains(o.as_str())))
+    .then(|| {
+        let core = platform.core().clone();
+        let bulk = clients.block_on(bulk_send(core, platform_addr));
+        eprintln!("  {bulk}");
+        bulk
+    });
     servers.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(15), platform.shutdown()).await;
         let _ = tokio::time::timeout(Duration::from_secs(15), memory.shutdown()).await;
@@ -790,6 +926,7 @@ fn main() -> std::process::ExitCode {
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "baseline_rps": baseline_rps,
             "scenarios": scenarios,
+            "bulk_send": bulk,
         });
         println!(
             "{}",
@@ -798,6 +935,9 @@ fn main() -> std::process::ExitCode {
     } else {
         print!("{text}");
         println!("{note}");
+        if let Some(b) = &bulk {
+            println!("{b}");
+        }
         println!("answers per second of the window, and what each scenario does:");
         for o in &outcomes {
             println!(

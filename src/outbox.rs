@@ -9,13 +9,72 @@ use sms_core::carrier::{Accepted, Carrier, CarrierError, CarrierMessage, Message
 use sms_core::gateway::{DeliveryError, GatewayMessage, MessageGateway};
 use sms_core::sender::{Channel, CodeSender, OutboundMessage, SendError};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
 
 /// Where outbox lines go.
 #[derive(Debug)]
 enum Target {
     Stdout,
-    File(PathBuf, Mutex<tokio::fs::File>),
+    File(PathBuf, Box<OutboxFile>),
+}
+
+/// A line to append and whom to tell once it is on disk.
+type Append = (Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>);
+
+/// An outbox file whose lines share their disk syncs (group commit): one
+/// thread appends every queued line with one write, syncs once, then
+/// answers all of them. The thread ends when the sender is dropped.
+#[derive(Debug)]
+struct OutboxFile {
+    queue: std::sync::mpsc::Sender<Append>,
+}
+
+/// Most lines appended before one sync.
+const MAX_BATCH: usize = 1_024;
+
+impl OutboxFile {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path)?;
+        let (queue, lines) = std::sync::mpsc::channel::<Append>();
+        std::thread::Builder::new()
+            .name("sms-outbox".into())
+            .spawn(move || {
+                use std::io::Write;
+                while let Ok(first) = lines.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match lines.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    let bytes: Vec<u8> =
+                        batch.iter().flat_map(|(l, _)| l.iter().copied()).collect();
+                    let result = file.write_all(&bytes).and_then(|()| file.sync_data());
+                    for (_, reply) in batch {
+                        let _ = reply.send(match &result {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                        });
+                    }
+                }
+            })?;
+        Ok(Self { queue })
+    }
+
+    /// Appends `line` and returns once it is on disk.
+    async fn append(&self, line: Vec<u8>) -> std::io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || std::io::Error::other("the outbox writer is gone");
+        self.queue.send((line, tx)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
 }
 
 /// Writes every message as a JSON line:
@@ -35,15 +94,18 @@ impl OutboxSender {
 
     /// Lines appended to `path` (created if missing, readable by its owner
     /// only: mode 0600 on Unix, since it holds codes); each line is on disk
-    /// before the send is acknowledged.
+    /// before the send is acknowledged, and concurrent sends share their
+    /// syncs.
     pub async fn file(path: &Path) -> std::io::Result<Self> {
-        let mut options = tokio::fs::OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        options.mode(0o600);
-        let f = options.open(path).await?;
+        let path = path.to_owned();
+        let file = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || OutboxFile::open(&path)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         Ok(Self {
-            target: Target::File(path.to_owned(), Mutex::new(f)),
+            target: Target::File(path, Box::new(file)),
         })
     }
 
@@ -72,16 +134,10 @@ impl OutboxSender {
                     .map_err(|e| SendError(e.to_string()))?;
                 out.flush().await.map_err(|e| SendError(e.to_string()))
             }
-            Target::File(path, f) => {
-                let mut f = f.lock().await;
-                let r = async {
-                    f.write_all(line.as_bytes()).await?;
-                    f.flush().await?;
-                    f.sync_data().await
-                }
-                .await;
-                r.map_err(|e| SendError(format!("{}: {e}", path.display())))
-            }
+            Target::File(path, f) => f
+                .append(line.into_bytes())
+                .await
+                .map_err(|e| SendError(format!("{}: {e}", path.display()))),
         }
     }
 }

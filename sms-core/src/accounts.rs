@@ -791,20 +791,22 @@ impl Accounts {
         phone: &PhoneNumber,
         code: &str,
     ) -> Result<(), CoreError> {
-        self.codes
-            .check(&CodeAddress::Phone(phone.clone()), Purpose::Reset, code)
-            .await?;
         let now = self.clock.unix();
-        self.stores
-            .grants
-            .put_grant(Grant {
-                kind: GrantKind::PasswordReset,
-                phone: phone.clone(),
-                token_hash: None,
-                issued_at: now,
-                expires_at: now.saturating_add(self.policy.reset_permit_ttl_secs),
-                used: false,
-            })
+        let permit = Grant {
+            kind: GrantKind::PasswordReset,
+            phone: phone.clone(),
+            token_hash: None,
+            issued_at: now,
+            expires_at: now.saturating_add(self.policy.reset_permit_ttl_secs),
+            used: false,
+        };
+        self.codes
+            .check_granting(
+                &CodeAddress::Phone(phone.clone()),
+                Purpose::Reset,
+                code,
+                Some(permit),
+            )
             .await?;
         Ok(())
     }
@@ -878,21 +880,23 @@ impl Accounts {
         phone: &PhoneNumber,
         code: &str,
     ) -> Result<Token, CoreError> {
-        self.codes
-            .check(&CodeAddress::Phone(phone.clone()), Purpose::Signup, code)
-            .await?;
         let token = Token::generate(self.rng.as_ref());
         let now = self.clock.unix();
-        self.stores
-            .grants
-            .put_grant(Grant {
-                kind: GrantKind::Registration,
-                phone: phone.clone(),
-                token_hash: Some(token.hash()),
-                issued_at: now,
-                expires_at: now.saturating_add(self.policy.registration_grant_ttl_secs),
-                used: false,
-            })
+        let grant = Grant {
+            kind: GrantKind::Registration,
+            phone: phone.clone(),
+            token_hash: Some(token.hash()),
+            issued_at: now,
+            expires_at: now.saturating_add(self.policy.registration_grant_ttl_secs),
+            used: false,
+        };
+        self.codes
+            .check_granting(
+                &CodeAddress::Phone(phone.clone()),
+                Purpose::Signup,
+                code,
+                Some(grant),
+            )
             .await?;
         Ok(token)
     }

@@ -51,13 +51,7 @@ impl Billing {
             .await?;
         match outcome {
             LedgerOutcome::Applied(b) | LedgerOutcome::Duplicate(b) => Ok(b),
-            LedgerOutcome::Refused(Refusal::Insufficient { available }) => {
-                Err(CoreError::InsufficientBalance { available })
-            }
-            LedgerOutcome::Refused(Refusal::BadHold) => Err(CoreError::InvalidParameter("hold")),
-            LedgerOutcome::Refused(Refusal::InvalidAmount) => {
-                Err(CoreError::InvalidParameter("amount"))
-            }
+            LedgerOutcome::Refused(r) => Err(refusal_error(r)),
         }
     }
 
@@ -92,5 +86,14 @@ impl Billing {
     /// The user's balance.
     pub async fn balance(&self, user: &UserId) -> Result<Balance, CoreError> {
         Ok(self.stores.ledger.balance(user).await?)
+    }
+}
+
+/// The error a caller sees for a refused ledger movement.
+pub fn refusal_error(r: Refusal) -> CoreError {
+    match r {
+        Refusal::Insufficient { available } => CoreError::InsufficientBalance { available },
+        Refusal::BadHold => CoreError::InvalidParameter("hold"),
+        Refusal::InvalidAmount => CoreError::InvalidParameter("amount"),
     }
 }

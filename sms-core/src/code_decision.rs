@@ -10,7 +10,7 @@
 
 use crate::limits::{evaluate, LimitCheck, LimitDecision, LimitState};
 use crate::secret::CodeHash;
-use crate::store::{CodeKey, CodeRecord, RedeemOutcome};
+use crate::store::{CodeKey, CodeRecord, Grant, RedeemOutcome};
 
 /// The SMS-pumping breaker's three counters for one number prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +54,9 @@ pub struct CheckCode {
     pub failures: LimitCheck,
     /// The breaker's count of successful checks in the prefix (phones).
     pub pump_ok: Option<LimitCheck>,
+    /// What a successful check earns: this grant is stored (replacing the
+    /// one of its kind and phone) in the same atomic step.
+    pub grant: Option<Grant>,
 }
 
 /// One decision on codes.
@@ -120,6 +123,9 @@ pub struct CodeState {
     /// The states of [`CodeDecision::limit_keys`], in that order (default
     /// for keys never written).
     pub limits: Vec<LimitState>,
+    /// Output only (stores load nothing here): a grant to store, set by a
+    /// successful check that carries one.
+    pub grant: Option<Grant>,
 }
 
 impl CodeDecision {
@@ -212,6 +218,7 @@ fn check(req: &CheckCode, state: &mut CodeState) -> CheckOutcome {
         if let (Some(ok), [s, ..]) = (&req.pump_ok, rest) {
             s.record(&ok.rule, now);
         }
+        state.grant.clone_from(&req.grant);
     } else {
         fail.record(&req.failures.rule, now);
     }
@@ -257,6 +264,14 @@ mod tests {
         })
     }
 
+    fn issue_ok(d: CodeDecision, s: &mut CodeState) {
+        assert_eq!(d.apply(s), CodeVerdict::Issue(IssueOutcome::Issued));
+    }
+
+    fn limited(retry_at: i64) -> CodeVerdict {
+        CodeVerdict::Issue(IssueOutcome::Limited { retry_at })
+    }
+
     fn check_at(code: &str, now: i64) -> CodeDecision {
         let h = CodeHasher::new([1; 32]);
         CodeDecision::Check(CheckCode {
@@ -266,6 +281,7 @@ mod tests {
             max_attempts: 5,
             failures: LimitCheck::new("fail", LimitRule::per(2, 86_400)),
             pump_ok: Some(LimitCheck::new("ok", LimitRule::per(1, 3_600))),
+            grant: None,
         })
     }
 
@@ -302,17 +318,11 @@ mod tests {
     fn spent_cap_refuses_and_counts_nothing() {
         let clock = ManualClock::at(1_000);
         let mut s = CodeState::default();
-        assert_eq!(
-            issue_at("1", clock.unix(), 1).apply(&mut s),
-            CodeVerdict::Issue(IssueOutcome::Issued)
-        );
+        issue_ok(issue_at("1", clock.unix(), 1), &mut s);
         s.code = None;
         clock.advance(100);
         let before = s.clone();
-        assert_eq!(
-            issue_at("2", clock.unix(), 1).apply(&mut s),
-            CodeVerdict::Issue(IssueOutcome::Limited { retry_at: 4_600 })
-        );
+        assert_eq!(issue_at("2", clock.unix(), 1).apply(&mut s), limited(4_600));
         assert_eq!(s, before);
     }
 
@@ -322,10 +332,7 @@ mod tests {
         let mut s = CodeState::default();
         for _ in 0..2 {
             s.code = None;
-            assert_eq!(
-                issue_at("1", clock.unix(), 99).apply(&mut s),
-                CodeVerdict::Issue(IssueOutcome::Issued)
-            );
+            issue_ok(issue_at("1", clock.unix(), 99), &mut s);
             clock.advance(1);
         }
         s.code = None;
@@ -340,7 +347,7 @@ mod tests {
         let before = s.clone();
         assert_eq!(
             issue_at("1", clock.unix(), 99).apply(&mut s),
-            CodeVerdict::Issue(IssueOutcome::Limited { retry_at: 4_602 })
+            limited(4_602)
         );
         assert_eq!(s, before);
     }
@@ -360,6 +367,7 @@ mod tests {
             let mut c = CodeState {
                 code: s.code.clone(),
                 limits: vec![LimitState::default(), s.limits[4].clone()],
+                grant: None,
             };
             assert_eq!(
                 check_at("123456", clock.unix()).apply(&mut c),
@@ -378,6 +386,7 @@ mod tests {
         let mut c = CodeState {
             code: s.code.clone(),
             limits: vec![],
+            grant: None,
         };
         clock.advance(5);
         for left in [4, 3] {
@@ -399,6 +408,39 @@ mod tests {
     }
 
     #[test]
+    fn only_a_successful_check_stores_its_grant() {
+        let clock = ManualClock::at(1_000);
+        let mut s = CodeState::default();
+        issue_at("123456", clock.unix(), 9).apply(&mut s);
+        let grant = Grant {
+            kind: crate::store::GrantKind::PasswordReset,
+            phone: crate::phone::PhoneNumber::parse_cn_mobile("13811112222").unwrap(),
+            token_hash: None,
+            issued_at: 1_000,
+            expires_at: 1_600,
+            used: false,
+        };
+        let with_grant = |code: &str| match check_at(code, clock.unix()) {
+            CodeDecision::Check(mut c) => {
+                c.grant = Some(grant.clone());
+                CodeDecision::Check(c)
+            }
+            other => other,
+        };
+        let mut c = CodeState {
+            code: s.code.clone(),
+            ..CodeState::default()
+        };
+        with_grant("000000").apply(&mut c);
+        assert_eq!(c.grant, None);
+        assert_eq!(
+            with_grant("123456").apply(&mut c),
+            CodeVerdict::Check(CheckOutcome::Presented(RedeemOutcome::Redeemed))
+        );
+        assert_eq!(c.grant, Some(grant));
+    }
+
+    #[test]
     fn success_records_the_breaker_and_not_a_failure() {
         let clock = ManualClock::at(1_000);
         let mut s = CodeState::default();
@@ -406,6 +448,7 @@ mod tests {
         let mut c = CodeState {
             code: s.code.clone(),
             limits: vec![],
+            grant: None,
         };
         assert_eq!(
             check_at("123456", clock.unix()).apply(&mut c),

@@ -18,7 +18,7 @@ use crate::random::{random_digits, RandomSource};
 use crate::secret::CodeHasher;
 use crate::sender::{Channel, CodeSender, OutboundMessage};
 pub use crate::store::Purpose;
-use crate::store::{CodeKey, CodeRecord, RedeemOutcome, Stores};
+use crate::store::{CodeKey, CodeRecord, Grant, RedeemOutcome, Stores};
 
 /// Where a code goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,6 +350,18 @@ impl CodeService {
         purpose: Purpose,
         presented: &str,
     ) -> Result<(), CoreError> {
+        self.check_granting(address, purpose, presented, None).await
+    }
+
+    /// Like [`check`](Self::check); a success also stores `grant`, in the
+    /// same store call.
+    pub async fn check_granting(
+        &self,
+        address: &CodeAddress,
+        purpose: Purpose,
+        presented: &str,
+        grant: Option<Grant>,
+    ) -> Result<(), CoreError> {
         let now = self.clock.unix();
         let key = CodeKey {
             address: address.key().to_owned(),
@@ -364,6 +376,7 @@ impl CodeService {
             max_attempts: self.policy.max_attempts,
             failures: self.failed_check(address),
             pump_ok: self.pump_prefix(address).map(|p| self.pump_checks(&p).ok),
+            grant,
         });
         match self.stores.codes.decide_code(decision).await? {
             CodeVerdict::Check(CheckOutcome::Presented(RedeemOutcome::Redeemed)) => Ok(()),

@@ -124,10 +124,11 @@ impl LimitState {
         if rule.max == 0 {
             return Some(now.saturating_add(rule.window_secs));
         }
-        let live: Vec<i64> = self.live_hits(rule, now).collect();
-        if live.len() >= rule.max as usize {
+        let max = rule.max as usize;
+        let live = self.live_hits(rule, now).count();
+        if live >= max {
             // The hit that must leave the window before another is allowed.
-            let oldest_relevant = live[live.len() - rule.max as usize];
+            let oldest_relevant = self.live_hits(rule, now).nth(live - max)?;
             return Some(oldest_relevant.saturating_add(rule.window_secs));
         }
         None

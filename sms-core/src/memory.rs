@@ -16,8 +16,8 @@ use crate::ledger::{transition, Balance, Hold, LedgerEntry, LedgerOutcome, Ledge
 use crate::limits::{evaluate, LimitCheck, LimitDecision, LimitState};
 use crate::phone::PhoneNumber;
 use crate::pool::{
-    DeviceMessage, Intake, IntakeTally, Item, Lease, LeaseRequest, NumberInfo, PoolNumber,
-    ReceivedSms,
+    DeviceMessage, Intake, IntakeTally, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo,
+    PoolNumber, ReceivedSms,
 };
 use crate::secret::TokenHash;
 use crate::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
@@ -115,6 +115,44 @@ impl Inner {
             return Err(StoreError::Conflict(UniqueField::Email));
         }
         Ok(())
+    }
+
+    /// Applies [`transition`] for `request` with its balance, hold and entry.
+    fn apply_ledger(&mut self, request: LedgerRequest) -> LedgerOutcome {
+        let balance = self
+            .balances
+            .get(&request.user)
+            .copied()
+            .unwrap_or_default();
+        if self.entries.contains_key(&request.op_id) {
+            return LedgerOutcome::Duplicate(balance);
+        }
+        let hold = request
+            .op
+            .hold_id()
+            .and_then(|h| self.holds.get(h))
+            .cloned();
+        match transition(balance, hold.as_ref(), &request) {
+            Err(r) => LedgerOutcome::Refused(r),
+            Ok((after, hold)) => {
+                if let Some(h) = hold {
+                    self.holds.insert(h.hold_id.clone(), h);
+                }
+                self.balances.insert(request.user.clone(), after);
+                self.user_entries
+                    .entry(request.user.clone())
+                    .or_default()
+                    .push(request.op_id.clone());
+                self.entries.insert(
+                    request.op_id.clone(),
+                    LedgerEntry {
+                        request,
+                        balance_after: after,
+                    },
+                );
+                LedgerOutcome::Applied(after)
+            }
+        }
     }
 
     /// Stores a user that passed [`check_unique`](Self::check_unique).
@@ -264,8 +302,12 @@ impl CodeStore for MemoryStore {
                 .iter()
                 .map(|k| g.limits.get(*k).cloned().unwrap_or_default())
                 .collect(),
+            grant: None,
         };
         let verdict = decision.apply(&mut state);
+        if let Some(grant) = state.grant {
+            g.grants.insert((grant.kind, grant.phone.clone()), grant);
+        }
         match state.code {
             Some(code) => {
                 g.codes.insert(decision.key().clone(), code);
@@ -415,8 +457,13 @@ impl PhonePool for MemoryStore {
         Ok(out)
     }
 
-    async fn lease(&self, req: LeaseRequest) -> StoreResult<Vec<Lease>> {
+    async fn lease(&self, req: LeaseRequest) -> StoreResult<LeaseOutcome> {
         let mut g = self.lock();
+        if let Some(hold) = req.hold_request() {
+            if let LedgerOutcome::Refused(r) = g.apply_ledger(hold) {
+                return Ok(LeaseOutcome::Refused(r));
+            }
+        }
         let mut ids = req.lease_ids.iter();
         let mut out = Vec::new();
         for num in g.numbers.values_mut() {
@@ -433,7 +480,10 @@ impl PhonePool for MemoryStore {
         for l in &out {
             g.leases.insert(l.id.clone(), l.clone());
         }
-        Ok(out)
+        if let Some(release) = req.release_request(out.len()) {
+            g.apply_ledger(release);
+        }
+        Ok(LeaseOutcome::Leased(out))
     }
 
     async fn lease_record(&self, id: &str) -> StoreResult<Option<Lease>> {
@@ -571,33 +621,7 @@ impl QueueStore for MemoryStore {
 #[async_trait]
 impl LedgerStore for MemoryStore {
     async fn apply(&self, request: LedgerRequest) -> StoreResult<LedgerOutcome> {
-        let mut g = self.lock();
-        let balance = g.balances.get(&request.user).copied().unwrap_or_default();
-        if g.entries.contains_key(&request.op_id) {
-            return Ok(LedgerOutcome::Duplicate(balance));
-        }
-        let hold = request.op.hold_id().and_then(|h| g.holds.get(h)).cloned();
-        match transition(balance, hold.as_ref(), &request) {
-            Err(r) => Ok(LedgerOutcome::Refused(r)),
-            Ok((after, hold)) => {
-                if let Some(h) = hold {
-                    g.holds.insert(h.hold_id.clone(), h);
-                }
-                g.balances.insert(request.user.clone(), after);
-                g.user_entries
-                    .entry(request.user.clone())
-                    .or_default()
-                    .push(request.op_id.clone());
-                g.entries.insert(
-                    request.op_id.clone(),
-                    LedgerEntry {
-                        request,
-                        balance_after: after,
-                    },
-                );
-                Ok(LedgerOutcome::Applied(after))
-            }
-        }
+        Ok(self.lock().apply_ledger(request))
     }
 
     async fn balance(&self, user: &UserId) -> StoreResult<Balance> {

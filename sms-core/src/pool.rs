@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::Amount;
+use crate::ledger::{Amount, LedgerOp, LedgerRequest, Refusal};
 use crate::phone::PhoneNumber;
 use crate::user::UserId;
 
@@ -294,6 +294,40 @@ impl LeaseFilter {
 }
 
 impl LeaseRequest {
+    /// The rule of a lease's price: before any number is picked, the price
+    /// of every number wanted is held under [`hold_id`](Self::hold_id)
+    /// (refused: nothing is leased); `None` when there is nothing to hold.
+    pub fn hold_request(&self) -> Option<LedgerRequest> {
+        let terms = self.hold?;
+        let total = self.price.checked_mul(self.lease_ids.len() as Amount)?;
+        (total > 0).then(|| LedgerRequest {
+            op_id: self.hold_id.clone(),
+            user: self.user.clone(),
+            op: LedgerOp::Hold {
+                amount: total,
+                expires_at: terms.expires_at,
+            },
+            at: self.now,
+        })
+    }
+
+    /// … and after `leased` numbers were picked, what the hold reserved for
+    /// the numbers not found is released (operation `<hold_id>:unused`).
+    pub fn release_request(&self, leased: usize) -> Option<LedgerRequest> {
+        self.hold?;
+        let wanted = self.lease_ids.len().checked_sub(leased)?;
+        let unused = self.price.checked_mul(wanted as Amount)?;
+        (unused > 0).then(|| LedgerRequest {
+            op_id: format!("{}:unused", self.hold_id),
+            user: self.user.clone(),
+            op: LedgerOp::Release {
+                hold_id: self.hold_id.clone(),
+                amount: unused,
+            },
+            at: self.now,
+        })
+    }
+
     /// True when `n` may be leased under this request: available for the
     /// item at `now`, and passing the filter.
     pub fn eligible(&self, n: &PoolNumber) -> bool {
@@ -320,6 +354,37 @@ pub struct LeaseRequest {
     pub hold_id: String,
     /// Price of each lease.
     pub price: Amount,
+    /// Place the hold in the same atomic step (see
+    /// [`hold_request`](Self::hold_request)); `None`: the caller manages
+    /// the hold itself.
+    pub hold: Option<HoldTerms>,
+}
+
+/// How a lease request's hold is placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldTerms {
+    /// The hold's expiry ([`crate::ledger::Hold::expires_at`]): what a
+    /// crash could orphan is released after it.
+    pub expires_at: Option<i64>,
+}
+
+/// The outcome of [`crate::store::PhonePool::lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// These numbers were leased (possibly none), and their prices held.
+    Leased(Vec<Lease>),
+    /// The balance could not hold `price × wanted`: nothing changed.
+    Refused(Refusal),
+}
+
+impl LeaseOutcome {
+    /// The leases made (none when refused).
+    pub fn leases(self) -> Vec<Lease> {
+        match self {
+            Self::Leased(l) => l,
+            Self::Refused(_) => Vec::new(),
+        }
+    }
 }
 
 /// An SMS received by a pool number (seed 003's `/vcodes` entry).

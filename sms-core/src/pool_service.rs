@@ -5,15 +5,15 @@
 
 use std::sync::Arc;
 
-use crate::billing::Billing;
+use crate::billing::{refusal_error, Billing};
 use crate::clock::Clock;
 use crate::error::CoreError;
 use crate::events::{Event, EventHub, Push};
 use crate::ledger::{Amount, LedgerOp};
 use crate::phone::PhoneNumber;
 use crate::pool::{
-    extract_code, DeviceMessage, Intake, Item, Lease, LeaseFilter, LeaseRequest, NumberInfo,
-    ReceivedSms, MAX_ITEM_ID_LEN,
+    extract_code, DeviceMessage, HoldTerms, Intake, Item, Lease, LeaseFilter, LeaseOutcome,
+    LeaseRequest, NumberInfo, ReceivedSms, MAX_ITEM_ID_LEN,
 };
 use crate::random::{random_hex, RandomSource};
 use crate::store::Stores;
@@ -229,32 +229,16 @@ impl PoolService {
                 return Err(CoreError::NumberUnavailable);
             }
         }
-        let total = item
-            .price
-            .checked_mul(i64::from(count))
-            .ok_or(CoreError::InvalidCount)?;
-        let hold_id = self.billing.new_op_id("lease");
-        if total > 0 {
-            self.billing
-                .apply(
-                    user,
-                    hold_id.clone(),
-                    LedgerOp::Hold {
-                        amount: total,
-                        // Released by the sweeper if a crash orphans it.
-                        expires_at: Some(
-                            now.saturating_add(
-                                self.policy.lease_secs + self.policy.hold_grace_secs,
-                            ),
-                        ),
-                    },
-                )
-                .await?;
+        if item.price.checked_mul(i64::from(count)).is_none() {
+            return Err(CoreError::InvalidCount);
         }
+        let hold_id = self.billing.new_op_id("lease");
         let lease_ids = (0..count)
             .map(|_| random_hex(self.rng.as_ref(), 12))
             .collect();
-        let leases = self
+        // One store call: the hold of count × price, the numbers, and the
+        // release of what the numbers not found would have cost.
+        let outcome = self
             .stores
             .pool
             .lease(LeaseRequest {
@@ -264,28 +248,20 @@ impl PoolService {
                 filter: filter.clone(),
                 now,
                 until: now.saturating_add(self.policy.lease_secs),
-                hold_id: hold_id.clone(),
+                hold_id,
                 price: item.price,
+                hold: Some(HoldTerms {
+                    // Released by the sweeper if it outlives its lease.
+                    expires_at: Some(
+                        now.saturating_add(self.policy.lease_secs + self.policy.hold_grace_secs),
+                    ),
+                }),
             })
-            .await;
-        let leased = match &leases {
-            Ok(l) => l.len() as i64,
-            Err(_) => 0,
+            .await?;
+        let leases = match outcome {
+            LeaseOutcome::Leased(l) => l,
+            LeaseOutcome::Refused(r) => return Err(refusal_error(r)),
         };
-        let unused = total - leased * item.price;
-        if unused > 0 {
-            self.billing
-                .apply(
-                    user,
-                    format!("{hold_id}:unused"),
-                    LedgerOp::Release {
-                        hold_id: hold_id.clone(),
-                        amount: unused,
-                    },
-                )
-                .await?;
-        }
-        let leases = leases?;
         if leases.is_empty() {
             return Err(if filter.custom.is_some() {
                 CoreError::NumberUnavailable

@@ -21,7 +21,8 @@ use crate::ledger::{Balance, Hold, LedgerEntry, LedgerOutcome, LedgerRequest};
 use crate::limits::{LimitCheck, LimitDecision};
 use crate::phone::PhoneNumber;
 use crate::pool::{
-    DeviceMessage, Intake, Item, Lease, LeaseRequest, NumberInfo, PoolNumber, ReceivedSms,
+    DeviceMessage, Intake, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo, PoolNumber,
+    ReceivedSms,
 };
 use crate::secret::{CodeHash, TokenHash};
 use crate::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
@@ -257,7 +258,9 @@ impl CodeRecord {
 ///   stores what changed, all in one atomic step: of concurrent issues within
 ///   one cooldown at most one stores a code, a refused issue counts against
 ///   no cap, of concurrent checks presenting the right code exactly one gets
-///   [`RedeemOutcome::Redeemed`], and no wrong try or failure is lost.
+///   [`RedeemOutcome::Redeemed`], and no wrong try or failure is lost. A
+///   grant the transition sets ([`crate::code_decision::CodeState::grant`])
+///   is stored (as [`GrantStore::put_grant`] would) in the same step.
 /// * A decision that changes nothing writes nothing.
 /// * Writes are durable when the call returns `Ok`.
 #[cfg_attr(feature = "mock", mockall::automock)]
@@ -396,6 +399,10 @@ pub const DEFAULT_POOL_SIZE: u32 = 100;
 /// * A number is leased to at most one user at a time, and never handed out
 ///   (by [`hand_out`](Self::hand_out) or [`lease`](Self::lease)) twice for
 ///   the same item/app: concurrent callers never get the same number.
+/// * [`lease`](Self::lease) is one atomic step with the ledger: it applies
+///   [`LeaseRequest::hold_request`] (as [`LedgerStore::apply`] would; a
+///   refusal leases nothing and changes nothing), claims the numbers, and
+///   applies [`LeaseRequest::release_request`] for those not found.
 /// * [`mark_charged`](Self::mark_charged) and
 ///   [`mark_settled`](Self::mark_settled) return true exactly once per lease.
 /// * Writes are durable when the call returns `Ok`.
@@ -413,9 +420,10 @@ pub trait PhonePool: Debug + Send + Sync + 'static {
     /// Up to `n` numbers free at `now` and never handed out for `app`, marked
     /// as handed out for it.
     async fn hand_out(&self, app: &str, n: usize, now: i64) -> StoreResult<Vec<NumberInfo>>;
-    /// Leases up to `req.lease_ids.len()` numbers free at `req.now`, never
-    /// used for `req.item`, passing the filter.
-    async fn lease(&self, req: LeaseRequest) -> StoreResult<Vec<Lease>>;
+    /// Leases up to `req.lease_ids.len()` numbers eligible under
+    /// [`LeaseRequest::eligible`], with the request's hold (see the
+    /// contract).
+    async fn lease(&self, req: LeaseRequest) -> StoreResult<LeaseOutcome>;
     /// A lease by id.
     async fn lease_record(&self, id: &str) -> StoreResult<Option<Lease>>;
     /// Marks a lease charged; true only for the call that did.

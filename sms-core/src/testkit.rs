@@ -24,7 +24,8 @@ use crate::ledger::{LedgerOp, LedgerOutcome, LedgerRequest, Refusal};
 use crate::limits::{LimitCheck, LimitDecision, LimitRule};
 use crate::phone::PhoneNumber;
 use crate::pool::{
-    DeviceMessage, Item, LeaseFilter, LeaseRequest, NumberInfo, Operator, ReceivedSms,
+    DeviceMessage, HoldTerms, Item, LeaseFilter, LeaseOutcome, LeaseRequest, NumberInfo, Operator,
+    ReceivedSms,
 };
 use crate::secret::{CodeHash, CodeHasher, Token};
 use crate::sending::{
@@ -77,6 +78,7 @@ macro_rules! store_conformance_tests {
             pool_concurrent_leases_distinct,
             pool_filters,
             pool_charged_and_settled_once,
+            pool_lease_holds_atomically,
             items_put_and_get,
             queues_fifo_and_take_once,
             mailbox_sequence_and_ack,
@@ -400,6 +402,15 @@ pub async fn sessions_open_caps_oldest_first(s: &Stores) {
     assert_eq!(ss.user_sessions(&u1).await.unwrap().len(), 4);
 }
 
+/// Whether the session of `token` is stored.
+async fn has_session(s: &Stores, token: &str) -> bool {
+    s.sessions
+        .session(&Token::from_client(token).hash())
+        .await
+        .unwrap()
+        .is_some()
+}
+
 /// A sign-up opens the user's first session in the same atomic step; a
 /// taken field fails with a conflict and leaves neither user nor session.
 pub async fn sessions_open_with_sign_up(s: &Stores) {
@@ -415,12 +426,7 @@ pub async fn sessions_open_with_sign_up(s: &Stores) {
     let stored = s.sessions.open_session(first).await.unwrap();
     assert_eq!(stored.origin, SessionOrigin::Signup);
     assert_eq!(s.users.user(&alice.id).await.unwrap(), Some(alice.clone()));
-    assert!(s
-        .sessions
-        .session(&Token::from_client("a").hash())
-        .await
-        .unwrap()
-        .is_some());
+    assert!(has_session(s, "a").await);
     let clash = OpenSession {
         session: session("b", 2, 10),
         new_user: Some(user(2, Some("ALICE"), None, None)),
@@ -430,12 +436,7 @@ pub async fn sessions_open_with_sign_up(s: &Stores) {
         s.sessions.open_session(clash).await,
         Err(StoreError::Conflict(UniqueField::Username))
     ));
-    assert!(s
-        .sessions
-        .session(&Token::from_client("b").hash())
-        .await
-        .unwrap()
-        .is_none());
+    assert!(!has_session(s, "b").await);
     assert_eq!(
         s.users.user(&user(2, None, None, None).id).await.unwrap(),
         None
@@ -545,6 +546,7 @@ async fn redeem(
             max_attempts,
             failures: LimitCheck::new("kit:fail", LimitRule::per(1_000, 86_400)),
             pump_ok: None,
+            grant: None,
         }))
         .await?
     {
@@ -694,6 +696,15 @@ fn capped_issue(h: &CodeHasher, address: &str, code: &str, at: i64) -> CodeDecis
     })
 }
 
+/// Whether the limit store would allow a hit on `check` at `now`.
+async fn allows(s: &Stores, check: &LimitCheck, now: i64) -> bool {
+    s.limits
+        .peek(std::slice::from_ref(check), now)
+        .await
+        .unwrap()
+        .is_allowed()
+}
+
 /// An issue refused by the cooldown counts against no cap; concurrent sends
 /// to one address issue exactly one code and count exactly once; the caps
 /// and the breaker's count are kept in the limit states [`LimitStore`]
@@ -725,45 +736,21 @@ pub async fn codes_issue_is_one_atomic_decision(s: &Stores) {
     // The per-IP cap (3) saw exactly one send (the 15 refused by the
     // cooldown counted nothing); so did the address cap and the breaker.
     let sent2 = LimitCheck::new("kit:sent", LimitRule::per(2, 3_600));
-    assert!(!s
-        .limits
-        .peek(std::slice::from_ref(&sent), 100)
-        .await
-        .unwrap()
-        .is_allowed());
-    assert!(s
-        .limits
-        .peek(std::slice::from_ref(&sent2), 100)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(!allows(s, &sent, 100).await);
+    assert!(allows(s, &sent2, 100).await);
     let addr1 = LimitCheck::new("kit:addr:+8613800000001", LimitRule::per(1, 3_600));
     let addr2 = LimitCheck::new("kit:addr:+8613800000001", LimitRule::per(2, 3_600));
-    assert!(!s
-        .limits
-        .peek(std::slice::from_ref(&addr1), 100)
-        .await
-        .unwrap()
-        .is_allowed());
-    assert!(s
-        .limits
-        .peek(std::slice::from_ref(&addr2), 100)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(!allows(s, &addr1, 100).await);
+    assert!(allows(s, &addr2, 100).await);
     let ip_two_more = [ip.clone()];
-    assert!(s
-        .limits
-        .acquire(&ip_two_more, 101)
-        .await
-        .unwrap()
-        .is_allowed());
-    assert!(s
-        .limits
-        .acquire(&ip_two_more, 101)
-        .await
-        .unwrap()
-        .is_allowed());
+    for _ in 0..2 {
+        assert!(s
+            .limits
+            .acquire(&ip_two_more, 101)
+            .await
+            .unwrap()
+            .is_allowed());
+    }
     assert_eq!(
         s.limits.peek(&ip_two_more, 101).await.unwrap(),
         LimitDecision::Denied {
@@ -781,19 +768,15 @@ pub async fn codes_issue_is_one_atomic_decision(s: &Stores) {
         CodeVerdict::Issue(IssueOutcome::Limited { retry_at: 3_700 })
     );
     let addr3 = LimitCheck::new("kit:addr:+8613800000002", LimitRule::per(1, 3_600));
-    assert!(s
-        .limits
-        .peek(std::slice::from_ref(&addr3), 102)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(allows(s, &addr3, 102).await);
     let mut key = code_record(&h, "", 0).key;
     key.address = "+8613800000002".into();
     assert_eq!(s.codes.code(&key).await.unwrap(), None);
 }
 
 /// Concurrent checks of one address never overrun the failure budget, and
-/// a locked check changes nothing; a success is counted on the breaker.
+/// a locked check changes nothing; a success is counted on the breaker and
+/// stores the grant it carries, in the same step.
 pub async fn codes_check_is_one_atomic_decision(s: &Stores) {
     let h = CodeHasher::new([7; 32]);
     let rec = code_record(&h, "123456", 100);
@@ -809,6 +792,7 @@ pub async fn codes_check_is_one_atomic_decision(s: &Stores) {
             max_attempts,
             failures: fail.clone(),
             pump_ok: Some(ok.clone()),
+            grant: None,
         })
     };
     let mut tasks = Vec::new();
@@ -840,43 +824,62 @@ pub async fn codes_check_is_one_atomic_decision(s: &Stores) {
     ));
     let rec = s.codes.code(&key).await.unwrap().unwrap();
     assert_eq!((rec.attempts, rec.used), (3, false));
-    assert!(s
-        .limits
-        .peek(std::slice::from_ref(&ok), 150)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(allows(s, &ok, 150).await);
     // Another address's budget is its own; its success counts on the breaker.
     let mut other = code_record(&h, "654321", 100);
     other.key.address = "+8613800000009".into();
     other.hash = h.hash(&other.key.flat(), "654321");
     let other_key = other.key.clone();
     replace(&s.codes, other, 60).await.unwrap();
-    let d = CodeDecision::Check(CheckCode {
-        key: other_key.clone(),
-        presented: h.hash(&other_key.flat(), "654321"),
-        now: 150,
-        max_attempts: 5,
-        failures: LimitCheck::new("kit:fail:two", LimitRule::per(3, 86_400)),
-        pump_ok: Some(ok.clone()),
-    });
+    // A success also stores the grant it carries; a failure does not.
+    let phone = PhoneNumber::parse_cn_mobile("13800000009").expect("valid phone");
+    let permit = Grant {
+        kind: GrantKind::PasswordReset,
+        phone: phone.clone(),
+        token_hash: None,
+        issued_at: 150,
+        expires_at: 750,
+        used: false,
+    };
+    let granting = |code: &str| {
+        CodeDecision::Check(CheckCode {
+            key: other_key.clone(),
+            presented: h.hash(&other_key.flat(), code),
+            now: 150,
+            max_attempts: 5,
+            failures: LimitCheck::new("kit:fail:two", LimitRule::per(3, 86_400)),
+            pump_ok: Some(ok.clone()),
+            grant: Some(permit.clone()),
+        })
+    };
+    assert!(matches!(
+        s.codes.decide_code(granting("000000")).await.unwrap(),
+        CodeVerdict::Check(CheckOutcome::Presented(RedeemOutcome::Mismatch { .. }))
+    ));
     assert_eq!(
-        s.codes.decide_code(d).await.unwrap(),
+        s.grants
+            .grant(GrantKind::PasswordReset, &phone)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.codes.decide_code(granting("654321")).await.unwrap(),
         CodeVerdict::Check(CheckOutcome::Presented(RedeemOutcome::Redeemed))
     );
-    assert!(!s
-        .limits
-        .peek(std::slice::from_ref(&ok), 150)
-        .await
-        .unwrap()
-        .is_allowed());
-    let two = LimitCheck::new("kit:fail:two", LimitRule::per(1, 86_400));
-    assert!(s
-        .limits
-        .peek(std::slice::from_ref(&two), 150)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert_eq!(
+        s.grants
+            .grant(GrantKind::PasswordReset, &phone)
+            .await
+            .unwrap(),
+        Some(permit)
+    );
+    assert!(!allows(s, &ok, 150).await);
+    // The one failure, not the success, counted on its budget.
+    let two = LimitCheck::new("kit:fail:two", LimitRule::per(2, 86_400));
+    assert!(allows(s, &two, 150).await);
+    let one = LimitCheck::new("kit:fail:two", LimitRule::per(1, 86_400));
+    assert!(!allows(s, &one, 150).await);
 }
 
 /// One grant per (kind, phone); consumed exactly once under concurrency;
@@ -1050,22 +1053,12 @@ pub async fn limits_lockout_and_reset(s: &Stores) {
             retry_at: 903
         }
     );
-    assert!(s
-        .limits
-        .peek(std::slice::from_ref(&c), 903)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(allows(s, &c, 903).await);
     s.limits.record(&c, 1_000).await.unwrap();
     s.limits.reset("login").await.unwrap();
     s.limits.record(&c, 1_001).await.unwrap();
     s.limits.record(&c, 1_002).await.unwrap();
-    assert!(s
-        .limits
-        .peek(std::slice::from_ref(&c), 1_003)
-        .await
-        .unwrap()
-        .is_allowed());
+    assert!(allows(s, &c, 1_003).await);
 }
 
 fn info(mobile: &str, cid: &str, area: Option<&str>) -> NumberInfo {
@@ -1096,6 +1089,7 @@ fn lease_req(user: u32, item: &str, ids: &[&str], now: i64, filter: LeaseFilter)
         until: now + 100,
         hold_id: format!("hold-{user}-{now}"),
         price: 5,
+        hold: None,
     }
 }
 
@@ -1134,7 +1128,8 @@ pub async fn pool_intake_caps_and_refresh(s: &Stores) {
     let leased = p
         .lease(lease_req(1, "app", &["l1"], 20, LeaseFilter::default()))
         .await
-        .unwrap();
+        .unwrap()
+        .leases();
     assert_eq!(leased.len(), 1);
     let r = p.intake(vec![numbers(5)[4].clone()], 21).await.unwrap();
     assert_eq!(r.used, vec![all[4].clone()]);
@@ -1154,7 +1149,8 @@ pub async fn pool_lease_exclusive_and_once_per_item(s: &Stores) {
     let a = p
         .lease(lease_req(1, "A", &["a1", "a2"], 10, LeaseFilter::default()))
         .await
-        .unwrap();
+        .unwrap()
+        .leases();
     assert_eq!(a.len(), 2);
     assert_ne!(a[0].mobile, a[1].mobile);
     assert_eq!(a[0].until, 110);
@@ -1170,7 +1166,8 @@ pub async fn pool_lease_exclusive_and_once_per_item(s: &Stores) {
             LeaseFilter::default(),
         ))
         .await
-        .unwrap();
+        .unwrap()
+        .leases();
     assert_eq!(b.len(), 3);
     for l in &b {
         assert!(a.iter().all(|x| x.mobile != l.mobile));
@@ -1190,7 +1187,8 @@ pub async fn pool_lease_exclusive_and_once_per_item(s: &Stores) {
             LeaseFilter::default(),
         ))
         .await
-        .unwrap();
+        .unwrap()
+        .leases();
     assert_eq!(again.len(), 3);
     for l in &again {
         assert!(a.iter().all(|x| x.mobile != l.mobile));
@@ -1223,6 +1221,7 @@ pub async fn pool_concurrent_leases_distinct(s: &Stores) {
             ))
             .await
             .unwrap()
+            .leases()
         }));
     }
     let mut got = Vec::new();
@@ -1269,14 +1268,22 @@ pub async fn pool_filters(s: &Stores) {
         operator: Some(Operator::Unicom),
         ..Default::default()
     };
-    let l = p.lease(lease_req(1, "i", &["1", "2"], 1, f)).await.unwrap();
+    let l = p
+        .lease(lease_req(1, "i", &["1", "2"], 1, f))
+        .await
+        .unwrap()
+        .leases();
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].mobile.to_string(), "13000000002");
     let f = LeaseFilter {
         area: Some("北京".into()),
         ..Default::default()
     };
-    let l = p.lease(lease_req(1, "i", &["3"], 1, f)).await.unwrap();
+    let l = p
+        .lease(lease_req(1, "i", &["3"], 1, f))
+        .await
+        .unwrap()
+        .leases();
     assert_eq!(l[0].mobile.to_string(), "13800000001");
     let f = LeaseFilter {
         custom: Some(PhoneNumber::parse_cn_mobile("13300000003").unwrap()),
@@ -1285,13 +1292,15 @@ pub async fn pool_filters(s: &Stores) {
     let l = p
         .lease(lease_req(1, "j", &["4", "5"], 1, f.clone()))
         .await
-        .unwrap();
+        .unwrap()
+        .leases();
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].mobile.to_string(), "13300000003");
     assert!(p
         .lease(lease_req(2, "k", &["6"], 2, f))
         .await
         .unwrap()
+        .leases()
         .is_empty());
 }
 
@@ -1304,7 +1313,8 @@ pub async fn pool_charged_and_settled_once(s: &Stores) {
     let l = p
         .lease(lease_req(1, "i", &["z1", "z2"], 10, LeaseFilter::default()))
         .await
-        .unwrap();
+        .unwrap()
+        .leases();
     assert_eq!(l.len(), 2);
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -1517,6 +1527,97 @@ fn lreq(op_id: &str, user: &str, op: LedgerOp) -> LedgerRequest {
         op,
         at: 1,
     }
+}
+
+/// A lease with its hold is one step with the ledger: `price × wanted` is
+/// held, what the numbers not found would cost is released, a balance too
+/// small leases nothing and records nothing, and concurrent leases never
+/// overdraw.
+pub async fn pool_lease_holds_atomically(s: &Stores) {
+    let payer = |n: u32| UserId::from_string(format!("{n:032x}"));
+    let held = |n: u32, ids: &[&str], now: i64| {
+        let mut r = lease_req(n, "app", ids, now, LeaseFilter::default());
+        r.price = 10;
+        r.hold = Some(HoldTerms {
+            expires_at: Some(now + 500),
+        });
+        r
+    };
+    s.ledger
+        .apply(lreq(
+            "top",
+            &payer(1).to_string(),
+            LedgerOp::Charge { amount: 25 },
+        ))
+        .await
+        .unwrap();
+    s.pool.intake(numbers(3), 0).await.unwrap();
+    // Two wanted, two found: 20 held.
+    let got = s
+        .pool
+        .lease(held(1, &["a", "b"], 10))
+        .await
+        .unwrap()
+        .leases();
+    assert_eq!(got.len(), 2);
+    let b = s.ledger.balance(&payer(1)).await.unwrap();
+    assert_eq!((b.total, b.held), (25, 20));
+    // Two more cannot be held: nothing leased, nothing recorded.
+    let entries = s.ledger.entries(&payer(1)).await.unwrap().len();
+    assert_eq!(
+        s.pool.lease(held(1, &["c", "d"], 11)).await.unwrap(),
+        LeaseOutcome::Refused(Refusal::Insufficient { available: 5 })
+    );
+    assert_eq!(s.ledger.entries(&payer(1)).await.unwrap().len(), entries);
+    assert!(s.pool.lease_record("c").await.unwrap().is_none());
+    // Two wanted, one left: 20 held, then 10 released.
+    s.ledger
+        .apply(lreq(
+            "top2",
+            &payer(1).to_string(),
+            LedgerOp::Charge { amount: 20 },
+        ))
+        .await
+        .unwrap();
+    let got = s
+        .pool
+        .lease(held(1, &["e", "f"], 12))
+        .await
+        .unwrap()
+        .leases();
+    assert_eq!(got.len(), 1);
+    let b = s.ledger.balance(&payer(1)).await.unwrap();
+    assert_eq!((b.total, b.held), (45, 30));
+    let hold = s.ledger.hold("hold-1-12").await.unwrap().unwrap();
+    assert_eq!(hold.remaining, 10);
+    // Concurrent leases of one user never hold more than the balance.
+    s.ledger
+        .apply(lreq(
+            "top3",
+            &payer(2).to_string(),
+            LedgerOp::Charge { amount: 30 },
+        ))
+        .await
+        .unwrap();
+    s.pool.intake(numbers(20)[3..].to_vec(), 20).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let p = s.pool.clone();
+        let mut r = held(2, &[format!("p{i}").as_str()], 20 + i);
+        r.hold_id = format!("hold-2-{i}");
+        tasks.push(tokio::spawn(async move { p.lease(r).await.unwrap() }));
+    }
+    let mut leased = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            LeaseOutcome::Leased(l) => leased += l.len(),
+            LeaseOutcome::Refused(Refusal::Insufficient { .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(leased, 3);
+    let b = s.ledger.balance(&payer(2)).await.unwrap();
+    assert_eq!((b.total, b.held), (30, 30));
 }
 
 /// Operation ids apply once; holds, captures and releases move exactly what

@@ -4,6 +4,7 @@
 //! and holds that will expire (`holds_expiring`: expiry, hold id).
 
 use async_trait::async_trait;
+use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
 use sms_core::ledger::{transition, Balance, Hold, LedgerEntry, LedgerOutcome, LedgerRequest};
@@ -11,7 +12,7 @@ use sms_core::store::{LedgerStore, StoreResult};
 use sms_core::user::UserId;
 
 use crate::{
-    decode, decode_opt, encode, seq_entries, seq_key, tx, SledStore, BALANCES, HOLDS,
+    decode, decode_opt, encode, seq_entries, seq_key, tx, SledStore, TxResult, BALANCES, HOLDS,
     LEDGER_ENTRIES,
 };
 
@@ -19,8 +20,6 @@ use crate::{
 impl LedgerStore for SledStore {
     async fn apply(&self, request: LedgerRequest) -> StoreResult<LedgerOutcome> {
         self.write(move |t| {
-            let user = request.user.as_str().as_bytes();
-            let op_id = request.op_id.as_bytes();
             let trees = (
                 &t.balances,
                 &t.holds,
@@ -29,41 +28,7 @@ impl LedgerStore for SledStore {
                 &t.holds_expiring,
             );
             let outcome = trees.transaction(|(balances, holds, entries, by_user, expiring)| {
-                let balance: Balance =
-                    tx(decode_opt(BALANCES, balances.get(user)?))?.unwrap_or_default();
-                if entries.get(op_id)?.is_some() {
-                    return Ok(LedgerOutcome::Duplicate(balance));
-                }
-                let hold: Option<Hold> = match request.op.hold_id() {
-                    Some(id) => tx(decode_opt(HOLDS, holds.get(id.as_bytes())?))?,
-                    None => None,
-                };
-                let (after, hold) = match transition(balance, hold.as_ref(), &request) {
-                    Ok(applied) => applied,
-                    Err(refusal) => return Ok(LedgerOutcome::Refused(refusal)),
-                };
-                if let Some(h) = hold {
-                    holds.insert(h.hold_id.as_bytes(), tx(encode(HOLDS, &h))?)?;
-                    if let Some(at) = h.expires_at {
-                        let key = expiry_key(at, &h.hold_id);
-                        if h.remaining > 0 {
-                            expiring.insert(key, &[][..])?;
-                        } else {
-                            expiring.remove(key)?;
-                        }
-                    }
-                }
-                balances.insert(user, tx(encode(BALANCES, &after))?)?;
-                let entry = LedgerEntry {
-                    request: request.clone(),
-                    balance_after: after,
-                };
-                entries.insert(op_id, tx(encode(LEDGER_ENTRIES, &entry))?)?;
-                // Drawn inside the transaction: per user, sequence order is
-                // commit order.
-                let seq = by_user.generate_id()?;
-                by_user.insert(seq_key(user, seq), op_id)?;
-                Ok(LedgerOutcome::Applied(after))
+                tx_apply([balances, holds, entries, by_user, expiring], &request)
             })?;
             Ok(outcome)
         })
@@ -128,6 +93,51 @@ impl LedgerStore for SledStore {
         })
         .await
     }
+}
+
+/// Applies [`transition`] for `request` inside a transaction over the
+/// ledger's trees: balances, holds, entries, entries by user, expiring
+/// holds (in that order).
+pub(crate) fn tx_apply(
+    [balances, holds, entries, by_user, expiring]: [&TransactionalTree; 5],
+    request: &LedgerRequest,
+) -> TxResult<LedgerOutcome> {
+    let user = request.user.as_str().as_bytes();
+    let op_id = request.op_id.as_bytes();
+    let balance: Balance = tx(decode_opt(BALANCES, balances.get(user)?))?.unwrap_or_default();
+    if entries.get(op_id)?.is_some() {
+        return Ok(LedgerOutcome::Duplicate(balance));
+    }
+    let hold: Option<Hold> = match request.op.hold_id() {
+        Some(id) => tx(decode_opt(HOLDS, holds.get(id.as_bytes())?))?,
+        None => None,
+    };
+    let (after, hold) = match transition(balance, hold.as_ref(), request) {
+        Ok(applied) => applied,
+        Err(refusal) => return Ok(LedgerOutcome::Refused(refusal)),
+    };
+    if let Some(h) = hold {
+        holds.insert(h.hold_id.as_bytes(), tx(encode(HOLDS, &h))?)?;
+        if let Some(at) = h.expires_at {
+            let key = expiry_key(at, &h.hold_id);
+            if h.remaining > 0 {
+                expiring.insert(key, &[][..])?;
+            } else {
+                expiring.remove(key)?;
+            }
+        }
+    }
+    balances.insert(user, tx(encode(BALANCES, &after))?)?;
+    let entry = LedgerEntry {
+        request: request.clone(),
+        balance_after: after,
+    };
+    entries.insert(op_id, tx(encode(LEDGER_ENTRIES, &entry))?)?;
+    // Drawn inside the transaction: per user, sequence order is commit
+    // order.
+    let seq = by_user.generate_id()?;
+    by_user.insert(seq_key(user, seq), op_id)?;
+    Ok(LedgerOutcome::Applied(after))
 }
 
 /// Big-endian bytes of `v` that sort like the signed value.

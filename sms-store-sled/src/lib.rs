@@ -1061,17 +1061,24 @@ impl CodeStore for SledStore {
         self.write_if(move |t| {
             let key = decision.key().flat().into_bytes();
             let limit_keys = decision.limit_keys();
-            let (verdict, changed) = (&t.codes, &t.limits).transaction(|(codes, limits)| {
+            let trees = (&t.codes, &t.limits, &t.grants);
+            let (verdict, changed) = trees.transaction(|(codes, limits, grants)| {
                 let before = CodeState {
                     code: tx(decode_opt(CODES, codes.get(&key)?))?,
                     limits: limit_keys
                         .iter()
                         .map(|k| tx_limit_state(limits, k))
                         .collect::<TxResult<Vec<_>>>()?,
+                    grant: None,
                 };
                 let mut state = before.clone();
                 let verdict = decision.apply(&mut state);
                 let mut changed = false;
+                if let Some(grant) = &state.grant {
+                    changed = true;
+                    let key = grant_key(grant.kind, &grant.phone);
+                    grants.insert(key, tx(encode(GRANTS, grant))?)?;
+                }
                 if state.code != before.code {
                     changed = true;
                     match &state.code {

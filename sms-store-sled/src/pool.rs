@@ -10,13 +10,16 @@ use async_trait::async_trait;
 use sled::transaction::{abort, TransactionalTree};
 use sled::Transactional;
 
+use sms_core::ledger::LedgerOutcome;
 use sms_core::phone::PhoneNumber;
-use sms_core::pool::{Intake, IntakeTally, Item, Lease, LeaseRequest, NumberInfo, PoolNumber};
+use sms_core::pool::{
+    Intake, IntakeTally, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo, PoolNumber,
+};
 use sms_core::store::{ItemStore, PhonePool, StoreResult, DEFAULT_POOL_SIZE};
 
 use crate::{
-    decode, decode_opt, encode, tx, Error, SledStore, Trees, TxResult, CLAIM_RETRIES, ITEMS,
-    LEASES, POOL_META, POOL_NUMBERS,
+    decode, decode_opt, encode, ledger, tx, Error, SledStore, Trees, TxResult, CLAIM_RETRIES,
+    ITEMS, LEASES, POOL_META, POOL_NUMBERS,
 };
 
 /// `pool_meta` key of the pool size (absent: [`DEFAULT_POOL_SIZE`]).
@@ -108,6 +111,81 @@ impl Trees {
     }
 }
 
+/// Inside a claim transaction: each of the `candidates`, up to `want`, that
+/// still passes `eligible` (aborting with [`Error::Raced`] when one does not
+/// and `strict`) is given to `take`, then stored back; what `take` returns
+/// is collected (`None` ends the claim).
+fn claim_numbers<T>(
+    numbers: &TransactionalTree,
+    candidates: &[sled::IVec],
+    want: usize,
+    strict: bool,
+    eligible: impl Fn(&PoolNumber) -> bool,
+    mut take: impl FnMut(&mut PoolNumber) -> TxResult<Option<T>>,
+) -> TxResult<Vec<T>> {
+    let mut out = Vec::new();
+    for phone in candidates {
+        if out.len() >= want {
+            break;
+        }
+        let Some(raw) = numbers.get(phone)? else {
+            continue;
+        };
+        let mut num: PoolNumber = tx(decode(POOL_NUMBERS, &raw))?;
+        if !eligible(&num) {
+            if strict {
+                return abort(Error::Raced);
+            }
+            continue;
+        }
+        let Some(got) = take(&mut num)? else { break };
+        numbers.insert(phone, tx(encode(POOL_NUMBERS, &num))?)?;
+        out.push(got);
+    }
+    Ok(out)
+}
+
+/// Inside a lease transaction: leases up to `req.lease_ids.len()` of the
+/// `candidates` ([`claim_numbers`]), keeping the open-lease count and index.
+#[allow(clippy::too_many_arguments)]
+fn claim_leases(
+    req: &LeaseRequest,
+    candidates: &[sled::IVec],
+    strict: bool,
+    eligible: impl Fn(&PoolNumber) -> bool,
+    numbers: &TransactionalTree,
+    meta: &TransactionalTree,
+    leases: &TransactionalTree,
+    open: &TransactionalTree,
+) -> TxResult<Vec<Lease>> {
+    let mut open_count = tx_counter(meta, META_OPEN_LEASES)?;
+    let mut ids = req.lease_ids.iter();
+    let want = req.lease_ids.len();
+    let out = claim_numbers(numbers, candidates, want, strict, eligible, |num| {
+        let Some(id) = ids.next() else {
+            return Ok(None);
+        };
+        let lease = num.lease_to(req, id);
+        let record = tx(encode(LEASES, &lease))?;
+        if let Some(old) = leases.insert(id.as_bytes(), record)? {
+            // A reused id replaces its lease (as the reference does); keep
+            // the open count and index exact.
+            let old: Lease = tx(decode(LEASES, &old))?;
+            if !old.settled {
+                open.remove(open_key(old.until, &old.id))?;
+                open_count = open_count.saturating_sub(1);
+            }
+        }
+        open.insert(open_key(lease.until, &lease.id), &b""[..])?;
+        open_count += 1;
+        Ok(Some(lease))
+    })?;
+    if !out.is_empty() {
+        tx_put_counter(meta, META_OPEN_LEASES, open_count)?;
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl PhonePool for SledStore {
     async fn pool_size(&self) -> StoreResult<u32> {
@@ -171,26 +249,9 @@ impl PhonePool for SledStore {
                 |t| t.candidates(n, eligible),
                 |candidates, strict| {
                     let out = t.pool_numbers.transaction(|numbers| {
-                        let mut out = Vec::new();
-                        for phone in candidates {
-                            if out.len() >= n {
-                                break;
-                            }
-                            let Some(raw) = numbers.get(phone)? else {
-                                continue;
-                            };
-                            let mut num: PoolNumber = tx(decode(POOL_NUMBERS, &raw))?;
-                            if !eligible(&num) {
-                                if strict {
-                                    return abort(Error::Raced);
-                                }
-                                continue;
-                            }
-                            let info = num.hand_out(&app);
-                            numbers.insert(phone, tx(encode(POOL_NUMBERS, &num))?)?;
-                            out.push(info);
-                        }
-                        Ok(out)
+                        claim_numbers(numbers, candidates, n, strict, eligible, |num| {
+                            Ok(Some(num.hand_out(&app)))
+                        })
                     })?;
                     Ok(out)
                 },
@@ -199,56 +260,58 @@ impl PhonePool for SledStore {
         .await
     }
 
-    async fn lease(&self, req: LeaseRequest) -> StoreResult<Vec<Lease>> {
+    async fn lease(&self, req: LeaseRequest) -> StoreResult<LeaseOutcome> {
         self.write(move |t| {
             let want = req.lease_ids.len();
             let eligible = |num: &PoolNumber| req.eligible(num);
-            t.claim(
-                |t| t.candidates(want, eligible),
-                |candidates, strict| {
-                    let trees = (&t.pool_numbers, &t.pool_meta, &t.leases, &t.leases_open);
-                    let out = trees.transaction(|(numbers, meta, leases, open)| {
-                        let mut open_count = tx_counter(meta, META_OPEN_LEASES)?;
-                        let mut ids = req.lease_ids.iter();
-                        let mut out = Vec::new();
-                        for phone in candidates {
-                            if out.len() >= want {
-                                break;
-                            }
-                            let Some(raw) = numbers.get(phone)? else {
-                                continue;
-                            };
-                            let mut num: PoolNumber = tx(decode(POOL_NUMBERS, &raw))?;
-                            if !eligible(&num) {
-                                if strict {
-                                    return abort(Error::Raced);
-                                }
-                                continue;
-                            }
-                            let Some(id) = ids.next() else { break };
-                            let lease = num.lease_to(&req, id);
-                            numbers.insert(phone, tx(encode(POOL_NUMBERS, &num))?)?;
-                            let record = tx(encode(LEASES, &lease))?;
-                            if let Some(old) = leases.insert(id.as_bytes(), record)? {
-                                // A reused id replaces its lease (as the
-                                // reference does); keep the open count and
-                                // index exact.
-                                let old: Lease = tx(decode(LEASES, &old))?;
-                                if !old.settled {
-                                    open.remove(open_key(old.until, &old.id))?;
-                                    open_count = open_count.saturating_sub(1);
-                                }
-                            }
-                            open.insert(open_key(lease.until, &lease.id), &b""[..])?;
-                            open_count += 1;
-                            out.push(lease);
+            let hold = req.hold_request();
+            // Candidates are scanned outside the transaction (sled's cannot
+            // iterate) and re-checked inside it; a candidate lost to a
+            // concurrent caller starts the claim over (the last attempt
+            // claims what still qualifies).
+            for attempt in 0..CLAIM_RETRIES {
+                let strict = attempt + 1 < CLAIM_RETRIES;
+                let candidates = t.candidates(want, eligible)?;
+                let trees = (
+                    &t.pool_numbers,
+                    &t.pool_meta,
+                    &t.leases,
+                    &t.leases_open,
+                    &t.balances,
+                    &t.holds,
+                    &t.ledger_entries,
+                    &t.ledger_by_user,
+                    &t.holds_expiring,
+                );
+                let result = trees.transaction(|trees| {
+                    let (numbers, meta, leases, open, b, h, e, u, x) = trees;
+                    let ledger = [b, h, e, u, x];
+                    if let Some(h) = &hold {
+                        if let LedgerOutcome::Refused(r) = ledger::tx_apply(ledger, h)? {
+                            return Ok(LeaseOutcome::Refused(r));
                         }
-                        tx_put_counter(meta, META_OPEN_LEASES, open_count)?;
-                        Ok(out)
-                    })?;
-                    Ok(out)
-                },
-            )
+                    }
+                    let out = claim_leases(
+                        &req,
+                        &candidates,
+                        strict,
+                        eligible,
+                        numbers,
+                        meta,
+                        leases,
+                        open,
+                    )?;
+                    if let Some(release) = req.release_request(out.len()) {
+                        ledger::tx_apply(ledger, &release)?;
+                    }
+                    Ok(LeaseOutcome::Leased(out))
+                });
+                match result.map_err(Error::from) {
+                    Err(Error::Raced) => continue,
+                    other => return other,
+                }
+            }
+            Ok(LeaseOutcome::Leased(Vec::new()))
         })
         .await
     }
@@ -387,6 +450,7 @@ mod tests {
             until: now + 10,
             hold_id: "h".into(),
             price: 1,
+            hold: None,
         }
     }
 
@@ -402,11 +466,17 @@ mod tests {
         s.intake(vec![info("13800000001"), info("13800000002")], 0)
             .await
             .unwrap();
-        assert_eq!(s.lease(req("a", &["x"], 1)).await.unwrap().len(), 1);
+        assert_eq!(
+            s.lease(req("a", &["x"], 1)).await.unwrap().leases().len(),
+            1
+        );
         assert_eq!(open_count(&s), 1);
         // A reused lease id replaces the lease: still one open lease, one
         // index entry.
-        assert_eq!(s.lease(req("b", &["x"], 2)).await.unwrap().len(), 1);
+        assert_eq!(
+            s.lease(req("b", &["x"], 2)).await.unwrap().leases().len(),
+            1
+        );
         assert_eq!(open_count(&s), 1);
         assert_eq!(s.trees.leases_open.len(), 1);
         let due = s.due_leases(100, 10).await.unwrap();
@@ -417,7 +487,12 @@ mod tests {
         assert!(s.trees.leases_open.is_empty());
         assert!(s.due_leases(100, 10).await.unwrap().is_empty());
         // Nothing to claim: no lease, nothing written.
-        assert!(s.lease(req("a", &[], 50)).await.unwrap().is_empty());
+        assert!(s
+            .lease(req("a", &[], 50))
+            .await
+            .unwrap()
+            .leases()
+            .is_empty());
         assert!(s.hand_out("a", 0, 50).await.unwrap().is_empty());
     }
 

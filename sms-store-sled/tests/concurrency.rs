@@ -101,6 +101,7 @@ fn lease_req(user: u32, item: &str, lease_id: String, now: i64) -> LeaseRequest 
         until: now + 100,
         hold_id: format!("hold-{user}"),
         price: 5,
+        hold: None,
     }
 }
 
@@ -127,7 +128,7 @@ async fn sixty_four_leasers_for_ten_numbers() {
         .collect();
     let mut leases = Vec::new();
     for t in tasks {
-        leases.extend(t.await.unwrap().unwrap());
+        leases.extend(t.await.unwrap().unwrap().leases());
     }
     assert_eq!(leases.len(), 10);
     let mobiles: BTreeSet<_> = leases.iter().map(|l| l.mobile.clone()).collect();
@@ -157,7 +158,8 @@ async fn sixty_four_leasers_for_ten_numbers() {
         .pool
         .lease(lease_req(99, "item", "again".into(), 5))
         .await
-        .unwrap();
+        .unwrap()
+        .leases();
     assert_eq!(again.len(), 1);
     assert!(!mobiles.contains(&again[0].mobile));
 }
@@ -178,6 +180,7 @@ async fn leases_and_hand_outs_for_one_item_never_share_a_number() {
             pool.lease(lease_req(i, "x", format!("l{i}"), 5))
                 .await
                 .unwrap()
+                .leases()
         }));
         let pool = s.pool.clone();
         handers.push(tokio::spawn(async move {

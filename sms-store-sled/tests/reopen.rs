@@ -36,6 +36,7 @@ fn check(key: &CodeKey, presented: sms_core::secret::CodeHash, now: i64) -> Code
         max_attempts: 5,
         failures: LimitCheck::new("reopen:fail", LimitRule::per(20, 86_400)),
         pump_ok: None,
+        grant: None,
     })
 }
 
@@ -408,6 +409,7 @@ fn lease_req(item: &str, ids: &[&str], now: i64) -> LeaseRequest {
         until: now + 100,
         hold_id: format!("hold-{now}"),
         price: 5,
+        hold: None,
     }
 }
 
@@ -481,7 +483,8 @@ async fn pool_queues_and_ledger_survive_reopen() {
             .pool
             .lease(lease_req("app", &["l1", "l2"], 10))
             .await
-            .unwrap();
+            .unwrap()
+            .leases();
         assert_eq!(
             leases.iter().map(|l| &l.mobile).collect::<Vec<_>>(),
             vec![&phones[0], &phones[1]]
@@ -577,7 +580,8 @@ async fn pool_queues_and_ledger_survive_reopen() {
             200,
         ))
         .await
-        .unwrap();
+        .unwrap()
+        .leases();
     let expected: Vec<PhoneNumber> = phones
         .iter()
         .cloned()
@@ -592,7 +596,12 @@ async fn pool_queues_and_ledger_survive_reopen() {
         expected
     );
     // Never again for "app": the two numbers it leased are skipped.
-    let again = s.pool.lease(lease_req("app", &["a1"], 400)).await.unwrap();
+    let again = s
+        .pool
+        .lease(lease_req("app", &["a1"], 400))
+        .await
+        .unwrap()
+        .leases();
     assert_eq!(again[0].mobile, phones[2]);
 
     // Items.
