@@ -1111,6 +1111,14 @@ pub async fn queues_retention_and_mailbox_cap(s: &Stores) {
     for at in [1, 0, 2, 3, 4] {
         q.mailbox_push(&u, push(at)).await.unwrap();
     }
+    let left = || async {
+        q.mailbox(&u, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect::<Vec<Push>>()
+    };
     let purged = q.purge_before(3).await.unwrap();
     assert_eq!(
         (purged.sms, purged.device_messages, purged.mailbox),
@@ -1119,28 +1127,14 @@ pub async fn queues_retention_and_mailbox_cap(s: &Stores) {
     assert_eq!(q.take_sms("a", 10).await.unwrap(), vec![sms(4)]);
     assert_eq!(q.take_sms("b", 10).await.unwrap(), vec![sms(3), sms(5)]);
     assert_eq!(q.take_device_messages("cid", 10).await.unwrap(), vec![m(3)]);
-    let left: Vec<Push> = q
-        .mailbox(&u, None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
-    assert_eq!(left, vec![push(0), push(3), push(4)]);
+    assert_eq!(left().await, vec![push(0), push(3), push(4)]);
     assert_eq!(q.purge_before(3).await.unwrap(), Default::default());
     // The cap keeps the newest.
     for at in 5..10 {
         q.mailbox_push(&u, push(at)).await.unwrap();
     }
     assert_eq!(q.mailbox_trim(&u, 3).await.unwrap(), 5);
-    let left: Vec<Push> = q
-        .mailbox(&u, None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
-    assert_eq!(left, vec![push(7), push(8), push(9)]);
+    assert_eq!(left().await, vec![push(7), push(8), push(9)]);
     assert_eq!(q.mailbox_trim(&u, 3).await.unwrap(), 0);
     let nobody = UserId::from_string("nobody".into());
     assert_eq!(q.mailbox_trim(&nobody, 0).await.unwrap(), 0);
