@@ -96,6 +96,12 @@ pub struct PlatformArgs {
     #[arg(long, env = "SMS_HOLD_GRACE_SECS", default_value_t = 120)]
     pub hold_grace_secs: i64,
 
+    /// Hours unfetched codes, texts for devices and undelivered mailbox
+    /// entries are kept.
+    #[arg(long, env = "SMS_RETENTION_HOURS", default_value_t = 72,
+          value_parser = clap::value_parser!(i64).range(1..=87_600))]
+    pub retention_hours: i64,
+
     /// argon2id memory cost in KiB.
     #[arg(long, env = "SMS_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
     pub argon2_memory_kib: u32,

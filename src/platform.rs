@@ -325,6 +325,7 @@ impl Platform {
             .pool_policy(PoolPolicy {
                 lease_secs: a.lease_secs.max(1),
                 hold_grace_secs: a.hold_grace_secs.max(0),
+                retention_secs: a.retention_hours.saturating_mul(3_600),
                 ..PoolPolicy::default()
             })
             .code_policy(CodePolicy {

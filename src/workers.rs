@@ -2,7 +2,9 @@
 //! embedders who mount the front ends in their own server: the send-task
 //! worker drains queued send tasks through the core's `MessageGateway`, and
 //! the lease sweeper settles ended leases (releasing holds of leases that
-//! received no SMS).
+//! received no SMS) and, once a minute, applies the pool's retention
+//! (`PoolService::purge_expired`: old unfetched codes, device texts and
+//! mailbox entries).
 
 use std::time::Duration;
 
@@ -23,8 +25,8 @@ pub struct BackgroundWorkers {
 
 impl BackgroundWorkers {
     /// Spawns the send-task worker (woken by new tasks, and every second
-    /// for retries) and the lease sweeper (every second) on the current
-    /// Tokio runtime.
+    /// for retries) and the lease sweeper (every second; retention at its
+    /// start and every minute) on the current Tokio runtime.
     pub fn spawn(core: Core) -> Self {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let sender_core = core.clone();
@@ -58,9 +60,14 @@ impl BackgroundWorkers {
         });
         let mut sweep_stop = stop_rx;
         let sweeper = tokio::spawn(async move {
-            loop {
+            for tick in 0u64.. {
                 if let Err(e) = core.pool.settle_due(1_000).await {
                     tracing::error!(error = %e, "lease sweeper");
+                }
+                if tick % 60 == 0 {
+                    if let Err(e) = core.pool.purge_expired().await {
+                        tracing::error!(error = %e, "retention sweeper");
+                    }
                 }
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}

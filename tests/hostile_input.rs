@@ -580,8 +580,19 @@ async fn hub_wrong_json_types_get_validation_codes() {
         );
     }
 
+    assert_alive(&t).await;
+}
+
+/// Recovery with fields of the wrong JSON type. Each answer that tells
+/// whether a user or email exists counts against the client's probe budget
+/// (30 a minute, issue 10), so each part runs on its own platform.
+#[tokio::test]
+async fn hub_recovery_wrong_json_types_get_validation_codes() {
     // Recovery: user (-1 unknown / -2 empty), then email (-3 / -4).
     for path in ["/forgot/vcode", "/forgot/verify"] {
+        let t = TestPlatform::start().await;
+        let victims = [fresh("victim")];
+        assert_eq!(signup(&t, &victims[0], "secret12").await, 0);
         for bad in structured_types() {
             let body = json!({"user": bad, "email": "v@example.com", "verify": "123456"});
             assert_eq!(code_json(&t, path, &body).await, -1, "{path} user={bad}");
@@ -595,6 +606,9 @@ async fn hub_wrong_json_types_get_validation_codes() {
         let body = json!({"user": &victims[0], "email": 12});
         assert_eq!(code_json(&t, path, &body).await, -3, "{path}");
     }
+    let t = TestPlatform::start().await;
+    let victims = [fresh("victim")];
+    assert_eq!(signup(&t, &victims[0], "secret12").await, 0);
     for bad in wrong_types() {
         // No email is bound to the victim, so that answer comes first.
         let body = json!({"user": &victims[0], "email": "v@example.com", "verify": bad});

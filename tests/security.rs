@@ -305,28 +305,33 @@ async fn tokens_die_on_logout_password_change_and_reset() {
     );
 }
 
-#[tokio::test]
-async fn hub_recovery_closes_the_live_sessions() {
-    let t = TestPlatform::start().await;
-    let (token, mut ws) = signed_in(&t, "carol").await;
+/// Binds `email` to the session's user over the WebSocket (both steps).
+async fn bind_email(t: &TestPlatform, ws: &mut Ws, email: &str) {
     let mut skipped = Vec::new();
     let r = ws
         .request(
-            json!({"protocol": "CSBindEmailGetVCode", "email": "carol@example.com"}),
+            json!({"protocol": "CSBindEmailGetVCode", "email": email}),
             "SCBindEmailGetVCode",
             &mut skipped,
         )
         .await;
     assert_eq!(r["code"], 0);
-    let code = t.last_code("carol@example.com");
+    let code = t.last_code(email);
     let r = ws
         .request(
-            json!({"protocol": "CSBindEmailCheckVCode", "email": "carol@example.com", "vCode": code}),
+            json!({"protocol": "CSBindEmailCheckVCode", "email": email, "vCode": code}),
             "SCBindEmailCheckVCode",
             &mut skipped,
         )
         .await;
     assert_eq!(r["code"], 0);
+}
+
+#[tokio::test]
+async fn hub_recovery_closes_the_live_sessions() {
+    let t = TestPlatform::start().await;
+    let (token, mut ws) = signed_in(&t, "carol").await;
+    bind_email(&t, &mut ws, "carol@example.com").await;
     let who = [("user", "carol"), ("email", "carol@example.com")];
     assert_eq!(t.post_form("/forgot/vcode", &who).await["code"], 0);
     let code = t.last_code("carol@example.com");
@@ -471,22 +476,7 @@ async fn hub_login_timing_does_not_tell_unknown_users_from_wrong_passwords() {
 async fn banned_users_cannot_recover_their_account() {
     let t = TestPlatform::start().await;
     let (_token, mut ws) = signed_in(&t, "dave").await;
-    let mut skipped = Vec::new();
-    ws.request(
-        json!({"protocol": "CSBindEmailGetVCode", "email": "dave@example.com"}),
-        "SCBindEmailGetVCode",
-        &mut skipped,
-    )
-    .await;
-    let code = t.last_code("dave@example.com");
-    let r = ws
-        .request(
-            json!({"protocol": "CSBindEmailCheckVCode", "email": "dave@example.com", "vCode": code}),
-            "SCBindEmailCheckVCode",
-            &mut skipped,
-        )
-        .await;
-    assert_eq!(r["code"], 0);
+    bind_email(&t, &mut ws, "dave@example.com").await;
     let who = [("user", "dave"), ("email", "dave@example.com")];
     assert_eq!(t.post_form("/forgot/vcode", &who).await["code"], 0);
     let code = t.last_code("dave@example.com");

@@ -169,6 +169,26 @@ impl Fx {
         self.acc().verify_reset_code(&p, &code).await.unwrap();
     }
 
+    /// Signs up `alice` (password `s3cret-pw`) with `alice@example.com`
+    /// bound.
+    async fn alice_with_email(&self) -> Token {
+        let token = self.sign_up("alice", "s3cret-pw").await;
+        self.bind_email(&self.user_of(&token).await, "alice@example.com")
+            .await;
+        token
+    }
+
+    /// Bans the phone user of `tel` (the store's change, as `/v2/ban` names
+    /// users by username).
+    async fn ban_phone_user(&self, tel: &str) {
+        let users = &self.core.stores.users;
+        let user = users.user_by_phone(&phone(tel)).await.unwrap().unwrap();
+        users
+            .update_user(&user.id, UserChange::SetBanned(true))
+            .await
+            .unwrap();
+    }
+
     async fn fail_logins(&self, username: &str, n: usize) {
         for _ in 0..n {
             assert_err!(
@@ -605,20 +625,7 @@ async fn authenticate_refuses_a_banned_user_with_a_live_session() {
 async fn banned_phone_user_cannot_log_in() {
     let fx = fixture();
     fx.register_phone("13811112222", "s3cret-pw", None).await;
-    let user = fx
-        .core
-        .stores
-        .users
-        .user_by_phone(&phone("13811112222"))
-        .await
-        .unwrap()
-        .unwrap();
-    fx.core
-        .stores
-        .users
-        .update_user(&user.id, UserChange::SetBanned(true))
-        .await
-        .unwrap();
+    fx.ban_phone_user("13811112222").await;
     assert_err!(
         fx.acc()
             .login_phone(&phone("13811112222"), "s3cret-pw", None)
@@ -2078,9 +2085,7 @@ async fn hub_login_failures_are_probes_and_answer_rate_limited_past_the_budget()
 #[tokio::test]
 async fn hub_recovery_failures_are_probes_and_answer_rate_limited_past_the_budget() {
     let fx = fixture();
-    let token = fx.sign_up("alice", "s3cret-pw").await;
-    fx.bind_email(&fx.user_of(&token).await, "alice@example.com")
-        .await;
+    fx.alice_with_email().await;
     let acc = fx.acc();
     for i in 0..10 {
         assert_err!(
@@ -2265,9 +2270,7 @@ async fn password_checks_beyond_the_running_and_waiting_cap_are_refused_at_once(
 #[tokio::test]
 async fn banned_users_cannot_recover_their_account() {
     let fx = fixture();
-    let token = fx.sign_up("alice", "s3cret-pw").await;
-    fx.bind_email(&fx.user_of(&token).await, "alice@example.com")
-        .await;
+    fx.alice_with_email().await;
     fx.acc()
         .request_recovery_code("alice", "alice@example.com", None)
         .await
@@ -2289,20 +2292,7 @@ async fn banned_users_cannot_recover_their_account() {
     // account_v4: a permit granted before the ban does not reset.
     fx.register_phone("13811112222", "secret1", None).await;
     fx.grant_reset_permit("13811112222").await;
-    let user = fx
-        .core
-        .stores
-        .users
-        .user_by_phone(&phone("13811112222"))
-        .await
-        .unwrap()
-        .unwrap();
-    fx.core
-        .stores
-        .users
-        .update_user(&user.id, UserChange::SetBanned(true))
-        .await
-        .unwrap();
+    fx.ban_phone_user("13811112222").await;
     assert_err!(
         fx.acc()
             .reset_password_with_permit(&phone("13811112222"), short_pw("newpass1"))

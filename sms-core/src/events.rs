@@ -28,7 +28,20 @@ pub enum Push {
         mobile: String,
         /// The SMS text.
         msg: String,
+        /// When it arrived (Unix s); 0 when unknown (entries stored before
+        /// this field existed, which retention never drops by age).
+        #[serde(default)]
+        at: i64,
     },
+}
+
+impl Push {
+    /// When the push was made (Unix s; 0 when unknown).
+    pub fn at(&self) -> i64 {
+        match self {
+            Self::RecvMsg { at, .. } => *at,
+        }
+    }
 }
 
 /// Why sessions are closed (hub `PushKickout` `state`).
@@ -146,6 +159,7 @@ mod tests {
             push: Push::RecvMsg {
                 mobile: "13811112222".into(),
                 msg: "x".into(),
+                at: 0,
             },
         };
         hub.publish(&u, ev(1));

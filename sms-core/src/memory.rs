@@ -24,8 +24,8 @@ use crate::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
 use crate::session_decision::OpenSession;
 use crate::store::{
     CodeKey, CodeRecord, CodeStore, ConsumeOutcome, DeleteOutcome, Grant, GrantKind, GrantStore,
-    ItemStore, LedgerStore, LimitStore, PhonePool, QueueStore, SendStore, Session, SessionStore,
-    StoreResult, UserStore, DEFAULT_POOL_SIZE,
+    ItemStore, LedgerStore, LimitStore, PhonePool, Purged, QueueStore, SendStore, Session,
+    SessionStore, StoreResult, UserStore, DEFAULT_POOL_SIZE,
 };
 use crate::user::{User, UserChange, UserId};
 
@@ -615,6 +615,46 @@ impl QueueStore for MemoryStore {
             m.remove(&seq);
         }
         Ok(())
+    }
+
+    async fn purge_before(&self, before: i64) -> StoreResult<Purged> {
+        fn purge<T>(queues: &mut HashMap<String, VecDeque<T>>, old: impl Fn(&T) -> bool) -> u64 {
+            let mut n = 0;
+            for q in queues.values_mut() {
+                let len = q.len();
+                q.retain(|e| !old(e));
+                n += (len - q.len()) as u64;
+            }
+            queues.retain(|_, q| !q.is_empty());
+            n
+        }
+        let mut g = self.lock();
+        let sms = purge(&mut g.sms, |m| m.at < before);
+        let device_messages = purge(&mut g.device, |m| m.at < before);
+        let mut mailbox = 0;
+        for m in g.mailboxes.values_mut() {
+            let len = m.len();
+            m.retain(|_, p| p.at() == 0 || p.at() >= before);
+            mailbox += (len - m.len()) as u64;
+        }
+        Ok(Purged {
+            sms,
+            device_messages,
+            mailbox,
+        })
+    }
+
+    async fn mailbox_trim(&self, user: &UserId, keep: usize) -> StoreResult<u64> {
+        let mut g = self.lock();
+        let Some(m) = g.mailboxes.get_mut(user) else {
+            return Ok(0);
+        };
+        let mut dropped = 0;
+        while m.len() > keep {
+            m.pop_first();
+            dropped += 1;
+        }
+        Ok(dropped)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::pool::{
     LeaseRequest, NumberInfo, ReceivedSms, MAX_ITEM_ID_LEN,
 };
 use crate::random::{random_hex, RandomSource};
-use crate::store::Stores;
+use crate::store::{Purged, Stores};
 use crate::user::UserId;
 
 /// Which device channels (`cid`s) a device credential may act for.
@@ -65,6 +65,13 @@ pub struct PoolPolicy {
     /// sweeper settles leases first, then releases whatever a crash left
     /// reserved.
     pub hold_grace_secs: i64,
+    /// Retention (72 h): unfetched codes (`GET /vcodes/<app>`), texts for
+    /// devices (`GET /sends/<cid>`) and undelivered mailbox entries older
+    /// than this are dropped by [`PoolService::purge_expired`].
+    pub retention_secs: i64,
+    /// Entries kept in one user's mailbox (1,000); a push beyond it drops
+    /// the oldest, counted in the logs.
+    pub mailbox_cap: usize,
 }
 
 impl Default for PoolPolicy {
@@ -75,6 +82,8 @@ impl Default for PoolPolicy {
             max_hand_out: 100,
             max_message_chars: 500,
             hold_grace_secs: 120,
+            retention_secs: 72 * 3_600,
+            mailbox_cap: 1_000,
         }
     }
 }
@@ -364,14 +373,45 @@ impl PoolService {
         let push = Push::RecvMsg {
             mobile: sms.mobile.to_string(),
             msg: sms.text.clone(),
+            at: self.clock.unix(),
         };
         let seq = self
             .stores
             .queues
             .mailbox_push(&lease.user, push.clone())
             .await?;
+        let dropped = self
+            .stores
+            .queues
+            .mailbox_trim(&lease.user, self.policy.mailbox_cap)
+            .await?;
+        if dropped > 0 {
+            tracing::warn!(
+                user = %lease.user,
+                dropped,
+                cap = self.policy.mailbox_cap,
+                "mailbox full: oldest entries dropped"
+            );
+        }
         self.events.publish(&lease.user, Event::Push { seq, push });
         Ok(())
+    }
+
+    /// Retention: drops unfetched codes, texts for devices and mailbox
+    /// entries older than [`PoolPolicy::retention_secs`] (the sweeper runs
+    /// it), logging how many of each went.
+    pub async fn purge_expired(&self) -> Result<Purged, CoreError> {
+        let before = self.clock.unix().saturating_sub(self.policy.retention_secs);
+        let purged = self.stores.queues.purge_before(before).await?;
+        if purged != Purged::default() {
+            tracing::info!(
+                sms = purged.sms,
+                device_messages = purged.device_messages,
+                mailbox = purged.mailbox,
+                "retention: old entries dropped"
+            );
+        }
+        Ok(purged)
     }
 
     /// Queued SMS of `app`, oldest first, each once (`GET /vcodes/<app>`).

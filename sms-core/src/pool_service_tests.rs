@@ -161,7 +161,8 @@ async fn first_sms_charges_once_and_pushes_every_sms() {
         mailbox[0].1,
         Push::RecvMsg {
             mobile: "13800000001".into(),
-            msg: "验证码 123456".into()
+            msg: "验证码 123456".into(),
+            at: f.clock.unix(),
         }
     );
     for _ in 0..2 {
@@ -394,4 +395,87 @@ async fn settling_after_the_hold_expired_is_harmless() {
     assert_eq!(f.core.pool.settle_due(10).await.unwrap(), 1);
     let b = f.core.billing.balance(&f.user).await.unwrap();
     assert_eq!((b.total, b.held), (100, 0));
+}
+
+#[tokio::test]
+async fn mailboxes_are_capped_oldest_first_and_everything_queued_has_a_retention() {
+    let f = fx(100, &["13800000001"]).await;
+    let p = &f.core.pool;
+    p.lease(&f.user, "app", 1, LeaseFilter::default())
+        .await
+        .unwrap();
+    let cap = p.policy().mailbox_cap;
+    for i in 0..cap + 3 {
+        p.receive(vec![sms("13800000001", &format!("m{i}"), None)])
+            .await
+            .unwrap();
+    }
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = p.mailbox_page(&f.user, after, 500).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.0);
+        all.extend(page);
+    }
+    assert_eq!(all.len(), cap);
+    assert!(matches!(&all[0].1, Push::RecvMsg { msg, .. } if msg == "m3"));
+    // A code for the app and a text for the device wait, then age out.
+    p.receive(vec![sms("13800000001", "123456", Some("app"))])
+        .await
+        .unwrap();
+    p.send_from(&f.user, "app", "13800000001", "hi")
+        .await
+        .unwrap();
+    f.clock.advance(p.policy().retention_secs);
+    assert_eq!(p.purge_expired().await.unwrap(), Default::default());
+    f.clock.advance(1);
+    let purged = p.purge_expired().await.unwrap();
+    assert_eq!(
+        (purged.sms, purged.device_messages, purged.mailbox),
+        (1, 1, cap as u64)
+    );
+    assert!(p.take_codes("app", 10).await.unwrap().is_empty());
+    assert!(p
+        .take_device_messages("dev-1", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(p.mailbox(&f.user).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn codes_for_numbers_not_in_the_pool_and_other_devices_numbers_are_refused() {
+    let f = fx(0, &["13800000001"]).await;
+    let p = &f.core.pool;
+    assert!(matches!(
+        p.receive(vec![sms("13800000009", "123456", Some("app"))])
+            .await,
+        Err(CoreError::InvalidParameter("mobile"))
+    ));
+    let dev2 = DeviceScope::Channels(["dev-2".to_owned()].into());
+    assert!(matches!(
+        p.receive_for(&dev2, vec![sms("13800000001", "123456", Some("app"))])
+            .await,
+        Err(CoreError::OutsideDeviceScope)
+    ));
+    assert!(matches!(
+        p.upload_numbers_for(&dev2, vec![info("13800000001", "dev-2")])
+            .await,
+        Err(CoreError::OutsideDeviceScope)
+    ));
+    assert!(matches!(
+        p.take_device_messages_for(&dev2, "dev-1", 10).await,
+        Err(CoreError::OutsideDeviceScope)
+    ));
+    assert!(
+        p.take_codes("app", 10).await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    p.upload_numbers_for(&dev2, vec![info("13800000002", "dev-2")])
+        .await
+        .unwrap();
+    p.receive_for(&dev2, vec![sms("13800000002", "123456", Some("app"))])
+        .await
+        .unwrap();
 }

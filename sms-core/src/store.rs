@@ -481,6 +481,35 @@ pub trait QueueStore: Debug + Send + Sync + 'static {
     ) -> StoreResult<Vec<(u64, Push)>>;
     /// Removes one entry.
     async fn mailbox_ack(&self, user: &UserId, seq: u64) -> StoreResult<()>;
+    /// Retention: removes every queued SMS and device text whose `at` is
+    /// before `before` (Unix s), and every mailbox entry whose
+    /// [`Push::at`] is known (not 0) and before it.
+    ///
+    /// # Contract
+    /// Removes exactly those entries (later ones, and mailbox entries of
+    /// unknown time, stay, in their order); returns how many of each kind
+    /// it removed; durable on `Ok`. An entry a concurrent taker removed is
+    /// not counted.
+    async fn purge_before(&self, before: i64) -> StoreResult<Purged>;
+    /// The mailbox cap: removes the oldest entries of `user`'s mailbox
+    /// beyond the newest `keep`.
+    ///
+    /// # Contract
+    /// Afterwards at most `keep` entries remain and they are the newest
+    /// (highest sequence numbers) the mailbox held; returns how many were
+    /// removed; durable on `Ok`.
+    async fn mailbox_trim(&self, user: &UserId, keep: usize) -> StoreResult<u64>;
+}
+
+/// What [`QueueStore::purge_before`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Queued SMS (`GET /vcodes/<app>`).
+    pub sms: u64,
+    /// Texts for devices (`GET /sends/<cid>`).
+    pub device_messages: u64,
+    /// Mailbox entries.
+    pub mailbox: u64,
 }
 
 /// The balance ledger ([`crate::ledger`]).

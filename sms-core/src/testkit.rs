@@ -83,6 +83,7 @@ macro_rules! store_conformance_tests {
             queues_fifo_and_take_once,
             mailbox_sequence_and_ack,
             mailbox_pages,
+            queues_retention_and_mailbox_cap,
             ledger_idempotent_and_exact,
             ledger_concurrent_never_overdraw,
             ledger_expired_holds,
@@ -1452,6 +1453,64 @@ pub async fn queues_fifo_and_take_once(s: &Stores) {
     );
 }
 
+/// [`QueueStore::purge_before`](crate::store::QueueStore::purge_before)
+/// removes exactly the entries before the bound (mailbox entries of unknown
+/// time stay); [`QueueStore::mailbox_trim`](crate::store::QueueStore::mailbox_trim)
+/// keeps exactly the newest entries.
+pub async fn queues_retention_and_mailbox_cap(s: &Stores) {
+    let q = &s.queues;
+    for i in 0..6 {
+        q.push_sms(if i % 2 == 0 { "a" } else { "b" }, sms(i))
+            .await
+            .unwrap();
+    }
+    let m = |i: i64| DeviceMessage {
+        mobile: PhoneNumber::parse_cn_mobile("13800000000").unwrap(),
+        item_id: "app".into(),
+        msg: format!("m{i}"),
+        at: i,
+    };
+    for i in 0..4 {
+        q.push_device_message("cid", m(i)).await.unwrap();
+    }
+    let u = UserId::from_string("retention".into());
+    let push = |at: i64| Push::RecvMsg {
+        mobile: "13800000000".into(),
+        msg: format!("p{at}"),
+        at,
+    };
+    for at in [1, 0, 2, 3, 4] {
+        q.mailbox_push(&u, push(at)).await.unwrap();
+    }
+    let left = || async {
+        q.mailbox(&u, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect::<Vec<Push>>()
+    };
+    let purged = q.purge_before(3).await.unwrap();
+    assert_eq!(
+        (purged.sms, purged.device_messages, purged.mailbox),
+        (3, 3, 2)
+    );
+    assert_eq!(q.take_sms("a", 10).await.unwrap(), vec![sms(4)]);
+    assert_eq!(q.take_sms("b", 10).await.unwrap(), vec![sms(3), sms(5)]);
+    assert_eq!(q.take_device_messages("cid", 10).await.unwrap(), vec![m(3)]);
+    assert_eq!(left().await, vec![push(0), push(3), push(4)]);
+    assert_eq!(q.purge_before(3).await.unwrap(), Default::default());
+    // The cap keeps the newest.
+    for at in 5..10 {
+        q.mailbox_push(&u, push(at)).await.unwrap();
+    }
+    assert_eq!(q.mailbox_trim(&u, 3).await.unwrap(), 5);
+    assert_eq!(left().await, vec![push(7), push(8), push(9)]);
+    assert_eq!(q.mailbox_trim(&u, 3).await.unwrap(), 0);
+    let nobody = UserId::from_string("nobody".into());
+    assert_eq!(q.mailbox_trim(&nobody, 0).await.unwrap(), 0);
+}
+
 /// Mailbox entries keep increasing sequence numbers and stay until acked.
 pub async fn mailbox_sequence_and_ack(s: &Stores) {
     let q = &s.queues;
@@ -1460,6 +1519,7 @@ pub async fn mailbox_sequence_and_ack(s: &Stores) {
     let push = |m: &str| Push::RecvMsg {
         mobile: "13800000000".into(),
         msg: m.into(),
+        at: 0,
     };
     let a = q.mailbox_push(&u, push("a")).await.unwrap();
     let b = q.mailbox_push(&u, push("b")).await.unwrap();
@@ -1491,6 +1551,7 @@ pub async fn mailbox_pages(s: &Stores) {
     let push = |i: usize| Push::RecvMsg {
         mobile: "13800000000".into(),
         msg: format!("m{i}"),
+        at: 0,
     };
     let mut seqs = Vec::new();
     for i in 0..7 {

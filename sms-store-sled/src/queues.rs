@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use sms_core::events::Push;
 use sms_core::pool::{DeviceMessage, ReceivedSms};
-use sms_core::store::{QueueStore, StoreResult};
+use sms_core::store::{Purged, QueueStore, StoreResult};
 use sms_core::user::UserId;
 
 use crate::{
@@ -142,6 +142,53 @@ impl QueueStore for SledStore {
         })
         .await
     }
+
+    async fn purge_before(&self, before: i64) -> StoreResult<Purged> {
+        self.write(move |t| {
+            Ok(Purged {
+                sms: purge::<ReceivedSms>(&t.sms_queue, SMS_QUEUE, |m| m.at < before)?,
+                device_messages: purge::<DeviceMessage>(&t.device_queue, DEVICE_QUEUE, |m| {
+                    m.at < before
+                })?,
+                mailbox: purge::<Push>(&t.mailbox, MAILBOX, |p| p.at() != 0 && p.at() < before)?,
+            })
+        })
+        .await
+    }
+
+    async fn mailbox_trim(&self, user: &UserId, keep: usize) -> StoreResult<u64> {
+        let user = user.clone();
+        self.write(move |t| {
+            let owner = user.as_str().as_bytes();
+            let held = seq_entries(&t.mailbox, owner, usize::MAX)?.len();
+            let mut dropped = 0;
+            for (key, _) in seq_entries(&t.mailbox, owner, held.saturating_sub(keep))? {
+                if t.mailbox.remove(key)?.is_some() {
+                    dropped += 1;
+                }
+            }
+            Ok(dropped)
+        })
+        .await
+    }
+}
+
+/// Removes every entry of `tree` that decodes and is `old`; how many.
+/// (Each removal is a single-key operation, so a concurrent taker gets an
+/// entry or this does, never both.)
+fn purge<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+    old: impl Fn(&T) -> bool,
+) -> Result<u64, Error> {
+    let mut n = 0;
+    for entry in tree.iter() {
+        let (key, value) = entry?;
+        if old(&decode::<T>(name, &value)?) && tree.remove(key)?.is_some() {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -157,6 +204,7 @@ mod tests {
         Push::RecvMsg {
             mobile: "13800000000".into(),
             msg: m.into(),
+            at: 0,
         }
     }
 

@@ -437,6 +437,7 @@ fn recv(msg: &str) -> Push {
     Push::RecvMsg {
         mobile: "13800000001".into(),
         msg: msg.into(),
+        at: 0,
     }
 }
 

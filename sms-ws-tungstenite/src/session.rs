@@ -750,7 +750,7 @@ fn error_close(e: &WsError) -> Option<CloseFrame> {
 
 fn push_frame(user: &UserId, seq: u64, push: &Push) -> Out {
     let v = match push {
-        Push::RecvMsg { mobile, msg } => protocol::push_recv(mobile, msg),
+        Push::RecvMsg { mobile, msg, .. } => protocol::push_recv(mobile, msg),
     };
     Out {
         msg: Message::text(v.to_string()),

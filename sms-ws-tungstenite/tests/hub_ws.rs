@@ -964,6 +964,7 @@ async fn live_events_already_read_from_the_mailbox_are_not_sent_twice() {
             push: Push::RecvMsg {
                 mobile: number.clone(),
                 msg: "second".into(),
+                at: 0,
             },
         },
     );
@@ -1039,6 +1040,7 @@ async fn a_session_dropped_by_the_event_hub_is_closed() {
                 push: Push::RecvMsg {
                     mobile: "13811110001".into(),
                     msg: format!("m{seq}"),
+                    at: 0,
                 },
             },
         );
