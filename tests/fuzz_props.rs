@@ -1327,7 +1327,7 @@ proptest! {
         let _ = sms_http_hyper::account_v4::Endpoint::from_path(&path);
         let _ = sms_http_hyper::hub::Endpoint::from_path(&path);
         let _ = sms_http_hyper::openapi::Document::from_path(&path);
-        let decoded = sms_http_hyper::account_v4::percent_decode(&path);
+        let decoded = sms_http_hyper::params::percent_decode(&path);
         if !path.contains('%') {
             prop_assert_eq!(decoded, path);
         }

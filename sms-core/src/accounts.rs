@@ -650,9 +650,31 @@ impl Accounts {
             .await
     }
 
+    /// [`verify_credentials_from`](Self::verify_credentials_from), then the
+    /// administrator rule: anyone but `root` is [`CoreError::NotRoot`].
+    pub async fn verify_root_credentials_from(
+        &self,
+        username: &str,
+        password: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<User, CoreError> {
+        let user = self
+            .verify_credentials_from(username, password, client_ip)
+            .await?;
+        if user.username.as_ref().is_some_and(Username::is_root) {
+            Ok(user)
+        } else {
+            Err(CoreError::NotRoot)
+        }
+    }
+
     /// Bans or unbans a user by username; a ban revokes every session.
+    /// `root` can never be banned ([`CoreError::NotRoot`]).
     pub async fn set_banned(&self, username: &str, banned: bool) -> Result<User, CoreError> {
         let name = Username::parse(username).map_err(|_| CoreError::UserNotFound)?;
+        if name.is_root() {
+            return Err(CoreError::NotRoot);
+        }
         let user = self
             .stores
             .users

@@ -596,6 +596,37 @@ async fn banned_user_cannot_log_in_and_loses_sessions() {
 }
 
 #[tokio::test]
+async fn only_root_passes_the_root_check_and_root_cannot_be_banned() {
+    let fx = fixture();
+    fx.acc().ensure_root("root-pass-1").await.unwrap();
+    fx.sign_up("alice", "s3cret-pw").await;
+    let ip = Some("203.0.113.9".parse().unwrap());
+    let root = fx
+        .acc()
+        .verify_root_credentials_from("ROOT", "root-pass-1", ip)
+        .await
+        .unwrap();
+    assert!(root.username.unwrap().is_root());
+    assert_err!(
+        fx.acc()
+            .verify_root_credentials_from("alice", "s3cret-pw", ip)
+            .await,
+        CoreError::NotRoot
+    );
+    assert_err!(
+        fx.acc()
+            .verify_root_credentials_from("root", "wrong-pass", ip)
+            .await,
+        CoreError::WrongPassword
+    );
+    assert_err!(fx.acc().set_banned("Root", true).await, CoreError::NotRoot);
+    fx.acc()
+        .verify_root_credentials_from("root", "root-pass-1", ip)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn set_banned_unknown_user() {
     let fx = fixture();
     assert_err!(

@@ -224,6 +224,10 @@ pub enum CoreError {
     /// The message could not be delivered by the sender.
     #[error("delivery failed: {0}")]
     Delivery(String),
+    /// The call needs the administrator account `root` (decision G8), or
+    /// would act on root where nobody may (banning it).
+    #[error("only the administrator may do this, and not to itself")]
+    NotRoot,
     /// The storage backend failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -285,6 +289,7 @@ impl CoreError {
             Self::Overloaded => "overloaded",
             Self::OutsideDeviceScope => "outside_device_scope",
             Self::Delivery(_) => "delivery_failed",
+            Self::NotRoot => "not_root",
             Self::Store(_) => "store_failed",
         }
     }
@@ -313,6 +318,7 @@ mod tests {
             CoreError::PasswordCharset,
             CoreError::InvalidName,
             CoreError::InvalidParameter("x"),
+            CoreError::NotRoot,
             CoreError::UsernameTaken,
             CoreError::PhoneTaken,
             CoreError::EmailTaken,

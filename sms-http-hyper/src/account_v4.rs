@@ -44,7 +44,7 @@ impl Endpoint {
             Some((n, s)) => (n, Some(s)),
             None => (rest, None),
         };
-        let decode = percent_decode;
+        let decode = crate::params::percent_decode;
         Some(match (name, seg) {
             ("sendsms", Some(s)) if !s.contains('/') => (Self::SendSms, Some(decode(s))),
             ("isregister", Some(s)) if !s.contains('/') => (Self::IsRegister, Some(decode(s))),
@@ -55,27 +55,6 @@ impl Endpoint {
             _ => return None,
         })
     }
-}
-
-/// Percent-decodes a path segment (`+` stays `+`).
-pub fn percent_decode(s: &str) -> String {
-    // form_urlencoded would turn '+' into a space; a path keeps '+' as is.
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn reply(code: i64, msg: &str) -> Value {
@@ -290,7 +269,7 @@ mod tests {
             Some((Endpoint::Login, None))
         );
         assert_eq!(Endpoint::from_path("/api/v4.0/login/x"), None);
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-        assert_eq!(percent_decode("a%20b"), "a b");
+        assert_eq!(crate::params::percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(crate::params::percent_decode("a%20b"), "a b");
     }
 }

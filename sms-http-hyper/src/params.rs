@@ -89,6 +89,14 @@ impl Params {
     }
 }
 
+/// Decodes `%XX` escapes of a path segment, keeping `+` as is (unlike a
+/// form body) and malformed escapes as written; invalid UTF-8 is replaced.
+pub fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

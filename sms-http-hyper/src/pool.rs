@@ -52,7 +52,7 @@ impl Endpoint {
     /// The endpoint at `path`.
     pub fn from_path(path: &str) -> Option<Self> {
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let dec = |s: &str| crate::account_v4::percent_decode(s);
+        let dec = |s: &str| crate::params::percent_decode(s);
         Some(match segs.as_slice() {
             ["phones"] => Self::Phones,
             ["mobiles", app, n] => Self::Mobiles(dec(app), dec(n)),

@@ -7,7 +7,6 @@
 use base64::Engine;
 use http::{HeaderMap, Response, StatusCode};
 use serde_json::{json, Map, Value};
-use sms_core::identity::ROOT_USERNAME;
 use sms_core::pool::Item;
 use sms_core::user::User;
 use sms_core::{Core, CoreError};
@@ -105,17 +104,22 @@ pub async fn authenticate(core: &Core, req: &Incoming) -> Result<User, ApiError>
     }
 }
 
-/// The root user of a request (ER:0001, then ER:0003).
+/// The root user of a request (ER:0001, then ER:0003); the rule is the
+/// core's ([`sms_core::accounts::Accounts::verify_root_credentials_from`]).
 pub async fn authenticate_root(core: &Core, req: &Incoming) -> Result<User, ApiError> {
-    let user = authenticate(core, req).await?;
-    if user
-        .username
-        .as_ref()
-        .is_some_and(|u| u.as_str() == ROOT_USERNAME)
+    let (user, password) = basic_credentials(&req.headers).ok_or(AUTH)?;
+    match core
+        .accounts
+        .verify_root_credentials_from(&user, &password, req.client_ip)
+        .await
     {
-        Ok(user)
-    } else {
-        Err(NOT_ROOT)
+        Ok(u) => Ok(u),
+        Err(CoreError::NotRoot) => Err(NOT_ROOT),
+        Err(e) if e.is_internal() => {
+            tracing::error!(error = %e, "sendapi: auth failed internally");
+            Err(AUTH)
+        }
+        Err(_) => Err(AUTH),
     }
 }
 
@@ -239,12 +243,10 @@ async fn admin(core: &Core, route: Admin, req: &Incoming) -> Result<(), ApiError
                 Some(Value::Bool(b)) => *b,
                 _ => return Err(PARAMS),
             };
-            if user.eq_ignore_ascii_case(ROOT_USERNAME) {
-                return Err(PARAMS);
-            }
             match core.accounts.set_banned(user, banned).await {
                 Ok(_) => Ok(()),
-                Err(CoreError::UserNotFound) => Err(PARAMS),
+                // Unknown, or root (which nobody may ban).
+                Err(CoreError::UserNotFound | CoreError::NotRoot) => Err(PARAMS),
                 Err(e) => Err(internal(e)),
             }
         }
