@@ -173,8 +173,9 @@ fn forbidden_in_param(c: char) -> bool {
 }
 
 /// The rules on the values a send fills a template with (`params`): each at
-/// most [`MAX_PARAM_CHARS`] characters, none of the characters
-/// [`forbidden_in_param`] refuses, and, for a verification-code template
+/// most [`MAX_PARAM_CHARS`] characters, none of the signature brackets
+/// `【】`, control characters or Unicode bidirectional controls, and, for a
+/// verification-code template
 /// ([`TemplateType::Code`]), ASCII digits and letters only. A passed template
 /// must not become another text through its values.
 pub fn check_params(
