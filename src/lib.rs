@@ -20,3 +20,8 @@ pub mod workers;
 pub use config::PlatformArgs;
 pub use platform::{Platform, PlatformError, RunningPlatform};
 pub use workers::BackgroundWorkers;
+
+/// The README's Rust snippets, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

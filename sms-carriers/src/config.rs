@@ -1,4 +1,4 @@
-//! The `--carriers` file (`sms-carriers/carriers.md` C1): one `[[carrier]]` table per
+//! The `--carriers` file (`docs/contract/carriers.md` C1): one `[[carrier]]` table per
 //! carrier and a `[routes]` table. Parsed key by key so that every error
 //! names its line and key and never echoes a value (a value may be a
 //! secret); secrets are [`Secret`]s, redacted in `Debug`.
