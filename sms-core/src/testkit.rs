@@ -50,9 +50,69 @@ pub fn run<F: Future<Output = ()>>(f: F) {
         .block_on(f)
 }
 
+/// Every check: (the port it exercises, its name, the contract rule it
+/// checks). A failing check names its rule through [`explain`].
+pub const CHECKS: &[(&str, &str, &str)] = &[
+    ("UserStore", "users_unique_fields", "Username (case-insensitive), phone and email are unique; a conflicting write changes nothing."),
+    ("UserStore", "users_lookup_and_update", "Lookups by every index; `update_user` returns the record before the change; email moves free the old address and collide with others."),
+    ("UserStore", "users_concurrent_create_one_winner", "Concurrent creates racing for one username, phone or email: exactly one winner each."),
+    ("SessionStore", "sessions_lifecycle", "Insert, find by hash only, revoke one, revoke all of a user but one."),
+    ("SessionStore", "sessions_first_use_once", "`mark_session_used`: of concurrent callers exactly one sees it unused."),
+    ("SessionStore", "sessions_open_caps_oldest_first", "Opening a session keeps at most `max_sessions` live ones per user, evicting expired ones and then the oldest by the store's sequence (all opened in the same second here); a login after an expired session is a renewal; concurrent opens never leave more than the cap."),
+    ("SessionStore", "sessions_open_with_sign_up", "A sign-up opens the user's first session in the same atomic step; a taken field fails with a conflict and leaves neither user nor session."),
+    ("CodeStore", "codes_cooldown_and_replace", "A new code replaces the old only outside the cooldown; keys are per (address, purpose)."),
+    ("CodeStore", "codes_single_use_under_concurrency", "50 concurrent checks of the right code: exactly one succeeds."),
+    ("CodeStore", "codes_attempts_and_expiry", "Wrong tries are counted (never lost under concurrency); the code is void after the maximum; expiry is exact."),
+    ("CodeStore", "codes_issue_is_one_atomic_decision", "An issue refused by the cooldown counts against no cap; concurrent sends to one address issue exactly one code and count exactly once; the caps and the breaker's count are kept in the limit states [`LimitStore`] reads.  [`LimitStore`]: crate::store::LimitStore"),
+    ("CodeStore", "codes_check_is_one_atomic_decision", "Concurrent checks of one address never overrun the failure budget, and a locked check changes nothing; a success is counted on the breaker and stores the grant it carries, in the same step."),
+    ("GrantStore", "grants_single_use", "One grant per (kind, phone); consumed exactly once under concurrency; used grants stay readable; token mismatch is told apart."),
+    ("LimitStore", "limits_all_or_nothing", "`acquire` records on every key only when every check passes; `peek` records nothing."),
+    ("LimitStore", "limits_concurrent_never_exceed", "Concurrent acquirers never get more than `max` hits allowed."),
+    ("LimitStore", "limits_lockout_and_reset", "A lockout fires at `max` and lasts its time; `reset` forgets the key."),
+    ("PhonePool", "pool_intake_caps_and_refresh", "Intake: capped by the pool size minus available numbers, in order; re-uploads refresh and are listed without counting; `full` when nothing could be taken."),
+    ("PhonePool", "pool_lease_exclusive_and_once_per_item", "A number is leased to one user at a time and never handed out twice for one item, by leases and hand-outs alike."),
+    ("PhonePool", "pool_concurrent_leases_distinct", "Concurrent leases never get the same number."),
+    ("PhonePool", "pool_filters", "Area, operator and custom-number filters."),
+    ("PhonePool", "pool_charged_and_settled_once", "`mark_charged` and `mark_settled` succeed once; due leases are the ended, unsettled ones; settling frees the place in the pool."),
+    ("PhonePool", "pool_lease_holds_atomically", "A lease with its hold is one step with the ledger: `price × wanted` is held, what the numbers not found would cost is released, a balance too small leases nothing and records nothing, and concurrent leases never overdraw."),
+    ("ItemStore", "items_put_and_get", "Items are created and replaced by id."),
+    ("QueueStore", "queues_fifo_and_take_once", "Queues are FIFO and each entry goes to exactly one taker."),
+    ("QueueStore", "mailbox_sequence_and_ack", "Mailbox entries keep increasing sequence numbers and stay until acked."),
+    ("QueueStore", "mailbox_pages", "Paging a mailbox after a sequence number never skips nor repeats an entry, and stays within one user's entries."),
+    ("QueueStore", "queues_retention_and_mailbox_cap", "`QueueStore::purge_before` removes exactly the entries before the bound (mailbox entries of unknown time stay); `QueueStore::mailbox_trim` keeps exactly the newest entries."),
+    ("LedgerStore", "ledger_idempotent_and_exact", "Operation ids apply once; holds, captures and releases move exactly what they say; the total equals the sum of the entries."),
+    ("LedgerStore", "ledger_concurrent_never_overdraw", "100 concurrent debits of 10 against 500: exactly 50 apply; concurrent holds never overdraw; retried ids apply once."),
+    ("LedgerStore", "ledger_expired_holds", "Holds with an expiry are listed once expired while they still reserve something, earliest first."),
+    ("SendStore", "sending_signatures_and_templates", "Ids are fresh and increasing; compare-and-set replaces; a signature with templates is not deleted; templates need their signature."),
+    ("SendStore", "sending_tasks_and_statuses", "Tasks start with every recipient pending; statuses move only from pending; state moves by compare-and-set; open tasks are listed in order."),
+];
+
+/// Re-raises a failed check's panic with the port and the contract rule it
+/// checks, so the failure says which promise the store broke.
+pub fn explain(name: &str, panic: Box<dyn std::any::Any + Send>) -> ! {
+    let detail = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default();
+    match CHECKS.iter().find(|(_, n, _)| *n == name) {
+        Some((port, _, rule)) => panic!(
+            "conformance check `{name}` failed: the store breaks the {port} contract: {rule}\n  {detail}"
+        ),
+        None => panic!("conformance check `{name}` failed: {detail}"),
+    }
+}
+
 /// Expands to one `#[test]` per conformance check. The argument is an
 /// expression evaluating to a future of [`Stores`]; it is evaluated once per
-/// test, so each test gets a fresh, empty store.
+/// test, so each test gets a fresh, empty store. A failure names the port
+/// and the contract rule it checks ([`CHECKS`]).
+///
+/// A backend that implements only some ports borrows the others (from
+/// [`crate::memory::MemoryStore`], say) and runs the checks of its own
+/// ports: `store_conformance_tests!(items: make())`, with one of `users`,
+/// `sessions`, `codes`, `grants`, `limits`, `pool`, `items`, `queues`,
+/// `ledger`, `sending` before the colon (`examples/custom_store.rs`).
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($make:expr) => {
@@ -91,14 +151,49 @@ macro_rules! store_conformance_tests {
             sending_tasks_and_statuses
         );
     };
+    (users: $make:expr) => {
+        $crate::store_conformance_tests!(@each $make; users_unique_fields, users_lookup_and_update, users_concurrent_create_one_winner);
+    };
+    (sessions: $make:expr) => {
+        $crate::store_conformance_tests!(@each $make; sessions_lifecycle, sessions_first_use_once, sessions_open_caps_oldest_first, sessions_open_with_sign_up);
+    };
+    (codes: $make:expr) => {
+        $crate::store_conformance_tests!(@each $make; codes_cooldown_and_replace, codes_single_use_under_concurrency, codes_attempts_and_expiry, codes_issue_is_one_atomic_decision, codes_check_is_one_atomic_decision);
+    };
+    (grants: $make:expr) => {
+        $crate::store_conformance_tests!(@each $make; grants_single_use);
+    };
+    (limits: $make:expr) => {
+        $crate::store_conformance_tests!(@each $make; limits_all_or_nothing, limits_concurrent_never_exceed, limits_lockout_and_reset);
+    };
+    (pool: $make:expr) => {
+        $crate::store_conformance_tests!(@each $make; pool_intake_caps_and_refresh, pool_lease_exclusive_and_once_per_item, pool_concurrent_leases_distinct, pool_filters, pool_charged_and_settled_once, pool_lease_holds_atomically);
+    };
+    (items: $make:expr) => {
+        $crate::store_conformance_tests!(@each $make; items_put_and_get);
+    };
+    (queues: $make:expr) => {
+        $crate::store_conformance_tests!(@each $make; queues_fifo_and_take_once, mailbox_sequence_and_ack, mailbox_pages, queues_retention_and_mailbox_cap);
+    };
+    (ledger: $make:expr) => {
+        $crate::store_conformance_tests!(@each $make; ledger_idempotent_and_exact, ledger_concurrent_never_overdraw, ledger_expired_holds);
+    };
+    (sending: $make:expr) => {
+        $crate::store_conformance_tests!(@each $make; sending_signatures_and_templates, sending_tasks_and_statuses);
+    };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
-                $crate::testkit::run(async {
-                    let stores: $crate::store::Stores = $make.await;
-                    $crate::testkit::$name(&stores).await;
+                let outcome = ::std::panic::catch_unwind(|| {
+                    $crate::testkit::run(async {
+                        let stores: $crate::store::Stores = $make.await;
+                        $crate::testkit::$name(&stores).await;
+                    })
                 });
+                if let Err(panic) = outcome {
+                    $crate::testkit::explain(stringify!($name), panic);
+                }
             }
         )*
     };
@@ -2107,4 +2202,25 @@ pub async fn ledger_expired_holds(s: &Stores) {
     .unwrap();
     let left = l.expired_holds(1_000, 10).await.unwrap();
     assert_eq!((left.len(), left[0].remaining), (1, 6));
+}
+
+#[cfg(test)]
+mod explain_tests {
+    #[test]
+    fn a_failed_check_names_its_port_and_contract_rule() {
+        let panic = std::panic::catch_unwind(|| panic!("left: 0 right: 5")).unwrap_err();
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            super::explain("ledger_concurrent_never_overdraw", panic)
+        }))
+        .unwrap_err();
+        let text = again.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(text.contains("LedgerStore contract"), "{text}");
+        assert!(text.contains("exactly 50 apply"), "{text}");
+        assert!(text.contains("left: 0 right: 5"), "{text}");
+        let names: Vec<_> = super::CHECKS.iter().map(|c| c.1).collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(names.len(), unique.len(), "every check listed once");
+    }
 }
