@@ -54,6 +54,10 @@ pub struct PlatformArgs {
     #[arg(long, env = "SMS_CARRIERS")]
     pub carriers: Option<PathBuf>,
 
+    /// The language of code messages: `zh-CN` (default) or `en-US`.
+    #[arg(long, env = "SMS_CODE_LOCALE", default_value = "zh-CN")]
+    pub code_locale: String,
+
     /// DEVELOPMENT ONLY: every issued code is this value.
     #[arg(long, env = "SMS_DEV_CODE")]
     pub dev_code: Option<String>,

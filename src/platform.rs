@@ -9,6 +9,7 @@ use sms_core::accounts::AccountPolicy;
 use sms_core::clock::SystemClock;
 use sms_core::codes::CodePolicy;
 use sms_core::gateway::MessageGateway;
+use sms_core::messages::CodeMessages;
 use sms_core::password::Argon2Hasher;
 use sms_core::pool_service::PoolPolicy;
 use sms_core::random::{OsRandom, RandomSource};
@@ -331,6 +332,12 @@ impl Platform {
             .code_policy(CodePolicy {
                 fixed_code: a.dev_code.clone(),
                 ipv6_prefix_len: a.ipv6_prefix_len,
+                messages: CodeMessages::for_locale(&a.code_locale).ok_or_else(|| {
+                    PlatformError::Config(format!(
+                        "--code-locale {:?}: the shipped locales are zh-CN and en-US",
+                        a.code_locale
+                    ))
+                })?,
                 ..CodePolicy::default()
             })
             .account_policy(AccountPolicy {

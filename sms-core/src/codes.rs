@@ -95,6 +95,8 @@ pub struct CodePolicy {
     pub pump_trip_secs: i64,
     /// Development only: every code is this value (`--dev-code`).
     pub fixed_code: Option<String>,
+    /// The texts of code messages (zh-CN by default; en-US ships).
+    pub messages: crate::messages::CodeMessages,
     /// IPv6 clients are counted by their network of this many bits (64);
     /// see [`ip_limit_key`].
     pub ipv6_prefix_len: u8,
@@ -119,6 +121,7 @@ impl Default for CodePolicy {
             pump_min_success_pct: 10,
             pump_trip_secs: 3_600,
             fixed_code: None,
+            messages: crate::messages::CodeMessages::default(),
             ipv6_prefix_len: DEFAULT_IPV6_PREFIX_LEN,
         }
     }
@@ -321,7 +324,10 @@ impl CodeService {
         let message = OutboundMessage {
             channel: address.channel(),
             to: address.wire(),
-            text: message_text(purpose, &code, self.policy.ttl_secs),
+            text: self
+                .policy
+                .messages
+                .render(purpose, &code, self.policy.ttl_secs / 60),
             code: Some(code),
             purpose: Some(purpose),
             at: self.clock.now(),
@@ -397,18 +403,6 @@ fn mismatched_verdict() -> CoreError {
 #[derive(Debug, thiserror::Error)]
 #[error("the store answered a code decision with a verdict of another kind")]
 struct MismatchedVerdict;
-
-fn message_text(purpose: Purpose, code: &str, ttl_secs: i64) -> String {
-    let what = match purpose {
-        Purpose::Signup | Purpose::Register => "注册",
-        Purpose::Reset => "找回密码",
-        Purpose::BindEmail => "绑定邮箱",
-    };
-    format!(
-        "您的{what}验证码是 {code}，{} 分钟内有效，请勿泄露给他人。",
-        ttl_secs / 60
-    )
-}
 
 #[cfg(test)]
 #[path = "codes_tests.rs"]

@@ -1149,3 +1149,50 @@ async fn a_sender_failure_is_a_delivery_error_and_counts_against_the_cooldown() 
         Err(CoreError::CodeCooldown { .. })
     ));
 }
+
+#[tokio::test]
+async fn custom_purposes_get_codes_under_the_same_rules_and_their_own_text() {
+    let sender = Arc::new(RecordingSender::new());
+    let core = Core::test_builder(Stores::from_single(Arc::new(MemoryStore::new())))
+        .sender(sender.clone())
+        .clock(Arc::new(ManualClock::default()))
+        .code_policy(CodePolicy {
+            messages: crate::messages::CodeMessages::en_us()
+                .with_custom("login", "Login code {code}"),
+            ..CodePolicy::default()
+        })
+        .build()
+        .expect("test core");
+    let to = CodeAddress::Phone(PhoneNumber::parse_cn_mobile("13811112222").unwrap());
+    let login = Purpose::custom("login").unwrap();
+    core.codes.send(&to, login, None).await.unwrap();
+    let m = sender.messages().pop().unwrap();
+    let code = m.code.clone().unwrap();
+    assert_eq!(m.text, format!("Login code {code}"));
+    // Its own cooldown, and its code proves nothing for another purpose.
+    assert!(matches!(
+        core.codes.send(&to, login, None).await,
+        Err(CoreError::CodeCooldown { .. })
+    ));
+    assert!(core
+        .codes
+        .check(&to, Purpose::Register, &code)
+        .await
+        .is_err());
+    core.codes.check(&to, login, &code).await.unwrap();
+    // The per-address caps count every purpose together (5 an hour).
+    for name in ["a2fa", "b2fa", "c2fa", "d2fa"] {
+        core.codes
+            .send(&to, Purpose::custom(name).unwrap(), None)
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        core.codes
+            .send(&to, Purpose::custom("e2fa").unwrap(), None)
+            .await,
+        Err(CoreError::RateLimited { .. })
+    ));
+    assert!(Purpose::custom("reset").is_err());
+    assert!(Purpose::custom("Login").is_err());
+}

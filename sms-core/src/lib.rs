@@ -83,6 +83,7 @@ pub mod identity;
 pub mod ledger;
 pub mod limits;
 pub mod memory;
+pub mod messages;
 pub mod password;
 pub mod phone;
 pub mod pool;

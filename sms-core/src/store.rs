@@ -154,17 +154,86 @@ pub enum Purpose {
     Reset,
     /// `hub` email binding.
     BindEmail,
+    /// A purpose of the embedder's own (login, 2FA, change of phone, …),
+    /// under the same rules and limits as the built-in ones.
+    Custom(CustomPurpose),
 }
 
 impl Purpose {
-    /// The wire name (`signup`, `register`, `reset`, `bind_email`).
-    pub fn as_str(&self) -> &'static str {
+    /// A purpose of the embedder's own: 1–24 of `a-z`, `0-9`, `_`, and not
+    /// one of the built-in names.
+    pub fn custom(name: &str) -> Result<Self, crate::error::CoreError> {
+        CustomPurpose::new(name).map(Self::Custom)
+    }
+
+    /// The wire name (`signup`, `register`, `reset`, `bind_email`, or the
+    /// custom name).
+    pub fn as_str(&self) -> &str {
         match self {
             Self::Signup => "signup",
             Self::Register => "register",
             Self::Reset => "reset",
             Self::BindEmail => "bind_email",
+            Self::Custom(c) => c.as_str(),
         }
+    }
+}
+
+/// The name of an embedder's own code purpose (see [`Purpose::custom`]);
+/// small and `Copy` like the built-in purposes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CustomPurpose {
+    len: u8,
+    bytes: [u8; CustomPurpose::MAX_LEN],
+}
+
+impl CustomPurpose {
+    /// The longest name.
+    pub const MAX_LEN: usize = 24;
+
+    fn new(name: &str) -> Result<Self, crate::error::CoreError> {
+        let ok = !name.is_empty()
+            && name.len() <= Self::MAX_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !["signup", "register", "reset", "bind_email"].contains(&name);
+        if !ok {
+            return Err(crate::error::CoreError::InvalidParameter(
+                "a custom purpose is 1-24 of a-z, 0-9, _ and not a built-in name",
+            ));
+        }
+        let mut bytes = [0u8; Self::MAX_LEN];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(Self {
+            len: name.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        // Built only from ASCII in `new`.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for CustomPurpose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl Serialize for CustomPurpose {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for CustomPurpose {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Self::new(&name).map_err(serde::de::Error::custom)
     }
 }
 
