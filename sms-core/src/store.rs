@@ -160,6 +160,9 @@ pub enum Purpose {
 }
 
 impl Purpose {
+    /// The purposes the dialects use.
+    pub const BUILT_IN: [Purpose; 4] = [Self::Signup, Self::Register, Self::Reset, Self::BindEmail];
+
     /// A purpose of the embedder's own: 1–24 of `a-z`, `0-9`, `_`, and not
     /// one of the built-in names.
     pub fn custom(name: &str) -> Result<Self, crate::error::CoreError> {
@@ -197,7 +200,7 @@ impl CustomPurpose {
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            && !["signup", "register", "reset", "bind_email"].contains(&name);
+            && !Purpose::BUILT_IN.iter().any(|p| p.as_str() == name);
         if !ok {
             return Err(crate::error::CoreError::InvalidParameter(
                 "a custom purpose is 1-24 of a-z, 0-9, _ and not a built-in name",

@@ -116,40 +116,16 @@ pub fn explain(name: &str, panic: Box<dyn std::any::Any + Send>) -> ! {
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($make:expr) => {
-        $crate::store_conformance_tests!(@each $make;
-            users_unique_fields,
-            users_lookup_and_update,
-            users_concurrent_create_one_winner,
-            sessions_lifecycle,
-            sessions_first_use_once,
-            sessions_open_caps_oldest_first,
-            sessions_open_with_sign_up,
-            codes_cooldown_and_replace,
-            codes_single_use_under_concurrency,
-            codes_attempts_and_expiry,
-            codes_issue_is_one_atomic_decision,
-            codes_check_is_one_atomic_decision,
-            grants_single_use,
-            limits_all_or_nothing,
-            limits_concurrent_never_exceed,
-            limits_lockout_and_reset,
-            pool_intake_caps_and_refresh,
-            pool_lease_exclusive_and_once_per_item,
-            pool_concurrent_leases_distinct,
-            pool_filters,
-            pool_charged_and_settled_once,
-            pool_lease_holds_atomically,
-            items_put_and_get,
-            queues_fifo_and_take_once,
-            mailbox_sequence_and_ack,
-            mailbox_pages,
-            queues_retention_and_mailbox_cap,
-            ledger_idempotent_and_exact,
-            ledger_concurrent_never_overdraw,
-            ledger_expired_holds,
-            sending_signatures_and_templates,
-            sending_tasks_and_statuses
-        );
+        $crate::store_conformance_tests!(users: $make);
+        $crate::store_conformance_tests!(sessions: $make);
+        $crate::store_conformance_tests!(codes: $make);
+        $crate::store_conformance_tests!(grants: $make);
+        $crate::store_conformance_tests!(limits: $make);
+        $crate::store_conformance_tests!(pool: $make);
+        $crate::store_conformance_tests!(items: $make);
+        $crate::store_conformance_tests!(queues: $make);
+        $crate::store_conformance_tests!(ledger: $make);
+        $crate::store_conformance_tests!(sending: $make);
     };
     (users: $make:expr) => {
         $crate::store_conformance_tests!(@each $make; users_unique_fields, users_lookup_and_update, users_concurrent_create_one_winner);

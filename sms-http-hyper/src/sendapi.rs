@@ -90,29 +90,28 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 /// The authenticated user of a request (ER:0001 otherwise).
 pub async fn authenticate(core: &Core, req: &Incoming) -> Result<User, ApiError> {
     let (user, password) = basic_credentials(&req.headers).ok_or(AUTH)?;
-    match core
-        .accounts
-        .verify_credentials_from(&user, &password, req.client_ip)
-        .await
-    {
-        Ok(u) => Ok(u),
-        Err(e) if e.is_internal() => {
-            tracing::error!(error = %e, "sendapi: auth failed internally");
-            Err(AUTH)
-        }
-        Err(_) => Err(AUTH),
-    }
+    auth_answer(
+        core.accounts
+            .verify_credentials_from(&user, &password, req.client_ip)
+            .await,
+    )
 }
 
 /// The root user of a request (ER:0001, then ER:0003); the rule is the
 /// core's ([`sms_core::accounts::Accounts::verify_root_credentials_from`]).
 pub async fn authenticate_root(core: &Core, req: &Incoming) -> Result<User, ApiError> {
     let (user, password) = basic_credentials(&req.headers).ok_or(AUTH)?;
-    match core
-        .accounts
-        .verify_root_credentials_from(&user, &password, req.client_ip)
-        .await
-    {
+    auth_answer(
+        core.accounts
+            .verify_root_credentials_from(&user, &password, req.client_ip)
+            .await,
+    )
+}
+
+/// The wire answer of a credentials check: ER:0003 for a user who is not
+/// root, ER:0001 for every other failure (internal ones logged).
+fn auth_answer(result: Result<User, CoreError>) -> Result<User, ApiError> {
+    match result {
         Ok(u) => Ok(u),
         Err(CoreError::NotRoot) => Err(NOT_ROOT),
         Err(e) if e.is_internal() => {
