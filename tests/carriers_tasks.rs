@@ -7,6 +7,8 @@ mod common;
 
 #[path = "../sms-carriers/tests/fake/mod.rs"]
 mod fake;
+#[path = "../sms-carriers/tests/smsc/install.rs"]
+mod smsc_install;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -174,14 +176,7 @@ async fn a_task_reaches_the_smpp_peer() {
         return;
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sms-carriers/tests/smsc");
-    if !dir.join("node_modules/smpp").is_dir() {
-        let ok = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "npm ci failed");
-    }
+    smsc_install::install_smsc(&dir);
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new("node")
         .args(["smsc.js", "0"])

@@ -1313,11 +1313,11 @@ proptest! {
         let mut h = http::HeaderMap::new();
         if let Ok(v) = http::HeaderValue::from_str(&raw) {
             h.insert(http::header::AUTHORIZATION, v);
-            let _ = sms_http_hyper::sendapi::basic_credentials(&h);
+            let _ = sms_http_hyper::basic_auth::credentials(&h);
         }
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
         h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_str(&format!("Basic {token}")).unwrap());
-        prop_assert_eq!(sms_http_hyper::sendapi::basic_credentials(&h), Some((user, pass)));
+        prop_assert_eq!(sms_http_hyper::basic_auth::credentials(&h), Some((user, pass)));
     }
 
     /// Path decoders never panic; decoding is the identity without `%`.

@@ -7,6 +7,9 @@
 #![cfg(feature = "smpp")]
 
 use std::path::PathBuf;
+
+#[path = "smsc/install.rs"]
+mod smsc_install;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -32,16 +35,7 @@ fn smsc_dir() -> PathBuf {
 
 /// Installs the SMSC's npm dependencies when missing.
 fn install() {
-    let dir = smsc_dir();
-    if dir.join("node_modules/smpp").is_dir() {
-        return;
-    }
-    let ok = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "npm ci in {} failed", dir.display());
+    smsc_install::install_smsc(&smsc_dir());
 }
 
 fn message(to: &str, key: &str, text: &str) -> CarrierMessage {

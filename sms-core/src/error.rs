@@ -44,8 +44,13 @@ impl StoreError {
 }
 
 /// Every way a core operation can fail, each with a stable [`code`](Self::code).
+///
+/// Deliberately *not* `#[non_exhaustive]`: each front end maps these to its
+/// own wire codes in one exhaustive `match`, so a new variant is a compile
+/// error in every dialect until someone decides what that dialect answers
+/// (rather than a silent "internal error"). Adding a variant is therefore a
+/// breaking change, released as such.
 #[derive(Debug, Error)]
-#[non_exhaustive]
 pub enum CoreError {
     /// The phone number is not valid (decision G5).
     #[error("invalid phone number")]

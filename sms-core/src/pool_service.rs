@@ -207,6 +207,18 @@ impl PoolService {
         Ok(self.stores.items.item(id).await?)
     }
 
+    /// How many numbers one lease request may ask for: 1 to
+    /// [`PoolPolicy::max_lease_count`] ([`CoreError::InvalidCount`]
+    /// otherwise). [`lease`](Self::lease) applies it; a front end that must
+    /// answer a bad count before other fields asks here instead of copying
+    /// the rule.
+    pub fn check_lease_count(&self, count: u32) -> Result<(), CoreError> {
+        if count == 0 || count > self.policy.max_lease_count {
+            return Err(CoreError::InvalidCount);
+        }
+        Ok(())
+    }
+
     /// Leases up to `count` numbers for `item_id` to `user` (`hub`
     /// `CSMobileNum`). Checks, in order: the item
     /// ([`CoreError::ItemNotFound`]), the count
@@ -223,9 +235,7 @@ impl PoolService {
         filter: LeaseFilter,
     ) -> Result<Vec<Lease>, CoreError> {
         let item = self.item(item_id).await?.ok_or(CoreError::ItemNotFound)?;
-        if count == 0 || count > self.policy.max_lease_count {
-            return Err(CoreError::InvalidCount);
-        }
+        self.check_lease_count(count)?;
         let now = self.clock.unix();
         if let Some(custom) = &filter.custom {
             let ok = self

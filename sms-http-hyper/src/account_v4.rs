@@ -65,17 +65,83 @@ fn invalid(what: &str) -> Value {
     reply(-3, &format!("参数错误: {what}"))
 }
 
-fn limited(e: &CoreError) -> Option<Value> {
-    let msg = match e {
-        CoreError::CodeCooldown { .. } => "请求过于频繁，请稍后再试",
-        CoreError::RateLimited { .. } => "请求过于频繁，请稍后再试",
-        CoreError::AccountLocked { .. } => "登录失败次数过多，账号暂时锁定",
-        CoreError::CodeChecksLocked { .. } => "验证失败次数过多，请稍后再试",
-        CoreError::Banned => "账号已被封禁",
-        CoreError::Overloaded => "服务器繁忙，请稍后再试",
-        _ => return None,
-    };
-    Some(reply(-4, msg))
+/// The one map from core errors to this dialect's answers, per endpoint.
+/// Exhaustive over [`CoreError`]: a new variant does not compile until it is
+/// answered here. Pairs no endpoint can meet are the platform's failure
+/// ([`INTERNAL`], logged).
+fn failure(endpoint: Endpoint, e: CoreError) -> Value {
+    use CoreError as E;
+    use Endpoint as P;
+    match (endpoint, &e) {
+        (P::SendSms, E::AlreadyRegistered) => reply(-1, "手机号已经被注册"),
+        (P::SendSms, E::NotRegistered) => reply(-1, "手机号未注册"),
+        // carriers.md C2: every carrier of the route refused the code.
+        (P::SendSms, E::Delivery(_)) => reply(-5, "短信发送失败"),
+        (P::Register, E::PhoneTaken) => reply(-1, "手机号已经被注册"),
+        (P::Register, E::CodeInvalid) => reply(-2, "验证码错误"),
+        (P::Login, E::WrongPassword | E::UserNotFound) => reply(-1, "手机号或密码错误"),
+        (P::VerifyCode, E::CodeInvalid) => reply(-1, "验证码不正确"),
+        (P::ForgetPassword, E::NotValidated | E::GrantInvalid) => reply(-1, "请先验证验证码"),
+        // Limits and lockouts, on every endpoint: -4 with the reason.
+        (_, E::CodeCooldown { .. } | E::RateLimited { .. }) => {
+            reply(-4, "请求过于频繁，请稍后再试")
+        }
+        (_, E::AccountLocked { .. }) => reply(-4, "登录失败次数过多，账号暂时锁定"),
+        (_, E::CodeChecksLocked { .. }) => reply(-4, "验证失败次数过多，请稍后再试"),
+        (_, E::Banned) => reply(-4, "账号已被封禁"),
+        (_, E::Overloaded) => reply(-4, "服务器繁忙，请稍后再试"),
+        (
+            _,
+            E::AlreadyRegistered
+            | E::NotRegistered
+            | E::Delivery(_)
+            | E::PhoneTaken
+            | E::CodeInvalid
+            | E::WrongPassword
+            | E::UserNotFound
+            | E::NotValidated
+            | E::GrantInvalid
+            | E::InvalidPhone
+            | E::InvalidEmail
+            | E::UsernameEmpty
+            | E::UsernameLength
+            | E::UsernameCharset
+            | E::UsernameReserved
+            | E::PasswordEmpty
+            | E::PasswordLength
+            | E::PasswordCharset
+            | E::InvalidName
+            | E::InvalidParameter(_)
+            | E::UsernameTaken
+            | E::EmailTaken
+            | E::EmailNotFound
+            | E::EmailMismatch
+            | E::TokenInvalid
+            | E::ItemNotFound
+            | E::NumberUnavailable
+            | E::NoNumbers
+            | E::NotLeased
+            | E::InsufficientBalance { .. }
+            | E::SignatureNotOwned
+            | E::TemplateNotOfSignature
+            | E::SignatureLocked
+            | E::TemplateLocked
+            | E::SignatureInUse
+            | E::SignatureNotPending
+            | E::SignatureNotPassed
+            | E::TemplateNotPassed
+            | E::InvalidMobiles
+            | E::TemplateField
+            | E::TemplateType
+            | E::MessageEmpty
+            | E::MessageTooLong
+            | E::InvalidCount
+            | E::SendParams
+            | E::OutsideDeviceScope
+            | E::NotRoot
+            | E::Store(_),
+        ) => internal(&e),
+    }
 }
 
 fn internal(e: &CoreError) -> Value {
@@ -151,11 +217,7 @@ async fn send_sms(core: &Core, p: &Params, req: &Incoming) -> Value {
         .await
     {
         Ok(_) => json!({ "code": 200, "msg": "发送成功" }),
-        Err(CoreError::AlreadyRegistered) => reply(-1, "手机号已经被注册"),
-        Err(CoreError::NotRegistered) => reply(-1, "手机号未注册"),
-        // carriers.md C2: every carrier of the route refused the code.
-        Err(CoreError::Delivery(_)) => reply(-5, "短信发送失败"),
-        Err(e) => limited(&e).unwrap_or_else(|| internal(&e)),
+        Err(e) => failure(Endpoint::SendSms, e),
     }
 }
 
@@ -169,7 +231,7 @@ async fn is_register(core: &Core, p: &Params, req: &Incoming) -> Value {
             (false, true) => reply(-1, "手机号已经被注册"),
             (true, false) => reply(-1, "手机号未注册"),
         },
-        Err(e) => limited(&e).unwrap_or_else(|| internal(&e)),
+        Err(e) => failure(Endpoint::IsRegister, e),
     }
 }
 
@@ -204,9 +266,7 @@ async fn register(core: &Core, p: &Params) -> Value {
             "data": session_data(&out.user, out.token.expose(), out.change_device),
             "msg": "注册成功",
         }),
-        Err(CoreError::PhoneTaken) => reply(-1, "手机号已经被注册"),
-        Err(CoreError::CodeInvalid) => reply(-2, "验证码错误"),
-        Err(e) => limited(&e).unwrap_or_else(|| internal(&e)),
+        Err(e) => failure(Endpoint::Register, e),
     }
 }
 
@@ -224,8 +284,7 @@ async fn login(core: &Core, p: &Params, req: &Incoming) -> Value {
             "data": session_data(&out.user, out.token.expose(), out.change_device),
             "msg": "登录成功",
         }),
-        Err(CoreError::WrongPassword | CoreError::UserNotFound) => reply(-1, "手机号或密码错误"),
-        Err(e) => limited(&e).unwrap_or_else(|| internal(&e)),
+        Err(e) => failure(Endpoint::Login, e),
     }
 }
 
@@ -234,8 +293,7 @@ async fn verify_code(core: &Core, p: &Params) -> Value {
     let code = p.text("code").unwrap_or("");
     match core.accounts.verify_reset_code(&phone, code).await {
         Ok(()) => reply(200, "验证码正确"),
-        Err(CoreError::CodeInvalid) => reply(-1, "验证码不正确"),
-        Err(e) => limited(&e).unwrap_or_else(|| internal(&e)),
+        Err(e) => failure(Endpoint::VerifyCode, e),
     }
 }
 
@@ -248,8 +306,7 @@ async fn forget_password(core: &Core, p: &Params) -> Value {
         .await
     {
         Ok(()) => reply(200, "修改成功"),
-        Err(CoreError::NotValidated | CoreError::GrantInvalid) => reply(-1, "请先验证验证码"),
-        Err(e) => limited(&e).unwrap_or_else(|| internal(&e)),
+        Err(e) => failure(Endpoint::ForgetPassword, e),
     }
 }
 

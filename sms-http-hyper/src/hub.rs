@@ -57,6 +57,100 @@ fn internal(e: &CoreError) -> Value {
     code(INTERNAL)
 }
 
+/// The one map from core errors to this dialect's `code`s, per endpoint.
+/// Exhaustive over [`CoreError`]: a new variant does not compile until it is
+/// answered here. Pairs no endpoint can meet are the platform's failure
+/// ([`INTERNAL`], logged).
+fn failure(endpoint: Endpoint, e: CoreError) -> Value {
+    use CoreError as E;
+    use Endpoint as P;
+    let c = match (endpoint, &e) {
+        (P::Signup, E::UsernameLength) => -1,
+        (P::Signup, E::UsernameEmpty) => -2,
+        (P::Signup, E::UsernameCharset) => -3,
+        (P::Signup, E::PasswordLength) => -4,
+        (P::Signup, E::PasswordEmpty) => -5,
+        (P::Signup, E::PasswordCharset) => -6,
+        (P::Signup, E::UsernameTaken | E::UsernameReserved) => -7,
+        (P::Login, E::UserNotFound) => -1,
+        (P::Login, E::WrongPassword) => -4,
+        // Locked account, the client's probe or failed-password budget
+        // spent, or too many password checks at once: "too many attempts".
+        (P::Login, E::AccountLocked { .. } | E::RateLimited { .. } | E::Overloaded) => -5,
+        (P::Login, E::Banned) => -6,
+        (P::ForgotVcode, E::CodeCooldown { retry_at } | E::RateLimited { retry_at }) => {
+            return json!({ "code": -6, "againTimestamp": retry_at });
+        }
+        // carriers.md C2: every carrier of the route refused the code.
+        (P::ForgotVcode, E::Delivery(_)) => -7,
+        (P::ForgotVerify, E::CodeInvalid | E::CodeChecksLocked { .. }) => -6,
+        (P::ForgotVerify, E::RateLimited { .. }) => RECOVERY_TOO_FREQUENT,
+        // Both recovery steps: unknown user, unknown email, mismatch, banned.
+        (P::ForgotVcode | P::ForgotVerify, E::UserNotFound) => -1,
+        (P::ForgotVcode | P::ForgotVerify, E::EmailNotFound) => -3,
+        (P::ForgotVcode | P::ForgotVerify, E::EmailMismatch) => -5,
+        (P::ForgotVcode | P::ForgotVerify, E::Banned) => RECOVERY_BANNED,
+        (
+            _,
+            E::UsernameLength
+            | E::UsernameEmpty
+            | E::UsernameCharset
+            | E::PasswordLength
+            | E::PasswordEmpty
+            | E::PasswordCharset
+            | E::UsernameTaken
+            | E::UsernameReserved
+            | E::UserNotFound
+            | E::WrongPassword
+            | E::AccountLocked { .. }
+            | E::RateLimited { .. }
+            | E::Overloaded
+            | E::Banned
+            | E::CodeCooldown { .. }
+            | E::Delivery(_)
+            | E::EmailNotFound
+            | E::EmailMismatch
+            | E::CodeInvalid
+            | E::CodeChecksLocked { .. }
+            | E::InvalidPhone
+            | E::InvalidEmail
+            | E::InvalidName
+            | E::InvalidParameter(_)
+            | E::PhoneTaken
+            | E::EmailTaken
+            | E::AlreadyRegistered
+            | E::NotRegistered
+            | E::TokenInvalid
+            | E::NotValidated
+            | E::GrantInvalid
+            | E::ItemNotFound
+            | E::NumberUnavailable
+            | E::NoNumbers
+            | E::NotLeased
+            | E::InsufficientBalance { .. }
+            | E::SignatureNotOwned
+            | E::TemplateNotOfSignature
+            | E::SignatureLocked
+            | E::TemplateLocked
+            | E::SignatureInUse
+            | E::SignatureNotPending
+            | E::SignatureNotPassed
+            | E::TemplateNotPassed
+            | E::InvalidMobiles
+            | E::TemplateField
+            | E::TemplateType
+            | E::MessageEmpty
+            | E::MessageTooLong
+            | E::InvalidCount
+            | E::SendParams
+            | E::OutsideDeviceScope
+            | E::NotRoot
+            | E::Store(_),
+        ) => return internal(&e),
+    };
+    code(c)
+}
+
 /// Serves one `hub` request.
 pub async fn handle(core: &Core, endpoint: Endpoint, req: &Incoming) -> Response<HttpBody> {
     let p = Params::from_parts(req.query.as_deref(), req.content_type.as_deref(), &req.body);
@@ -85,16 +179,7 @@ async fn signup(core: &Core, p: &Params) -> Value {
         .await
     {
         Ok(token) => json!({ "code": 0, "token": token.expose() }),
-        Err(e) => code(match e {
-            CoreError::UsernameLength => -1,
-            CoreError::UsernameEmpty => -2,
-            CoreError::UsernameCharset => -3,
-            CoreError::PasswordLength => -4,
-            CoreError::PasswordEmpty => -5,
-            CoreError::PasswordCharset => -6,
-            CoreError::UsernameTaken | CoreError::UsernameReserved => -7,
-            other => return internal(&other),
-        }),
+        Err(e) => failure(Endpoint::Signup, e),
     }
 }
 
@@ -112,18 +197,7 @@ async fn login(core: &Core, p: &Params, req: &Incoming) -> Value {
         .await
     {
         Ok(token) => json!({ "code": 0, "token": token.expose() }),
-        Err(e) => code(match e {
-            CoreError::UserNotFound => -1,
-            CoreError::WrongPassword => -4,
-            // Locked account, the client's probe or failed-password budget
-            // spent, or too many password checks at once: "too many
-            // attempts".
-            CoreError::AccountLocked { .. }
-            | CoreError::RateLimited { .. }
-            | CoreError::Overloaded => -5,
-            CoreError::Banned => -6,
-            other => return internal(&other),
-        }),
+        Err(e) => failure(Endpoint::Login, e),
     }
 }
 
@@ -140,16 +214,6 @@ fn recovery_fields(p: &Params) -> Result<(&str, &str), Value> {
     Ok((user, email))
 }
 
-fn recovery_error(e: CoreError) -> Result<i64, CoreError> {
-    Ok(match e {
-        CoreError::UserNotFound => -1,
-        CoreError::EmailNotFound => -3,
-        CoreError::EmailMismatch => -5,
-        CoreError::Banned => RECOVERY_BANNED,
-        other => return Err(other),
-    })
-}
-
 async fn forgot_vcode(core: &Core, p: &Params, req: &Incoming) -> Value {
     let (user, email) = match recovery_fields(p) {
         Ok(f) => f,
@@ -161,15 +225,7 @@ async fn forgot_vcode(core: &Core, p: &Params, req: &Incoming) -> Value {
         .await
     {
         Ok(issued) => json!({ "code": 0, "againTimestamp": issued.again_at }),
-        Err(CoreError::CodeCooldown { retry_at } | CoreError::RateLimited { retry_at }) => {
-            json!({ "code": -6, "againTimestamp": retry_at })
-        }
-        // carriers.md C2: every carrier of the route refused the code.
-        Err(CoreError::Delivery(_)) => code(-7),
-        Err(e) => match recovery_error(e) {
-            Ok(c) => code(c),
-            Err(other) => internal(&other),
-        },
+        Err(e) => failure(Endpoint::ForgotVcode, e),
     }
 }
 
@@ -184,11 +240,6 @@ async fn forgot_verify(core: &Core, p: &Params, req: &Incoming) -> Value {
         .await
     {
         Ok(token) => json!({ "code": 0, "token": token.expose() }),
-        Err(CoreError::CodeInvalid | CoreError::CodeChecksLocked { .. }) => code(-6),
-        Err(CoreError::RateLimited { .. }) => code(RECOVERY_TOO_FREQUENT),
-        Err(e) => match recovery_error(e) {
-            Ok(c) => code(c),
-            Err(other) => internal(&other),
-        },
+        Err(e) => failure(Endpoint::ForgotVerify, e),
     }
 }

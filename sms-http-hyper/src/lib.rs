@@ -1,7 +1,8 @@
 //! # sms-http-hyper
 //!
 //! The HTTP front end of the SMS platform on hyper 1.x: the `hub`,
-//! `telsignup` and `account_v4` dialects over one [`sms_core::Core`].
+//! `telsignup`, `account_v4`, `sendapi` and `pool` dialects and the root
+//! routes over one [`sms_core::Core`].
 //!
 //! * [`SmsService`] is a `tower_service::Service<http::Request<B>>` for any
 //!   body `B` (`Error = Infallible`, `Clone + Send + Sync`): mount it in axum
@@ -11,8 +12,10 @@
 //!   builder, a header-read timeout, a connection cap and graceful shutdown.
 //!
 //! Each dialect lives in its own module ([`hub`], [`telsignup`],
-//! [`account_v4`]) holding its wire shapes and the one `match` that maps
-//! [`sms_core::CoreError`] to its seed's codes.
+//! [`account_v4`], [`sendapi`], [`pool`]; the root routes in [`admin`])
+//! holding its wire shapes and the one exhaustive `match` that maps
+//! [`sms_core::CoreError`] to its seed's codes. Below them, importing no
+//! dialect: [`params`], [`response`], [`basic_auth`], [`json_api`].
 //!
 //! ## Usage
 //!
@@ -39,9 +42,12 @@
 #![deny(missing_docs)]
 
 pub mod account_v4;
+pub mod admin;
+pub mod basic_auth;
 pub mod client_addr;
 pub mod hub;
 pub mod idle;
+pub mod json_api;
 pub mod openapi;
 pub mod params;
 pub mod pool;

@@ -17,6 +17,7 @@ use sms_core::pool::NumberInfo;
 use sms_core::pool_service::{DeviceScope, IncomingSms};
 use sms_core::{Core, CoreError};
 
+use crate::basic_auth;
 use crate::params::Params;
 use crate::pool_auth::{PoolAccess, PoolAuth};
 use crate::response;
@@ -106,6 +107,67 @@ fn busy(e: &CoreError) -> Value {
     json!({"code": 500, "desc": "The server is busy, please try again later."})
 }
 
+/// The one map from core errors to this dialect's answers. Exhaustive over
+/// [`CoreError`]: a new variant does not compile until it is answered here.
+fn failure(e: CoreError) -> Value {
+    use CoreError as E;
+    match e {
+        E::InvalidParameter(_) | E::InvalidPhone => bad(),
+        E::OutsideDeviceScope => forbidden(),
+        e @ (E::InvalidEmail
+        | E::UsernameEmpty
+        | E::UsernameLength
+        | E::UsernameCharset
+        | E::UsernameReserved
+        | E::PasswordEmpty
+        | E::PasswordLength
+        | E::PasswordCharset
+        | E::InvalidName
+        | E::UsernameTaken
+        | E::PhoneTaken
+        | E::EmailTaken
+        | E::UserNotFound
+        | E::WrongPassword
+        | E::AccountLocked { .. }
+        | E::Banned
+        | E::EmailNotFound
+        | E::EmailMismatch
+        | E::AlreadyRegistered
+        | E::NotRegistered
+        | E::CodeCooldown { .. }
+        | E::RateLimited { .. }
+        | E::CodeInvalid
+        | E::CodeChecksLocked { .. }
+        | E::TokenInvalid
+        | E::NotValidated
+        | E::GrantInvalid
+        | E::ItemNotFound
+        | E::NumberUnavailable
+        | E::NoNumbers
+        | E::NotLeased
+        | E::InsufficientBalance { .. }
+        | E::SignatureNotOwned
+        | E::TemplateNotOfSignature
+        | E::SignatureLocked
+        | E::TemplateLocked
+        | E::SignatureInUse
+        | E::SignatureNotPending
+        | E::SignatureNotPassed
+        | E::TemplateNotPassed
+        | E::InvalidMobiles
+        | E::TemplateField
+        | E::TemplateType
+        | E::MessageEmpty
+        | E::MessageTooLong
+        | E::InvalidCount
+        | E::SendParams
+        | E::Overloaded
+        | E::Delivery(_)
+        | E::NotRoot
+        | E::Store(_)) => busy(&e),
+    }
+}
+
 /// Serves one `pool` request, after checking its credential.
 pub async fn handle(
     core: &Core,
@@ -117,12 +179,17 @@ pub async fn handle(
         Endpoint::Phones | Endpoint::UploadCodes | Endpoint::Sends(_) => auth.device(req),
         Endpoint::Mobiles(..) | Endpoint::Codes(_) => auth.consumer(req),
         Endpoint::SetSize => match auth.admin(req) {
-            PoolAccess::Refused if crate::sendapi::basic_credentials(&req.headers).is_some() => {
-                match crate::sendapi::authenticate_root(core, req).await {
+            PoolAccess::Refused => match basic_auth::credentials(&req.headers) {
+                Some((user, password)) => match core
+                    .accounts
+                    .verify_root_credentials_from(&user, &password, req.client_ip)
+                    .await
+                {
                     Ok(_) => PoolAccess::Allowed(DeviceScope::Any),
                     Err(_) => PoolAccess::Refused,
-                }
-            }
+                },
+                None => PoolAccess::Refused,
+            },
             other => other,
         },
     };
@@ -211,8 +278,7 @@ async fn phones(core: &Core, scope: &DeviceScope, req: &Incoming) -> Value {
             "msg": "Thanks for your contribution. And as follows, we have used some datas that you provided, please offer their verify codes later.",
             "phonesUsed": intake.used.iter().map(ToString::to_string).collect::<Vec<_>>(),
         }),
-        Err(CoreError::OutsideDeviceScope) => forbidden(),
-        Err(e) => busy(&e),
+        Err(e) => failure(e),
     }
 }
 
@@ -232,15 +298,14 @@ fn info_json(i: &NumberInfo) -> Value {
 }
 
 async fn mobiles(core: &Core, app: &str, n: &str) -> Value {
-    let n = match digits_u32(n) {
-        Some(n) if (1..=core.pool.policy().max_hand_out).contains(&n) => n,
-        _ => return bad(),
+    // How many may be asked for at once is the core's rule (`hand_out`).
+    let Some(n) = digits_u32(n) else {
+        return bad();
     };
     match core.pool.hand_out(app, n).await {
         Ok(list) if list.is_empty() => none(),
         Ok(list) => json!({"code": 200, "data": list.iter().map(info_json).collect::<Vec<_>>()}),
-        Err(CoreError::InvalidParameter(_)) => bad(),
-        Err(e) => busy(&e),
+        Err(e) => failure(e),
     }
 }
 
@@ -268,9 +333,7 @@ async fn upload_codes(core: &Core, scope: &DeviceScope, req: &Incoming) -> Value
     };
     match core.pool.receive_for(scope, batch).await {
         Ok(()) => json!({"code": 200, "msg": "Save successfully~"}),
-        Err(CoreError::InvalidParameter(_)) => bad(),
-        Err(CoreError::OutsideDeviceScope) => forbidden(),
-        Err(e) => busy(&e),
+        Err(e) => failure(e),
     }
 }
 
@@ -286,8 +349,7 @@ async fn codes(core: &Core, app: &str) -> Value {
                 "chanlid": s.chanlid.as_deref().unwrap_or(""),
             })).collect::<Vec<_>>(),
         }),
-        Err(CoreError::InvalidParameter(_)) => bad(),
-        Err(e) => busy(&e),
+        Err(e) => failure(e),
     }
 }
 
@@ -299,7 +361,7 @@ async fn set_size(core: &Core, req: &Incoming) -> Value {
     };
     match core.pool.set_size(size).await {
         Ok(()) => json!({"code": 200, "data": "Update Successfully!"}),
-        Err(e) => busy(&e),
+        Err(e) => failure(e),
     }
 }
 
@@ -322,8 +384,7 @@ async fn sends(core: &Core, scope: &DeviceScope, cid: &str) -> Value {
                 "at": m.at,
             })).collect::<Vec<_>>(),
         }),
-        Err(CoreError::OutsideDeviceScope) => forbidden(),
-        Err(e) => busy(&e),
+        Err(e) => failure(e),
     }
 }
 

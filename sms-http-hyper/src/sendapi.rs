@@ -1,258 +1,22 @@
-//! The `sendapi` dialect (seed 002): HTTP Basic auth on every route, errors
-//! as `{"error":"ER:00xx","message":…}` with the HTTP statuses of the seed's
-//! table, and the root-only `/v2/…` routes. This module holds the auth, the
-//! error table and the administrative routes shared with `hub`
-//! (`/v2/charge`, `/v2/item`, `/v2/ban`).
+//! The `sendapi` dialect (seed 002): signatures, templates, send tasks and
+//! their audit (`/v1/signature`, `/v1/template`, `/v1/message`,
+//! `/v2/signreview`, `/v2/tempreview`). HTTP Basic auth on every route,
+//! errors as `{"error":"ER:00xx","message":…}` with the HTTP statuses of the
+//! seed's table ([`crate::json_api`]). The root's `/v2/charge` lives with
+//! the other root routes in [`crate::admin`].
 
-use base64::Engine;
-use http::{HeaderMap, Response, StatusCode};
+use http::Response;
 use serde_json::{json, Map, Value};
-use sms_core::pool::Item;
-use sms_core::user::User;
 use sms_core::{Core, CoreError};
 
+pub use crate::json_api::ApiError;
+use crate::json_api::{
+    authenticate, authenticate_root, json_object, ok, string_field, BALANCE, DELETE_SIGN,
+    EDIT_SIGN, EDIT_TEMP, INVALID_MOBILE, PARAMS, SIGN_NOT_OWNED, SIGN_NOT_PASSED, SIGN_STATUS,
+    TEMPLATE_PARAMS, TEMPLATE_TYPE, TEMP_NOT_OF_SIGN, TEMP_NOT_PASSED,
+};
 use crate::response;
 use crate::service::{HttpBody, Incoming};
-
-/// One row of the seed's error table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// `ER:00xx`.
-    pub code: &'static str,
-    /// The seed's message.
-    pub message: &'static str,
-}
-
-macro_rules! errors {
-    ($($name:ident = $status:literal, $code:literal, $msg:literal;)*) => {
-        $(
-            #[doc = concat!("`", $code, "` ", $msg)]
-            pub const $name: ApiError = ApiError {
-                status: match StatusCode::from_u16($status) { Ok(s) => s, Err(_) => StatusCode::BAD_REQUEST },
-                code: $code,
-                message: $msg,
-            };
-        )*
-    };
-}
-
-errors! {
-    AUTH = 400, "ER:0001", "auth not pass";
-    NOT_JSON = 400, "ER:0002", "post data is not json";
-    NOT_ROOT = 400, "ER:0003", "please use root user request";
-    PARAMS = 400, "ER:0004", "prams fail";
-    EDIT_SIGN = 403, "ER:0011", "edit sign fail";
-    DELETE_SIGN = 403, "ER:0012", "delete sign fail";
-    SIGN_STATUS = 403, "ER:0013", "sign audit_status fail";
-    TEMPLATE_PARAMS = 403, "ER:0021", "template prams fail";
-    TEMPLATE_TYPE = 403, "ER:0022", "template type fail";
-    SIGN_NOT_OWNED = 403, "ER:0023", "sign id is not belong to user";
-    TEMP_NOT_OF_SIGN = 403, "ER:0024", "temp id is not belong to sign";
-    EDIT_TEMP = 403, "ER:0025", "edit temp fail, temp status fail.";
-    SIGN_NOT_PASSED = 403, "ER:0031", "sign is not passed";
-    TEMP_NOT_PASSED = 403, "ER:0032", "temp is not passed";
-    INVALID_MOBILE = 403, "ER:0033", "invalidate mobile exist";
-    BALANCE = 403, "ER:0034", "balance not enough";
-}
-
-impl ApiError {
-    /// The error as a response.
-    pub fn response(self) -> Response<HttpBody> {
-        response::json(
-            self.status,
-            &json!({"error": self.code, "message": self.message}),
-        )
-    }
-}
-
-/// `200/ok`: `{"message":"ok"}` (decision G3).
-pub fn ok() -> Response<HttpBody> {
-    response::message(StatusCode::OK, "ok")
-}
-
-/// The credentials of an `Authorization: Basic …` header.
-pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, rest) = v.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") || rest.len() > 1024 {
-        return None;
-    }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
-        .ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let (u, p) = text.split_once(':')?;
-    Some((u.to_owned(), p.to_owned()))
-}
-
-/// The authenticated user of a request (ER:0001 otherwise).
-pub async fn authenticate(core: &Core, req: &Incoming) -> Result<User, ApiError> {
-    let (user, password) = basic_credentials(&req.headers).ok_or(AUTH)?;
-    auth_answer(
-        core.accounts
-            .verify_credentials_from(&user, &password, req.client_ip)
-            .await,
-    )
-}
-
-/// The root user of a request (ER:0001, then ER:0003); the rule is the
-/// core's ([`sms_core::accounts::Accounts::verify_root_credentials_from`]).
-pub async fn authenticate_root(core: &Core, req: &Incoming) -> Result<User, ApiError> {
-    let (user, password) = basic_credentials(&req.headers).ok_or(AUTH)?;
-    auth_answer(
-        core.accounts
-            .verify_root_credentials_from(&user, &password, req.client_ip)
-            .await,
-    )
-}
-
-/// The wire answer of a credentials check: ER:0003 for a user who is not
-/// root, ER:0001 for every other failure (internal ones logged).
-fn auth_answer(result: Result<User, CoreError>) -> Result<User, ApiError> {
-    match result {
-        Ok(u) => Ok(u),
-        Err(CoreError::NotRoot) => Err(NOT_ROOT),
-        Err(e) if e.is_internal() => {
-            tracing::error!(error = %e, "sendapi: auth failed internally");
-            Err(AUTH)
-        }
-        Err(_) => Err(AUTH),
-    }
-}
-
-/// The JSON object body (ER:0002 otherwise).
-pub fn json_object(req: &Incoming) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(&req.body) {
-        Ok(Value::Object(o)) => Ok(o),
-        _ => Err(NOT_JSON),
-    }
-}
-
-fn string_field<'a>(
-    o: &'a Map<String, Value>,
-    name: &str,
-    max: usize,
-) -> Result<&'a str, ApiError> {
-    match o.get(name) {
-        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= max => Ok(s),
-        _ => Err(PARAMS),
-    }
-}
-
-fn int_field(o: &Map<String, Value>, name: &str) -> Result<i64, ApiError> {
-    o.get(name).and_then(Value::as_i64).ok_or(PARAMS)
-}
-
-/// An administrative route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admin {
-    /// `POST /v2/charge {"user","charge"}` (optional `op_id` makes a retry safe).
-    Charge,
-    /// `POST /v2/item {"item_id","name","price","send_price"}` (optional
-    /// `code_pattern`).
-    Item,
-    /// `POST /v2/ban {"user"}` (optional `banned`: false lifts a ban).
-    Ban,
-}
-
-impl Admin {
-    /// The route at `path`.
-    pub fn from_path(path: &str) -> Option<Self> {
-        Some(match path {
-            "/v2/charge" => Self::Charge,
-            "/v2/item" => Self::Item,
-            "/v2/ban" => Self::Ban,
-            _ => return None,
-        })
-    }
-
-    /// True for the route the `sendapi` seed itself defines (`/v2/charge`);
-    /// the others are the platform's root extensions.
-    pub fn is_sendapi_route(&self) -> bool {
-        matches!(self, Self::Charge)
-    }
-}
-
-/// Serves one administrative request.
-pub async fn handle_admin(core: &Core, route: Admin, req: &Incoming) -> Response<HttpBody> {
-    match admin(core, route, req).await {
-        Ok(()) => ok(),
-        Err(e) => e.response(),
-    }
-}
-
-async fn admin(core: &Core, route: Admin, req: &Incoming) -> Result<(), ApiError> {
-    authenticate_root(core, req).await?;
-    let o = json_object(req)?;
-    let internal = |e: CoreError| {
-        tracing::error!(error = %e, "admin: internal failure");
-        PARAMS
-    };
-    match route {
-        Admin::Charge => {
-            let user = string_field(&o, "user", 64)?;
-            let amount = int_field(&o, "charge")?;
-            if amount <= 0 {
-                return Err(PARAMS);
-            }
-            let op_id = match o.get("op_id") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => Some(s.clone()),
-                _ => return Err(PARAMS),
-            };
-            match core.billing.charge(user, amount, op_id).await {
-                Ok(_) => Ok(()),
-                Err(CoreError::UserNotFound | CoreError::InvalidParameter(_)) => Err(PARAMS),
-                Err(e) => Err(internal(e)),
-            }
-        }
-        Admin::Item => {
-            let id = string_field(&o, "item_id", sms_core::pool::MAX_ITEM_ID_LEN)?;
-            let name = match o.get("name") {
-                None | Some(Value::Null) => id.to_owned(),
-                Some(Value::String(s)) if s.chars().count() <= 128 => s.clone(),
-                _ => return Err(PARAMS),
-            };
-            let price = int_field(&o, "price")?;
-            let send_price = int_field(&o, "send_price")?;
-            let code_pattern = match o.get("code_pattern") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s.clone()),
-                _ => return Err(PARAMS),
-            };
-            let item = Item {
-                id: id.to_owned(),
-                name,
-                price,
-                send_price,
-                code_pattern,
-            };
-            match core.pool.put_item(item).await {
-                Ok(()) => Ok(()),
-                Err(CoreError::InvalidParameter(_)) => Err(PARAMS),
-                Err(e) => Err(internal(e)),
-            }
-        }
-        Admin::Ban => {
-            let user = string_field(&o, "user", 64)?;
-            let banned = match o.get("banned") {
-                None | Some(Value::Null) => true,
-                Some(Value::Bool(b)) => *b,
-                _ => return Err(PARAMS),
-            };
-            match core.accounts.set_banned(user, banned).await {
-                Ok(_) => Ok(()),
-                // Unknown, or root (which nobody may ban).
-                Err(CoreError::UserNotFound | CoreError::NotRoot) => Err(PARAMS),
-                Err(e) => Err(internal(e)),
-            }
-        }
-    }
-}
-
-// ----- v1 routes and reviews ------------------------------------------------
 
 /// A `sendapi` route (besides the administrative ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,23 +56,61 @@ impl Route {
     }
 }
 
+/// The one map from core errors to this dialect's table. Exhaustive: a new
+/// [`CoreError`] variant does not compile until it is answered here.
 fn map_core(e: CoreError) -> ApiError {
+    use CoreError as E;
     match e {
-        CoreError::SignatureNotOwned => SIGN_NOT_OWNED,
-        CoreError::TemplateNotOfSignature => TEMP_NOT_OF_SIGN,
-        CoreError::SignatureLocked => EDIT_SIGN,
-        CoreError::SignatureInUse => DELETE_SIGN,
-        CoreError::SignatureNotPending => SIGN_STATUS,
-        CoreError::TemplateLocked => EDIT_TEMP,
-        CoreError::TemplateField | CoreError::SendParams => TEMPLATE_PARAMS,
-        CoreError::TemplateType => TEMPLATE_TYPE,
-        CoreError::SignatureNotPassed => SIGN_NOT_PASSED,
-        CoreError::TemplateNotPassed => TEMP_NOT_PASSED,
-        CoreError::InvalidMobiles => INVALID_MOBILE,
-        CoreError::InsufficientBalance { .. } => BALANCE,
-        CoreError::InvalidParameter(_) => PARAMS,
-        other => {
-            tracing::error!(error = %other, "sendapi: internal failure");
+        E::SignatureNotOwned => SIGN_NOT_OWNED,
+        E::TemplateNotOfSignature => TEMP_NOT_OF_SIGN,
+        E::SignatureLocked => EDIT_SIGN,
+        E::SignatureInUse => DELETE_SIGN,
+        E::SignatureNotPending => SIGN_STATUS,
+        E::TemplateLocked => EDIT_TEMP,
+        E::TemplateField | E::SendParams => TEMPLATE_PARAMS,
+        E::TemplateType => TEMPLATE_TYPE,
+        E::SignatureNotPassed => SIGN_NOT_PASSED,
+        E::TemplateNotPassed => TEMP_NOT_PASSED,
+        E::InvalidMobiles | E::InvalidPhone => INVALID_MOBILE,
+        E::InsufficientBalance { .. } => BALANCE,
+        E::InvalidParameter(_) | E::InvalidCount | E::MessageEmpty | E::MessageTooLong => PARAMS,
+        e @ (E::Store(_)
+        | E::InvalidEmail
+        | E::UsernameEmpty
+        | E::UsernameLength
+        | E::UsernameCharset
+        | E::UsernameReserved
+        | E::PasswordEmpty
+        | E::PasswordLength
+        | E::PasswordCharset
+        | E::InvalidName
+        | E::UsernameTaken
+        | E::PhoneTaken
+        | E::EmailTaken
+        | E::UserNotFound
+        | E::WrongPassword
+        | E::AccountLocked { .. }
+        | E::Banned
+        | E::EmailNotFound
+        | E::EmailMismatch
+        | E::AlreadyRegistered
+        | E::NotRegistered
+        | E::CodeCooldown { .. }
+        | E::RateLimited { .. }
+        | E::CodeInvalid
+        | E::CodeChecksLocked { .. }
+        | E::TokenInvalid
+        | E::NotValidated
+        | E::GrantInvalid
+        | E::ItemNotFound
+        | E::NumberUnavailable
+        | E::NoNumbers
+        | E::NotLeased
+        | E::OutsideDeviceScope
+        | E::Overloaded
+        | E::Delivery(_)
+        | E::NotRoot) => {
+            tracing::error!(error = %e, "sendapi: internal failure");
             PARAMS
         }
     }

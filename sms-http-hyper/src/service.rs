@@ -18,7 +18,7 @@ use sms_core::Core;
 
 use crate::client_addr::{client_ip_of, TrustedProxies};
 use crate::response;
-use crate::{account_v4, hub, openapi, pool, sendapi, telsignup};
+use crate::{account_v4, admin, hub, openapi, pool, sendapi, telsignup};
 
 /// The response body of every route.
 pub type HttpBody = Full<Bytes>;
@@ -107,7 +107,7 @@ pub(crate) enum Route {
     Telsignup,
     AccountV4(account_v4::Endpoint, Option<String>),
     Pool(pool::Endpoint),
-    Admin(sendapi::Admin),
+    Admin(admin::Admin),
     SendApi(sendapi::Route),
     OpenApi(openapi::Document),
 }
@@ -126,7 +126,7 @@ impl Route {
         if let Some(r) = sendapi::Route::from_path(path) {
             return Some(Self::SendApi(r));
         }
-        if let Some(a) = sendapi::Admin::from_path(path) {
+        if let Some(a) = admin::Admin::from_path(path) {
             return Some(Self::Admin(a));
         }
         if let Some(e) = pool::Endpoint::from_path(path) {
@@ -315,7 +315,7 @@ impl SmsService {
             Route::Telsignup => telsignup::handle(core, &incoming).await,
             Route::AccountV4(e, seg) => account_v4::handle(core, e, seg, &incoming).await,
             Route::Pool(e) => pool::handle(core, &config.pool_auth, e, &incoming).await,
-            Route::Admin(a) => sendapi::handle_admin(core, a, &incoming).await,
+            Route::Admin(a) => admin::handle(core, a, &incoming).await,
             Route::SendApi(r) => sendapi::handle(core, r, &method, &incoming).await,
             Route::OpenApi(d) => openapi::handle(d),
         }

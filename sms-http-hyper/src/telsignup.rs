@@ -76,6 +76,93 @@ fn internal_no(action: Action, e: &CoreError) -> i64 {
     }
 }
 
+/// The one map from core errors to this dialect's `error_no`, per action.
+/// Exhaustive over [`CoreError`]: a new variant does not compile until it is
+/// answered here. Pairs no action can meet are the seed's "database error."
+/// (logged).
+fn failure_no(action: Action, e: CoreError) -> i64 {
+    use Action as A;
+    use CoreError as E;
+    match (action, &e) {
+        // Limited, or every carrier of the route refused the code
+        // (carriers.md C2): "3rd party sms send failed.".
+        (A::ValidationRequest, E::CodeCooldown { .. } | E::RateLimited { .. } | E::Delivery(_)) => {
+            4
+        }
+        (A::ValidationCode, E::CodeInvalid | E::CodeChecksLocked { .. }) => 3,
+        (A::Register, E::InvalidPhone) => 3,
+        (A::Register, E::NotValidated) => 5,
+        (A::Register, E::GrantInvalid) => 4,
+        (
+            A::Register,
+            E::UsernameEmpty
+            | E::UsernameLength
+            | E::UsernameCharset
+            | E::PasswordEmpty
+            | E::PasswordLength
+            | E::PasswordCharset,
+        ) => 2,
+        (A::Register, E::UsernameTaken | E::UsernameReserved | E::PhoneTaken) => 7,
+        (
+            _,
+            E::CodeCooldown { .. }
+            | E::RateLimited { .. }
+            | E::Delivery(_)
+            | E::CodeInvalid
+            | E::CodeChecksLocked { .. }
+            | E::InvalidPhone
+            | E::NotValidated
+            | E::GrantInvalid
+            | E::UsernameEmpty
+            | E::UsernameLength
+            | E::UsernameCharset
+            | E::PasswordEmpty
+            | E::PasswordLength
+            | E::PasswordCharset
+            | E::UsernameTaken
+            | E::UsernameReserved
+            | E::PhoneTaken
+            | E::InvalidEmail
+            | E::InvalidName
+            | E::InvalidParameter(_)
+            | E::EmailTaken
+            | E::UserNotFound
+            | E::WrongPassword
+            | E::AccountLocked { .. }
+            | E::Banned
+            | E::EmailNotFound
+            | E::EmailMismatch
+            | E::AlreadyRegistered
+            | E::NotRegistered
+            | E::TokenInvalid
+            | E::ItemNotFound
+            | E::NumberUnavailable
+            | E::NoNumbers
+            | E::NotLeased
+            | E::InsufficientBalance { .. }
+            | E::SignatureNotOwned
+            | E::TemplateNotOfSignature
+            | E::SignatureLocked
+            | E::TemplateLocked
+            | E::SignatureInUse
+            | E::SignatureNotPending
+            | E::SignatureNotPassed
+            | E::TemplateNotPassed
+            | E::InvalidMobiles
+            | E::TemplateField
+            | E::TemplateType
+            | E::MessageEmpty
+            | E::MessageTooLong
+            | E::InvalidCount
+            | E::SendParams
+            | E::OutsideDeviceScope
+            | E::Overloaded
+            | E::NotRoot
+            | E::Store(_),
+        ) => internal_no(action, &e),
+    }
+}
+
 fn failure(action: Action, error_no: i64) -> Value {
     json!({
         "type": action.response_type(),
@@ -166,9 +253,7 @@ async fn serve(
                 .await
             {
                 Ok(_) => Ok(success(action, json!({}))),
-                Err(CoreError::CodeCooldown { .. } | CoreError::RateLimited { .. }) => Err(4),
-                Err(CoreError::Delivery(_)) => Err(4),
-                Err(e) => Err(internal_no(action, &e)),
+                Err(e) => Err(failure_no(action, e)),
             }
         }
         Action::ValidationCode => {
@@ -180,8 +265,7 @@ async fn serve(
             let phone = PhoneNumber::parse_cn_mobile(tel).map_err(|_| 2)?;
             match core.accounts.validate_signup_code(&phone, code).await {
                 Ok(token) => Ok(success(action, json!({ "token": token.expose() }))),
-                Err(CoreError::CodeInvalid | CoreError::CodeChecksLocked { .. }) => Err(3),
-                Err(e) => Err(internal_no(action, &e)),
+                Err(e) => Err(failure_no(action, e)),
             }
         }
         Action::Register => {
@@ -219,21 +303,7 @@ async fn serve(
                         "huanxin_password": r.chat.password,
                     }),
                 )),
-                Err(e) => Err(match e {
-                    CoreError::InvalidPhone => 3,
-                    CoreError::NotValidated => 5,
-                    CoreError::GrantInvalid => 4,
-                    CoreError::UsernameEmpty
-                    | CoreError::UsernameLength
-                    | CoreError::UsernameCharset
-                    | CoreError::PasswordEmpty
-                    | CoreError::PasswordLength
-                    | CoreError::PasswordCharset => 2,
-                    CoreError::UsernameTaken
-                    | CoreError::UsernameReserved
-                    | CoreError::PhoneTaken => 7,
-                    other => internal_no(action, &other),
-                }),
+                Err(e) => Err(failure_no(action, e)),
             }
         }
     }

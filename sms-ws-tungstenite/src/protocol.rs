@@ -124,21 +124,17 @@ pub(crate) fn optional<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a
     obj.get(key).filter(|v| !v.is_null())
 }
 
-/// `count` of `CSMobileNum`: a JSON integer or a string of digits, 1..=max.
-pub(crate) fn parse_count(v: Option<&Value>, max: u32) -> Option<u32> {
-    let n = match v? {
-        Value::Number(n) => n.as_u64()?,
+/// `count` of `CSMobileNum`: a JSON integer or a string of digits that fits
+/// a `u32` (its range is the core's `PoolService::check_lease_count`).
+pub(crate) fn parse_count(v: Option<&Value>) -> Option<u32> {
+    match v? {
+        Value::Number(n) => u32::try_from(n.as_u64()?).ok(),
         Value::String(s)
             if !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()) =>
         {
-            s.parse::<u64>().ok()?
+            s.parse::<u32>().ok()
         }
-        _ => return None,
-    };
-    if (1..=u64::from(max)).contains(&n) {
-        u32::try_from(n).ok()
-    } else {
-        None
+        _ => None,
     }
 }
 
@@ -184,81 +180,111 @@ fn internal(req: Request, e: &CoreError) -> i64 {
     INTERNAL
 }
 
-/// `SCLogin`: -1 token invalid, expired, revoked or banned.
-pub(crate) fn login_code(e: &CoreError) -> i64 {
-    match e {
-        CoreError::TokenInvalid | CoreError::Banned | CoreError::UserNotFound => -1,
-        e => internal(Request::Login, e),
-    }
-}
-
-/// `SCLogout`.
-pub(crate) fn logout_code(e: &CoreError) -> i64 {
-    internal(Request::Logout, e)
-}
-
-/// `SCModifyPwd`: -1 token, -2 length, -3 empty, -4 characters.
-pub(crate) fn modify_pwd_code(e: &CoreError) -> i64 {
-    match e {
-        CoreError::TokenInvalid | CoreError::Banned | CoreError::UserNotFound => -1,
-        CoreError::PasswordLength => -2,
-        CoreError::PasswordEmpty => -3,
-        CoreError::PasswordCharset => -4,
-        e => internal(Request::ModifyPwd, e),
-    }
-}
-
-/// `SCMobileNum`: -1 item, -2 count, -5 custom number, -6 balance, -7 none.
-/// (-3 area and -4 operator are found by the front end before the core is
-/// asked.)
-pub(crate) fn mobile_num_code(e: &CoreError) -> i64 {
-    match e {
-        CoreError::ItemNotFound | CoreError::InvalidParameter("item") => -1,
-        CoreError::InvalidCount => -2,
-        CoreError::NumberUnavailable | CoreError::InvalidPhone => -5,
-        CoreError::InsufficientBalance { .. } => -6,
-        CoreError::NoNumbers => -7,
-        e => internal(Request::MobileNum, e),
-    }
-}
-
-/// `SCSendMsg`: -1 item, -2 number not leased, -3 too long, -4 empty,
-/// -5 balance.
-pub(crate) fn send_msg_code(e: &CoreError) -> i64 {
-    match e {
-        CoreError::ItemNotFound | CoreError::InvalidParameter("item") => -1,
-        CoreError::NotLeased | CoreError::InvalidPhone => -2,
-        CoreError::MessageTooLong => -3,
-        CoreError::MessageEmpty => -4,
-        CoreError::InsufficientBalance { .. } => -5,
-        e => internal(Request::SendMsg, e),
-    }
-}
-
-/// `SCBindEmailGetVCode`: -1 format, -3 bound to another user, -4 cooldown
-/// or caps (with the time a new request is allowed).
-pub(crate) fn bind_get_code(e: &CoreError) -> (i64, Option<i64>) {
-    match e {
-        CoreError::InvalidEmail => (-1, None),
-        CoreError::EmailTaken => (-3, None),
-        CoreError::CodeCooldown { retry_at } | CoreError::RateLimited { retry_at } => {
-            (-4, Some(*retry_at))
+/// The one map from core errors to this protocol's `code`s, per request,
+/// with the time a new request is allowed where the answer carries one.
+/// Exhaustive over [`CoreError`]: a new variant does not compile until it is
+/// answered here. Pairs no request can meet are the platform's failure
+/// ([`INTERNAL`], logged).
+///
+/// * `SCLogin`: -1 token invalid, expired, revoked or banned.
+/// * `SCModifyPwd`: -1 token, -2 length, -3 empty, -4 characters.
+/// * `SCMobileNum`: -1 item, -2 count, -5 custom number, -6 balance, -7
+///   none (-3 area and -4 operator are found before the core is asked).
+/// * `SCSendMsg`: -1 item, -2 number not leased, -3 too long, -4 empty,
+///   -5 balance.
+/// * `SCBindEmailGetVCode`: -1 format, -3 bound to another user, -4
+///   cooldown or caps (with the retry time), -5 every carrier refused
+///   (carriers.md C2).
+/// * `SCBindEmailCheckVCode`: -1 format, -2 wrong code, -3 bound to another
+///   user.
+pub(crate) fn failure(req: Request, e: &CoreError) -> (i64, Option<i64>) {
+    use CoreError as E;
+    use Request as R;
+    let c = match (req, e) {
+        (R::Login | R::ModifyPwd, E::TokenInvalid | E::Banned | E::UserNotFound) => -1,
+        (R::ModifyPwd, E::PasswordLength) => -2,
+        (R::ModifyPwd, E::PasswordEmpty) => -3,
+        (R::ModifyPwd, E::PasswordCharset) => -4,
+        (R::MobileNum | R::SendMsg, E::ItemNotFound | E::InvalidParameter("item")) => -1,
+        (R::MobileNum, E::InvalidCount) => -2,
+        (R::MobileNum, E::NumberUnavailable | E::InvalidPhone) => -5,
+        (R::MobileNum, E::InsufficientBalance { .. }) => -6,
+        (R::MobileNum, E::NoNumbers) => -7,
+        (R::SendMsg, E::NotLeased | E::InvalidPhone) => -2,
+        (R::SendMsg, E::MessageTooLong) => -3,
+        (R::SendMsg, E::MessageEmpty) => -4,
+        (R::SendMsg, E::InsufficientBalance { .. }) => -5,
+        (R::BindEmailGetVCode | R::BindEmailCheckVCode, E::InvalidEmail) => -1,
+        (R::BindEmailGetVCode | R::BindEmailCheckVCode, E::EmailTaken) => -3,
+        (R::BindEmailGetVCode, E::CodeCooldown { retry_at } | E::RateLimited { retry_at }) => {
+            return (-4, Some(*retry_at));
         }
-        // carriers.md C2: every carrier of the email route refused.
-        CoreError::Delivery(_) => (-5, None),
-        e => (internal(Request::BindEmailGetVCode, e), None),
-    }
+        (R::BindEmailGetVCode, E::Delivery(_)) => -5,
+        (R::BindEmailCheckVCode, E::CodeInvalid | E::CodeChecksLocked { .. }) => -2,
+        (
+            _,
+            E::TokenInvalid
+            | E::Banned
+            | E::UserNotFound
+            | E::PasswordLength
+            | E::PasswordEmpty
+            | E::PasswordCharset
+            | E::ItemNotFound
+            | E::InvalidParameter(_)
+            | E::InvalidCount
+            | E::NumberUnavailable
+            | E::InvalidPhone
+            | E::InsufficientBalance { .. }
+            | E::NoNumbers
+            | E::NotLeased
+            | E::MessageTooLong
+            | E::MessageEmpty
+            | E::InvalidEmail
+            | E::EmailTaken
+            | E::CodeCooldown { .. }
+            | E::RateLimited { .. }
+            | E::Delivery(_)
+            | E::CodeInvalid
+            | E::CodeChecksLocked { .. }
+            | E::UsernameEmpty
+            | E::UsernameLength
+            | E::UsernameCharset
+            | E::UsernameReserved
+            | E::InvalidName
+            | E::UsernameTaken
+            | E::PhoneTaken
+            | E::WrongPassword
+            | E::AccountLocked { .. }
+            | E::EmailNotFound
+            | E::EmailMismatch
+            | E::AlreadyRegistered
+            | E::NotRegistered
+            | E::NotValidated
+            | E::GrantInvalid
+            | E::SignatureNotOwned
+            | E::TemplateNotOfSignature
+            | E::SignatureLocked
+            | E::TemplateLocked
+            | E::SignatureInUse
+            | E::SignatureNotPending
+            | E::SignatureNotPassed
+            | E::TemplateNotPassed
+            | E::InvalidMobiles
+            | E::TemplateField
+            | E::TemplateType
+            | E::SendParams
+            | E::OutsideDeviceScope
+            | E::Overloaded
+            | E::NotRoot
+            | E::Store(_),
+        ) => internal(req, e),
+    };
+    (c, None)
 }
 
-/// `SCBindEmailCheckVCode`: -1 format, -2 wrong code, -3 bound to another
-/// user.
-pub(crate) fn bind_check_code(e: &CoreError) -> i64 {
-    match e {
-        CoreError::InvalidEmail => -1,
-        CoreError::CodeInvalid | CoreError::CodeChecksLocked { .. } => -2,
-        CoreError::EmailTaken => -3,
-        e => internal(Request::BindEmailCheckVCode, e),
-    }
+/// [`failure`]'s `code` alone, for requests whose answer has no retry time.
+pub(crate) fn failure_code(req: Request, e: &CoreError) -> i64 {
+    failure(req, e).0
 }
 
 #[cfg(test)]
@@ -288,16 +314,16 @@ mod tests {
 
     #[test]
     fn counts() {
-        assert_eq!(parse_count(Some(&json!(1)), 20), Some(1));
-        assert_eq!(parse_count(Some(&json!("20")), 20), Some(20));
-        assert_eq!(parse_count(Some(&json!(0)), 20), None);
-        assert_eq!(parse_count(Some(&json!(21)), 20), None);
-        assert_eq!(parse_count(Some(&json!(1.5)), 20), None);
-        assert_eq!(parse_count(Some(&json!(-1)), 20), None);
-        assert_eq!(parse_count(Some(&json!("")), 20), None);
-        assert_eq!(parse_count(Some(&json!(" 2")), 20), None);
-        assert_eq!(parse_count(Some(&json!("99999999999999999999")), 20), None);
-        assert_eq!(parse_count(Some(&json!(null)), 20), None);
-        assert_eq!(parse_count(None, 20), None);
+        assert_eq!(parse_count(Some(&json!(1))), Some(1));
+        assert_eq!(parse_count(Some(&json!("20"))), Some(20));
+        assert_eq!(parse_count(Some(&json!(0))), Some(0));
+        assert_eq!(parse_count(Some(&json!(21))), Some(21));
+        assert_eq!(parse_count(Some(&json!(1.5))), None);
+        assert_eq!(parse_count(Some(&json!(-1))), None);
+        assert_eq!(parse_count(Some(&json!(""))), None);
+        assert_eq!(parse_count(Some(&json!(" 2"))), None);
+        assert_eq!(parse_count(Some(&json!("99999999999999999999"))), None);
+        assert_eq!(parse_count(Some(&json!(null))), None);
+        assert_eq!(parse_count(None), None);
     }
 }

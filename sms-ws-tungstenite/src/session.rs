@@ -457,7 +457,12 @@ where
         }
         let opened = match core.accounts.open_session(&token).await {
             Ok(o) => o,
-            Err(e) => return self.send(&protocol::answer(req, protocol::login_code(&e))),
+            Err(e) => {
+                return self.send(&protocol::answer(
+                    req,
+                    protocol::failure_code(Request::Login, &e),
+                ))
+            }
         };
         // Subscribe first, then look again: a ban or password change that
         // raced with this login is either seen here or arrives as an event.
@@ -466,11 +471,21 @@ where
             .subscribe(&opened.user.id, self.shared.config.event_queue);
         let user = match core.accounts.authenticate(&token).await {
             Ok((user, _)) => user,
-            Err(e) => return self.send(&protocol::answer(req, protocol::login_code(&e))),
+            Err(e) => {
+                return self.send(&protocol::answer(
+                    req,
+                    protocol::failure_code(Request::Login, &e),
+                ))
+            }
         };
         let balance = match core.billing.balance(&user.id).await {
             Ok(b) => b.available(),
-            Err(e) => return self.send(&protocol::answer(req, protocol::login_code(&e))),
+            Err(e) => {
+                return self.send(&protocol::answer(
+                    req,
+                    protocol::failure_code(Request::Login, &e),
+                ))
+            }
         };
         let flag = match (opened.first_use, opened.session.origin) {
             (true, SessionOrigin::Renewal) => 2,
@@ -523,7 +538,10 @@ where
             Ok(()) => self.send(&protocol::answer(req, 0)),
             Err(e) => {
                 self.login = Some(login);
-                self.send(&protocol::answer(req, protocol::logout_code(&e)));
+                self.send(&protocol::answer(
+                    req,
+                    protocol::failure_code(Request::Logout, &e),
+                ));
             }
         }
     }
@@ -546,7 +564,12 @@ where
         match core.accounts.authenticate(&token).await {
             Ok((u, _)) if u.id == login.user.id => {}
             Ok(_) => return self.send(&protocol::answer(req, -1)),
-            Err(e) => return self.send(&protocol::answer(req, protocol::modify_pwd_code(&e))),
+            Err(e) => {
+                return self.send(&protocol::answer(
+                    req,
+                    protocol::failure_code(Request::ModifyPwd, &e),
+                ))
+            }
         }
         match core.accounts.change_password(&token, password).await {
             Ok(new) => {
@@ -557,7 +580,10 @@ where
                 login.token = new.clone();
                 self.send(&json!({ "protocol": req.answer(), "code": 0, "token": new.expose() }));
             }
-            Err(e) => self.send(&protocol::answer(req, protocol::modify_pwd_code(&e))),
+            Err(e) => self.send(&protocol::answer(
+                req,
+                protocol::failure_code(Request::ModifyPwd, &e),
+            )),
         }
     }
 
@@ -572,9 +598,12 @@ where
         match core.pool.item(item_id).await {
             Ok(Some(_)) => {}
             Ok(None) => return self.send(&code(-1)),
-            Err(e) => return self.send(&code(protocol::mobile_num_code(&e))),
+            Err(e) => return self.send(&code(protocol::failure_code(Request::MobileNum, &e))),
         }
-        let Some(count) = protocol::parse_count(f.get("count"), core.pool.policy().max_lease_count)
+        // The count's range is the core's rule, asked here so that a bad
+        // count answers -2 before the area and operator are judged.
+        let Some(count) = protocol::parse_count(f.get("count"))
+            .filter(|n| core.pool.check_lease_count(*n).is_ok())
         else {
             return self.send(&code(-2));
         };
@@ -616,7 +645,7 @@ where
                     self.send(&protocol::push_mobile(l.mobile.display_form(), l.until));
                 }
             }
-            Err(e) => self.send(&code(protocol::mobile_num_code(&e))),
+            Err(e) => self.send(&code(protocol::failure_code(Request::MobileNum, &e))),
         }
     }
 
@@ -632,7 +661,7 @@ where
         let msg = protocol::str_or_empty(f, "msg");
         let c = match core.pool.send_from(&user, item_id, mobile, msg).await {
             Ok(()) => 0,
-            Err(e) => protocol::send_msg_code(&e),
+            Err(e) => protocol::failure_code(Request::SendMsg, &e),
         };
         self.send(&protocol::answer(req, c));
     }
@@ -652,7 +681,7 @@ where
             Ok(issued) => {
                 json!({ "protocol": req.answer(), "code": 0, "againTimestamp": issued.again_at })
             }
-            Err(e) => match protocol::bind_get_code(&e) {
+            Err(e) => match protocol::failure(Request::BindEmailGetVCode, &e) {
                 (c, Some(at)) => {
                     json!({ "protocol": req.answer(), "code": c, "againTimestamp": at })
                 }
@@ -680,7 +709,7 @@ where
                 login.user = user;
                 0
             }
-            Err(e) => protocol::bind_check_code(&e),
+            Err(e) => protocol::failure_code(Request::BindEmailCheckVCode, &e),
         };
         self.send(&protocol::answer(req, c));
     }
