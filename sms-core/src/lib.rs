@@ -66,6 +66,7 @@
 //! sms_core::store_conformance_tests!(async { my_backend::Store::open_temp().await.into_stores() });
 //! ```
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod accounts;
 pub mod billing;
@@ -90,6 +91,7 @@ pub mod pool;
 pub mod pool_service;
 pub mod provision;
 pub mod random;
+pub mod receive;
 pub mod secret;
 pub mod sender;
 pub mod sending;
@@ -97,6 +99,7 @@ pub mod sending_service;
 pub mod session_decision;
 pub mod store;
 #[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
 pub mod user;
 

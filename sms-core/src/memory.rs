@@ -19,6 +19,7 @@ use crate::pool::{
     DeviceMessage, Intake, IntakeTally, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo,
     PoolNumber, ReceivedSms,
 };
+use crate::receive::{ReceiveOutcome, ReceiveRequest, ReceiveState, Received};
 use crate::secret::TokenHash;
 use crate::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
 use crate::session_decision::OpenSession;
@@ -490,14 +491,72 @@ impl PhonePool for MemoryStore {
         Ok(self.lock().leases.get(id).cloned())
     }
 
-    async fn mark_charged(&self, id: &str) -> StoreResult<bool> {
-        Ok(match self.lock().leases.get_mut(id) {
-            Some(l) if !l.charged => {
+    async fn receive(&self, req: ReceiveRequest) -> StoreResult<ReceiveOutcome> {
+        let mut g = self.lock();
+        let states: Vec<ReceiveState> = req
+            .batch
+            .iter()
+            .map(|sms| {
+                let number = g
+                    .number_seq
+                    .get(&sms.mobile)
+                    .and_then(|s| g.numbers.get(s))
+                    .cloned();
+                let lease = number
+                    .as_ref()
+                    .and_then(|n| n.lease.as_ref())
+                    .and_then(|l| g.leases.get(&l.lease_id))
+                    .cloned();
+                let items = ReceiveRequest::item_ids(sms, number.as_ref())
+                    .iter()
+                    .filter_map(|id| g.items.get(id).cloned())
+                    .collect();
+                let mailbox_len = lease
+                    .as_ref()
+                    .and_then(|l| g.mailboxes.get(&l.user))
+                    .map_or(0, BTreeMap::len);
+                ReceiveState {
+                    number,
+                    lease,
+                    items,
+                    mailbox_len,
+                }
+            })
+            .collect();
+        let fx = match req.decide(&states) {
+            Ok(fx) => fx,
+            Err(refused) => return Ok(ReceiveOutcome::Refused(refused)),
+        };
+        let mut done = Received::default();
+        for (app, sms) in fx.queue {
+            g.sms.entry(app).or_default().push_back(sms);
+        }
+        for capture in fx.captures {
+            g.apply_ledger(capture);
+        }
+        for id in &fx.charge_leases {
+            if let Some(l) = g.leases.get_mut(id) {
                 l.charged = true;
-                true
             }
-            _ => false,
-        })
+        }
+        for (user, n) in fx.trims {
+            if let Some(m) = g.mailboxes.get_mut(&user) {
+                for _ in 0..n {
+                    m.pop_first();
+                }
+            }
+            done.dropped.push((user, n as u64));
+        }
+        for (user, push) in fx.pushes {
+            g.next_seq += 1;
+            let seq = g.next_seq;
+            g.mailboxes
+                .entry(user.clone())
+                .or_default()
+                .insert(seq, push.clone());
+            done.pushed.push((user, seq, push));
+        }
+        Ok(ReceiveOutcome::Received(done))
     }
 
     async fn due_leases(&self, now: i64, limit: usize) -> StoreResult<Vec<Lease>> {
@@ -642,19 +701,6 @@ impl QueueStore for MemoryStore {
             device_messages,
             mailbox,
         })
-    }
-
-    async fn mailbox_trim(&self, user: &UserId, keep: usize) -> StoreResult<u64> {
-        let mut g = self.lock();
-        let Some(m) = g.mailboxes.get_mut(user) else {
-            return Ok(0);
-        };
-        let mut dropped = 0;
-        while m.len() > keep {
-            m.pop_first();
-            dropped += 1;
-        }
-        Ok(dropped)
     }
 }
 

@@ -12,10 +12,11 @@ use crate::events::{Event, EventHub, Push};
 use crate::ledger::{Amount, LedgerOp};
 use crate::phone::PhoneNumber;
 use crate::pool::{
-    extract_code, DeviceMessage, HoldTerms, Intake, Item, Lease, LeaseFilter, LeaseOutcome,
-    LeaseRequest, NumberInfo, ReceivedSms, MAX_ITEM_ID_LEN,
+    DeviceMessage, HoldTerms, Intake, Item, Lease, LeaseFilter, LeaseOutcome, LeaseRequest,
+    NumberInfo, ReceivedSms, MAX_ITEM_ID_LEN,
 };
 use crate::random::{random_hex, RandomSource};
+use crate::receive::{ReceiveOutcome, ReceiveRequest};
 use crate::store::{Purged, Stores};
 use crate::user::UserId;
 
@@ -309,101 +310,27 @@ impl PoolService {
         scope: &DeviceScope,
         batch: Vec<IncomingSms>,
     ) -> Result<(), CoreError> {
-        let now = self.clock.unix();
-        let mut numbers = Vec::with_capacity(batch.len());
-        for sms in &batch {
-            let number = self
-                .stores
-                .pool
-                .number(&sms.mobile)
-                .await?
-                .ok_or(CoreError::InvalidParameter("mobile"))?;
-            scope.check(&number.info.cid)?;
-            numbers.push(number);
-        }
-        for (sms, number) in batch.into_iter().zip(numbers) {
-            let lease_ref = number
-                .lease
-                .filter(|l| l.until > now)
-                .filter(|l| sms.appname.as_deref().is_none_or(|a| a == l.item));
-            let item_id = sms
-                .appname
-                .clone()
-                .or_else(|| lease_ref.as_ref().map(|l| l.item.clone()));
-            let pattern = match &item_id {
-                Some(id) => self.item(id).await?.and_then(|i| i.code_pattern),
-                None => None,
-            };
-            let code =
-                extract_code(&sms.text, pattern.as_deref()).unwrap_or_else(|| sms.text.clone());
-            if let Some(app) = &sms.appname {
-                self.stores
-                    .queues
-                    .push_sms(
-                        app,
-                        ReceivedSms {
-                            mobile: sms.mobile.clone(),
-                            text: sms.text.clone(),
-                            code,
-                            appname: sms.appname.clone(),
-                            chanlid: sms.chanlid.clone(),
-                            at: now,
-                        },
-                    )
-                    .await?;
-            }
-            if let Some(l) = lease_ref {
-                self.deliver_to_lessee(&l.lease_id, &sms).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn deliver_to_lessee(&self, lease_id: &str, sms: &IncomingSms) -> Result<(), CoreError> {
-        let Some(lease) = self.stores.pool.lease_record(lease_id).await? else {
-            return Ok(());
+        let request = ReceiveRequest {
+            scope: scope.clone(),
+            batch,
+            now: self.clock.unix(),
+            mailbox_cap: self.policy.mailbox_cap,
         };
-        if !lease.charged && lease.price > 0 {
-            // Capture first (idempotent by op id), then mark: a crash in
-            // between re-captures as a no-op on the next SMS.
-            self.billing
-                .apply(
-                    &lease.user,
-                    format!("capture:{}", lease.id),
-                    LedgerOp::Capture {
-                        hold_id: lease.hold_id.clone(),
-                        amount: lease.price,
-                    },
-                )
-                .await?;
-        }
-        if !lease.charged {
-            self.stores.pool.mark_charged(&lease.id).await?;
-        }
-        let push = Push::RecvMsg {
-            mobile: sms.mobile.to_string(),
-            msg: sms.text.clone(),
-            at: self.clock.unix(),
+        let done = match self.stores.pool.receive(request).await? {
+            ReceiveOutcome::Received(done) => done,
+            ReceiveOutcome::Refused(r) => return Err(r.into()),
         };
-        let seq = self
-            .stores
-            .queues
-            .mailbox_push(&lease.user, push.clone())
-            .await?;
-        let dropped = self
-            .stores
-            .queues
-            .mailbox_trim(&lease.user, self.policy.mailbox_cap)
-            .await?;
-        if dropped > 0 {
+        for (user, dropped) in &done.dropped {
             tracing::warn!(
-                user = %lease.user,
+                user = %user,
                 dropped,
                 cap = self.policy.mailbox_cap,
                 "mailbox full: oldest entries dropped"
             );
         }
-        self.events.publish(&lease.user, Event::Push { seq, push });
+        for (user, seq, push) in done.pushed {
+            self.events.publish(&user, Event::Push { seq, push });
+        }
         Ok(())
     }
 

@@ -24,6 +24,7 @@ use crate::pool::{
     DeviceMessage, Intake, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo, PoolNumber,
     ReceivedSms,
 };
+use crate::receive::{ReceiveOutcome, ReceiveRequest};
 use crate::secret::{CodeHash, TokenHash};
 use crate::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
 use crate::session_decision::OpenSession;
@@ -498,8 +499,23 @@ pub trait PhonePool: Debug + Send + Sync + 'static {
     async fn lease(&self, req: LeaseRequest) -> StoreResult<LeaseOutcome>;
     /// A lease by id.
     async fn lease_record(&self, id: &str) -> StoreResult<Option<Lease>>;
-    /// Marks a lease charged; true only for the call that did.
-    async fn mark_charged(&self, id: &str) -> StoreResult<bool>;
+    /// Receives a device's upload of SMS as one decision: loads, for each
+    /// SMS, the number, the lease it names, the items of the SMS's app and
+    /// of the lease, and the lessee's mailbox size ([`ReceiveState`]);
+    /// applies [`ReceiveRequest::decide`]; commits the [`ReceiveEffects`]
+    /// in one atomic, durable write (app queues, ledger captures, leases
+    /// marked charged, mailbox entries appended with fresh sequences, the
+    /// oldest beyond the cap dropped). A refused batch changes nothing.
+    ///
+    /// # Contract
+    /// All of an accepted batch is durable on `Ok(Received)`, or none of
+    /// it; a lease's price is captured at most once however many SMS and
+    /// concurrent calls reach it; the sequences returned are those the
+    /// mailbox holds the entries under, increasing in batch order.
+    ///
+    /// [`ReceiveState`]: crate::receive::ReceiveState
+    /// [`ReceiveEffects`]: crate::receive::ReceiveEffects
+    async fn receive(&self, req: ReceiveRequest) -> StoreResult<ReceiveOutcome>;
     /// Up to `limit` leases ended at `now` and not yet settled.
     async fn due_leases(&self, now: i64, limit: usize) -> StoreResult<Vec<Lease>>;
     /// Marks a lease settled; true only for the call that did.
@@ -563,14 +579,6 @@ pub trait QueueStore: Debug + Send + Sync + 'static {
     /// it removed; durable on `Ok`. An entry a concurrent taker removed is
     /// not counted.
     async fn purge_before(&self, before: i64) -> StoreResult<Purged>;
-    /// The mailbox cap: removes the oldest entries of `user`'s mailbox
-    /// beyond the newest `keep`.
-    ///
-    /// # Contract
-    /// Afterwards at most `keep` entries remain and they are the newest
-    /// (highest sequence numbers) the mailbox held; returns how many were
-    /// removed; durable on `Ok`.
-    async fn mailbox_trim(&self, user: &UserId, keep: usize) -> StoreResult<u64>;
 }
 
 /// What [`QueueStore::purge_before`] removed.

@@ -27,6 +27,8 @@ use crate::pool::{
     DeviceMessage, HoldTerms, Item, LeaseFilter, LeaseOutcome, LeaseRequest, NumberInfo, Operator,
     ReceivedSms,
 };
+use crate::pool_service::{DeviceScope, IncomingSms};
+use crate::receive::{ReceiveOutcome, ReceiveRefusal, ReceiveRequest};
 use crate::secret::{CodeHash, CodeHasher, Token};
 use crate::sending::{
     AuditStatus, RecipientStatus, SendTask, Signature, TaskState, Template, TemplateType,
@@ -73,13 +75,14 @@ pub const CHECKS: &[(&str, &str, &str)] = &[
     ("PhonePool", "pool_lease_exclusive_and_once_per_item", "A number is leased to one user at a time and never handed out twice for one item, by leases and hand-outs alike."),
     ("PhonePool", "pool_concurrent_leases_distinct", "Concurrent leases never get the same number."),
     ("PhonePool", "pool_filters", "Area, operator and custom-number filters."),
-    ("PhonePool", "pool_charged_and_settled_once", "`mark_charged` and `mark_settled` succeed once; due leases are the ended, unsettled ones; settling frees the place in the pool."),
+    ("PhonePool", "pool_charged_and_settled_once", "Concurrent SMS charge a lease once; `mark_settled` succeeds once; due leases are the ended, unsettled ones; settling frees the place in the pool."),
+    ("PhonePool", "pool_receive_is_one_decision", "`receive` is one atomic decision: a batch with an unknown number stores nothing; SMS reach their app's queue with the extracted code; SMS to a live lease reach the lessee's mailbox in order with increasing sequences; the price is captured from the hold once however many SMS arrive concurrently; the mailbox keeps its cap by dropping the oldest entries."),
     ("PhonePool", "pool_lease_holds_atomically", "A lease with its hold is one step with the ledger: `price × wanted` is held, what the numbers not found would cost is released, a balance too small leases nothing and records nothing, and concurrent leases never overdraw."),
     ("ItemStore", "items_put_and_get", "Items are created and replaced by id."),
     ("QueueStore", "queues_fifo_and_take_once", "Queues are FIFO and each entry goes to exactly one taker."),
     ("QueueStore", "mailbox_sequence_and_ack", "Mailbox entries keep increasing sequence numbers and stay until acked."),
     ("QueueStore", "mailbox_pages", "Paging a mailbox after a sequence number never skips nor repeats an entry, and stays within one user's entries."),
-    ("QueueStore", "queues_retention_and_mailbox_cap", "`QueueStore::purge_before` removes exactly the entries before the bound (mailbox entries of unknown time stay); `QueueStore::mailbox_trim` keeps exactly the newest entries."),
+    ("QueueStore", "queues_retention", "`QueueStore::purge_before` removes exactly the entries before the bound (mailbox entries of unknown time stay)."),
     ("LedgerStore", "ledger_idempotent_and_exact", "Operation ids apply once; holds, captures and releases move exactly what they say; the total equals the sum of the entries."),
     ("LedgerStore", "ledger_concurrent_never_overdraw", "100 concurrent debits of 10 against 500: exactly 50 apply; concurrent holds never overdraw; retried ids apply once."),
     ("LedgerStore", "ledger_expired_holds", "Holds with an expiry are listed once expired while they still reserve something, earliest first."),
@@ -143,13 +146,13 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@each $make; limits_all_or_nothing, limits_concurrent_never_exceed, limits_lockout_and_reset);
     };
     (pool: $make:expr) => {
-        $crate::store_conformance_tests!(@each $make; pool_intake_caps_and_refresh, pool_lease_exclusive_and_once_per_item, pool_concurrent_leases_distinct, pool_filters, pool_charged_and_settled_once, pool_lease_holds_atomically);
+        $crate::store_conformance_tests!(@each $make; pool_intake_caps_and_refresh, pool_lease_exclusive_and_once_per_item, pool_concurrent_leases_distinct, pool_filters, pool_charged_and_settled_once, pool_lease_holds_atomically, pool_receive_is_one_decision);
     };
     (items: $make:expr) => {
         $crate::store_conformance_tests!(@each $make; items_put_and_get);
     };
     (queues: $make:expr) => {
-        $crate::store_conformance_tests!(@each $make; queues_fifo_and_take_once, mailbox_sequence_and_ack, mailbox_pages, queues_retention_and_mailbox_cap);
+        $crate::store_conformance_tests!(@each $make; queues_fifo_and_take_once, mailbox_sequence_and_ack, mailbox_pages, queues_retention);
     };
     (ledger: $make:expr) => {
         $crate::store_conformance_tests!(@each $make; ledger_idempotent_and_exact, ledger_concurrent_never_overdraw, ledger_expired_holds);
@@ -1376,8 +1379,9 @@ pub async fn pool_filters(s: &Stores) {
         .is_empty());
 }
 
-/// `mark_charged` and `mark_settled` succeed once; due leases are the ended,
-/// unsettled ones; settling frees the place in the pool.
+/// Concurrent SMS charge a lease once; `mark_settled` succeeds once; due
+/// leases are the ended, unsettled ones; settling frees the place in the
+/// pool.
 pub async fn pool_charged_and_settled_once(s: &Stores) {
     let p = &s.pool;
     p.set_pool_size(2).await.unwrap();
@@ -1388,19 +1392,19 @@ pub async fn pool_charged_and_settled_once(s: &Stores) {
         .unwrap()
         .leases();
     assert_eq!(l.len(), 2);
+    // 16 concurrent SMS to z1's number: the lease is charged, once.
+    let mobile = p.lease_record("z1").await.unwrap().unwrap().mobile;
     let mut tasks = Vec::new();
-    for _ in 0..16 {
+    for i in 0..16 {
         let p = s.pool.clone();
-        tasks.push(tokio::spawn(
-            async move { p.mark_charged("z1").await.unwrap() },
-        ));
+        let req = receive_req(vec![incoming(&mobile, &format!("code {i}"), None)], 20, 100);
+        tasks.push(tokio::spawn(async move { p.receive(req).await.unwrap() }));
     }
-    let mut trues = 0;
     for t in tasks {
-        trues += t.await.unwrap() as u32;
+        assert!(matches!(t.await.unwrap(), ReceiveOutcome::Received(_)));
     }
-    assert_eq!(trues, 1);
     assert!(p.lease_record("z1").await.unwrap().unwrap().charged);
+    assert!(!p.lease_record("z2").await.unwrap().unwrap().charged);
     assert!(p.due_leases(109, 10).await.unwrap().is_empty());
     let due = p.due_leases(110, 10).await.unwrap();
     assert_eq!(due.len(), 2);
@@ -1526,9 +1530,8 @@ pub async fn queues_fifo_and_take_once(s: &Stores) {
 
 /// [`QueueStore::purge_before`](crate::store::QueueStore::purge_before)
 /// removes exactly the entries before the bound (mailbox entries of unknown
-/// time stay); [`QueueStore::mailbox_trim`](crate::store::QueueStore::mailbox_trim)
-/// keeps exactly the newest entries.
-pub async fn queues_retention_and_mailbox_cap(s: &Stores) {
+/// time stay).
+pub async fn queues_retention(s: &Stores) {
     let q = &s.queues;
     for i in 0..6 {
         q.push_sms(if i % 2 == 0 { "a" } else { "b" }, sms(i))
@@ -1571,15 +1574,6 @@ pub async fn queues_retention_and_mailbox_cap(s: &Stores) {
     assert_eq!(q.take_device_messages("cid", 10).await.unwrap(), vec![m(3)]);
     assert_eq!(left().await, vec![push(0), push(3), push(4)]);
     assert_eq!(q.purge_before(3).await.unwrap(), Default::default());
-    // The cap keeps the newest.
-    for at in 5..10 {
-        q.mailbox_push(&u, push(at)).await.unwrap();
-    }
-    assert_eq!(q.mailbox_trim(&u, 3).await.unwrap(), 5);
-    assert_eq!(left().await, vec![push(7), push(8), push(9)]);
-    assert_eq!(q.mailbox_trim(&u, 3).await.unwrap(), 0);
-    let nobody = UserId::from_string("nobody".into());
-    assert_eq!(q.mailbox_trim(&nobody, 0).await.unwrap(), 0);
 }
 
 /// Mailbox entries keep increasing sequence numbers and stay until acked.
@@ -1659,6 +1653,145 @@ fn lreq(op_id: &str, user: &str, op: LedgerOp) -> LedgerRequest {
         op,
         at: 1,
     }
+}
+
+fn incoming(mobile: &PhoneNumber, text: &str, app: Option<&str>) -> IncomingSms {
+    IncomingSms {
+        mobile: mobile.clone(),
+        text: text.into(),
+        appname: app.map(str::to_owned),
+        chanlid: None,
+    }
+}
+
+fn receive_req(batch: Vec<IncomingSms>, now: i64, mailbox_cap: usize) -> ReceiveRequest {
+    ReceiveRequest {
+        scope: DeviceScope::Any,
+        batch,
+        now,
+        mailbox_cap,
+    }
+}
+
+/// `receive` is one atomic decision: a batch with an unknown number stores
+/// nothing; SMS reach their app's queue with the extracted code; SMS to a
+/// live lease reach the lessee's mailbox in order with increasing sequences;
+/// the price is captured from the hold once however many SMS arrive
+/// concurrently; the mailbox keeps its cap by dropping the oldest entries.
+pub async fn pool_receive_is_one_decision(s: &Stores) {
+    let payer = UserId::from_string(format!("{:032x}", 7));
+    s.ledger
+        .apply(lreq("top", payer.as_str(), LedgerOp::Charge { amount: 50 }))
+        .await
+        .unwrap();
+    s.pool.intake(numbers(2), 0).await.unwrap();
+    s.items
+        .put_item(Item {
+            id: "app".into(),
+            name: "App".into(),
+            price: 10,
+            send_price: 1,
+            code_pattern: Some(r"code is (\d{4})".into()),
+        })
+        .await
+        .unwrap();
+    let mut req = lease_req(7, "app", &["r1"], 10, LeaseFilter::default());
+    req.price = 10;
+    req.hold = Some(HoldTerms {
+        expires_at: Some(500),
+    });
+    let leased = s.pool.lease(req).await.unwrap().leases();
+    assert_eq!(leased.len(), 1);
+    let mobile = leased[0].mobile.clone();
+    let stranger = PhoneNumber::parse_cn_mobile("13911119999").unwrap();
+    // One unknown number refuses the batch: nothing queued, nothing pushed.
+    let refused = s
+        .pool
+        .receive(receive_req(
+            vec![
+                incoming(&mobile, "your code is 1234", Some("app")),
+                incoming(&stranger, "x", None),
+            ],
+            20,
+            100,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused,
+        ReceiveOutcome::Refused(ReceiveRefusal::UnknownNumber)
+    );
+    assert!(s.queues.take_sms("app", 10).await.unwrap().is_empty());
+    assert!(s.queues.mailbox(&payer, None, 10).await.unwrap().is_empty());
+    assert!(!s.pool.lease_record("r1").await.unwrap().unwrap().charged);
+    // Accepted: queued with the item's pattern, pushed to the lessee.
+    let ReceiveOutcome::Received(done) = s
+        .pool
+        .receive(receive_req(
+            vec![
+                incoming(&mobile, "your code is 1234", Some("app")),
+                incoming(&mobile, "second", None),
+            ],
+            20,
+            100,
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!("a batch of pool numbers must be received");
+    };
+    let queued = s.queues.take_sms("app", 10).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].code, "1234");
+    assert_eq!(done.pushed.len(), 2);
+    assert!(
+        done.pushed[0].1 < done.pushed[1].1,
+        "sequences increase in batch order"
+    );
+    let held = s.queues.mailbox(&payer, None, 10).await.unwrap();
+    assert_eq!(
+        held.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        done.pushed
+            .iter()
+            .map(|(_, seq, _)| *seq)
+            .collect::<Vec<_>>()
+    );
+    // Captured once: 10 of 50 gone, nothing held; again under concurrency.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let p = s.pool.clone();
+        let req = receive_req(vec![incoming(&mobile, &format!("more {i}"), None)], 21, 100);
+        tasks.push(tokio::spawn(async move { p.receive(req).await.unwrap() }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), ReceiveOutcome::Received(_)));
+    }
+    let b = s.ledger.balance(&payer).await.unwrap();
+    assert_eq!((b.total, b.held), (40, 0));
+    assert!(s.pool.lease_record("r1").await.unwrap().unwrap().charged);
+    let captures = s
+        .ledger
+        .entries(&payer)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.request.op, LedgerOp::Capture { .. }))
+        .count();
+    assert_eq!(captures, 1);
+    // 10 entries held; a cap of 4 keeps the newest 4 after one more.
+    assert_eq!(s.queues.mailbox(&payer, None, 100).await.unwrap().len(), 10);
+    let ReceiveOutcome::Received(done) = s
+        .pool
+        .receive(receive_req(vec![incoming(&mobile, "last", None)], 22, 4))
+        .await
+        .unwrap()
+    else {
+        panic!("received");
+    };
+    assert_eq!(done.dropped, vec![(payer.clone(), 7)]);
+    let left = s.queues.mailbox(&payer, None, 100).await.unwrap();
+    assert_eq!(left.len(), 4);
+    assert_eq!(left.last().map(|(seq, _)| *seq), Some(done.pushed[0].1));
 }
 
 /// A lease with its hold is one step with the ledger: `price × wanted` is

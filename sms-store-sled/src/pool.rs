@@ -6,6 +6,8 @@
 //! transactions as the changes they count: the stored numbers and the
 //! unsettled leases. `leases_open` indexes the unsettled leases by end.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use sled::transaction::{abort, TransactionalTree};
 use sled::Transactional;
@@ -15,11 +17,13 @@ use sms_core::phone::PhoneNumber;
 use sms_core::pool::{
     Intake, IntakeTally, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo, PoolNumber,
 };
+use sms_core::receive::{ReceiveOutcome, ReceiveRequest, ReceiveState, Received};
 use sms_core::store::{ItemStore, PhonePool, StoreResult, DEFAULT_POOL_SIZE};
+use sms_core::user::UserId;
 
 use crate::{
-    decode, decode_opt, encode, ledger, tx, Error, SledStore, Trees, TxResult, CLAIM_RETRIES,
-    ITEMS, LEASES, POOL_META, POOL_NUMBERS,
+    decode, decode_opt, encode, ledger, seq_entries, seq_key, tx, Error, SledStore, Trees,
+    TxResult, CLAIM_RETRIES, ITEMS, LEASES, MAILBOX, POOL_META, POOL_NUMBERS, SMS_QUEUE,
 };
 
 /// `pool_meta` key of the pool size (absent: [`DEFAULT_POOL_SIZE`]).
@@ -322,22 +326,109 @@ impl PhonePool for SledStore {
             .await
     }
 
-    async fn mark_charged(&self, id: &str) -> StoreResult<bool> {
-        let id = id.to_owned();
-        self.write(move |t| {
-            let changed = t.leases.transaction(|leases| {
-                let Some(raw) = leases.get(id.as_bytes())? else {
-                    return Ok(false);
+    async fn receive(&self, req: ReceiveRequest) -> StoreResult<ReceiveOutcome> {
+        self.write_if(move |t| {
+            // Mailbox sizes and their oldest keys, read on the writer thread
+            // (every write runs there, so they cannot change before the
+            // transaction below; sled's transactions cannot iterate).
+            let mut mailboxes: HashMap<UserId, Vec<sled::IVec>> = HashMap::new();
+            for sms in &req.batch {
+                let Some(number) = t.pool_number(phone_key(&sms.mobile))? else {
+                    continue;
                 };
-                let mut lease: Lease = tx(decode(LEASES, &raw))?;
-                if lease.charged {
-                    return Ok(false);
+                if let Some(l) = number.lease {
+                    if let std::collections::hash_map::Entry::Vacant(e) = mailboxes.entry(l.user) {
+                        let keys =
+                            seq_entries(&t.mailbox, e.key().as_str().as_bytes(), usize::MAX)?
+                                .into_iter()
+                                .map(|(key, _)| key)
+                                .collect();
+                        e.insert(keys);
+                    }
                 }
-                lease.charged = true;
-                leases.insert(id.as_bytes(), tx(encode(LEASES, &lease))?)?;
-                Ok(true)
+            }
+            let trees = (
+                &t.pool_numbers,
+                &t.leases,
+                &t.items,
+                &t.sms_queue,
+                &t.mailbox,
+                &t.balances,
+                &t.holds,
+                &t.ledger_entries,
+                &t.ledger_by_user,
+                &t.holds_expiring,
+            );
+            let outcome = trees.transaction(|trees| {
+                let (numbers, leases, items, queue, mailbox, b, h, e, u, x) = trees;
+                let mut states = Vec::with_capacity(req.batch.len());
+                for sms in &req.batch {
+                    let number: Option<PoolNumber> = tx(decode_opt(
+                        POOL_NUMBERS,
+                        numbers.get(phone_key(&sms.mobile))?,
+                    ))?;
+                    let lease: Option<Lease> = match number.as_ref().and_then(|n| n.lease.as_ref())
+                    {
+                        Some(l) => tx(decode_opt(LEASES, leases.get(l.lease_id.as_bytes())?))?,
+                        None => None,
+                    };
+                    let mut found = Vec::new();
+                    for id in ReceiveRequest::item_ids(sms, number.as_ref()) {
+                        if let Some(item) =
+                            tx(decode_opt::<Item>(ITEMS, items.get(id.as_bytes())?))?
+                        {
+                            found.push(item);
+                        }
+                    }
+                    let mailbox_len = lease
+                        .as_ref()
+                        .and_then(|l| mailboxes.get(&l.user))
+                        .map_or(0, Vec::len);
+                    states.push(ReceiveState {
+                        number,
+                        lease,
+                        items: found,
+                        mailbox_len,
+                    });
+                }
+                let fx = match req.decide(&states) {
+                    Ok(fx) => fx,
+                    Err(refused) => return Ok(ReceiveOutcome::Refused(refused)),
+                };
+                let mut done = Received::default();
+                for (app, sms) in &fx.queue {
+                    let seq = queue.generate_id()? + 1;
+                    queue.insert(seq_key(app.as_bytes(), seq), tx(encode(SMS_QUEUE, sms))?)?;
+                }
+                for capture in &fx.captures {
+                    ledger::tx_apply([b, h, e, u, x], capture)?;
+                }
+                for id in &fx.charge_leases {
+                    if let Some(raw) = leases.get(id.as_bytes())? {
+                        let mut lease: Lease = tx(decode(LEASES, &raw))?;
+                        lease.charged = true;
+                        leases.insert(id.as_bytes(), tx(encode(LEASES, &lease))?)?;
+                    }
+                }
+                for (user, n) in &fx.trims {
+                    let oldest = mailboxes.get(user).map(Vec::as_slice).unwrap_or_default();
+                    for key in oldest.iter().take(*n) {
+                        mailbox.remove(key)?;
+                    }
+                    done.dropped.push((user.clone(), *n as u64));
+                }
+                for (user, push) in &fx.pushes {
+                    let seq = mailbox.generate_id()? + 1;
+                    mailbox.insert(
+                        seq_key(user.as_str().as_bytes(), seq),
+                        tx(encode(MAILBOX, push))?,
+                    )?;
+                    done.pushed.push((user.clone(), seq, push.clone()));
+                }
+                Ok(ReceiveOutcome::Received(done))
             })?;
-            Ok(changed)
+            let wrote = matches!(outcome, ReceiveOutcome::Received(_));
+            Ok((outcome, wrote))
         })
         .await
     }

@@ -155,22 +155,6 @@ impl QueueStore for SledStore {
         })
         .await
     }
-
-    async fn mailbox_trim(&self, user: &UserId, keep: usize) -> StoreResult<u64> {
-        let user = user.clone();
-        self.write(move |t| {
-            let owner = user.as_str().as_bytes();
-            let held = seq_entries(&t.mailbox, owner, usize::MAX)?.len();
-            let mut dropped = 0;
-            for (key, _) in seq_entries(&t.mailbox, owner, held.saturating_sub(keep))? {
-                if t.mailbox.remove(key)?.is_some() {
-                    dropped += 1;
-                }
-            }
-            Ok(dropped)
-        })
-        .await
-    }
 }
 
 /// Removes every entry of `tree` that decodes and is `old`; how many.

@@ -15,6 +15,8 @@ use sms_core::ledger::{Balance, LedgerOp, LedgerOutcome, LedgerRequest};
 use sms_core::limits::{LimitCheck, LimitDecision, LimitRule};
 use sms_core::phone::PhoneNumber;
 use sms_core::pool::{DeviceMessage, Item, LeaseFilter, LeaseRequest, NumberInfo, ReceivedSms};
+use sms_core::pool_service::{DeviceScope, IncomingSms};
+use sms_core::receive::{ReceiveOutcome, ReceiveRequest};
 use sms_core::secret::{CodeHasher, Token};
 use sms_core::sending::{
     AuditStatus, RecipientStatus, SendTask, Signature, TaskState, Template, TemplateType,
@@ -490,7 +492,29 @@ async fn pool_queues_and_ledger_survive_reopen() {
             leases.iter().map(|l| &l.mobile).collect::<Vec<_>>(),
             vec![&phones[0], &phones[1]]
         );
-        assert!(s.pool.mark_charged("l1").await.unwrap());
+        // An SMS to l1's number charges it (one receive decision).
+        let got = s
+            .pool
+            .receive(ReceiveRequest {
+                scope: DeviceScope::Any,
+                batch: vec![IncomingSms {
+                    mobile: phones[0].clone(),
+                    text: "123456".into(),
+                    appname: None,
+                    chanlid: None,
+                }],
+                now: 20,
+                mailbox_cap: 1000,
+            })
+            .await
+            .unwrap();
+        let ReceiveOutcome::Received(done) = got else {
+            panic!("{got:?}");
+        };
+        // Its push is acknowledged (the mailbox checks below are of b, c).
+        for (user, seq, _) in done.pushed {
+            s.queues.mailbox_ack(&user, seq).await.unwrap();
+        }
         assert!(s.pool.mark_settled("l2").await.unwrap());
         let handed = s.pool.hand_out("other-app", 1, 10).await.unwrap();
         assert_eq!(handed.len(), 1);
@@ -554,7 +578,6 @@ async fn pool_queues_and_ledger_survive_reopen() {
     assert!(l1.charged && !l1.settled);
     assert_eq!((l1.until, l1.hold_id.as_str()), (110, "hold-10"));
     assert!(s.pool.lease_record("l2").await.unwrap().unwrap().settled);
-    assert!(!s.pool.mark_charged("l1").await.unwrap());
     assert!(!s.pool.mark_settled("l2").await.unwrap());
     // The index of unsettled leases: only l1 is due.
     let due = s.pool.due_leases(110, 10).await.unwrap();
