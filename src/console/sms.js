@@ -28,10 +28,14 @@ function split(text, start, len) {
   };
 }
 
-/** Mobiles from free text: one per line, or separated by commas or spaces. */
+/**
+ * Mobiles from free text: one per line, or separated by commas or
+ * semicolons (spaces and dashes inside a number are the server's to
+ * normalise).
+ */
 export function parseMobiles(text) {
   return String(text)
-    .split(/[\s,，;；]+/)
+    .split(/[\n\r,，;；]+/)
     .map((s) => s.trim())
     .filter((s) => s.length > 0);
 }
