@@ -109,3 +109,67 @@ async fn console_flows_in_headless_chromium() {
     }
     t.stop().await;
 }
+
+/// The route itself, without a browser: the platform serves the embedded
+/// files with their types and policy, `/console` redirects, other methods
+/// are refused, and the dialects around it are untouched.
+#[tokio::test]
+async fn the_platform_serves_the_console() {
+    use http::{Method, StatusCode};
+    let t = TestPlatform::start().await;
+    let (status, body) = t.raw(Method::GET, "/console/", None, Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    let html = String::from_utf8_lossy(&body);
+    assert!(html.contains(r#"<script type="module" src="app.js"></script>"#));
+    for (path, ty) in [
+        ("/console/app.js", "text/javascript"),
+        ("/console/api.js", "text/javascript"),
+        ("/console/i18n.js", "text/javascript"),
+        ("/console/sms.js", "text/javascript"),
+        ("/console/style.css", "text/css"),
+        ("/console/favicon.svg", "image/svg+xml"),
+    ] {
+        let resp = get_with_headers(&t, path).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let ct = resp.headers()["content-type"].to_str().unwrap();
+        assert!(ct.starts_with(ty), "{path}: {ct}");
+        let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.starts_with("default-src 'none'; script-src 'self';"),
+            "{csp}"
+        );
+        assert!(
+            csp.contains(&format!("ws://{}", t.addr)),
+            "the WebSocket of this host: {csp}"
+        );
+    }
+    let bare = get_with_headers(&t, "/console").await;
+    assert_eq!(bare.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(bare.headers()["location"], "/console/");
+    let (status, _) = t
+        .raw(Method::POST, "/console/", None, b"x=1".to_vec())
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _) = t.raw(Method::GET, "/console/nope", None, Vec::new()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The dialects answer as before.
+    let (status, _) = t.raw(Method::GET, "/consoles", None, Vec::new()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let r = t
+        .post_form("/signup", &[("user", "carol"), ("password", "secret1")])
+        .await;
+    assert_eq!(r["code"], 0, "{r}");
+    t.stop().await;
+}
+
+/// A GET with its headers (the harness's `raw` keeps only the body).
+async fn get_with_headers(t: &TestPlatform, path: &str) -> http::Response<hyper::body::Incoming> {
+    use http_body_util::Full;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let req = http::Request::get(t.url(path))
+        .header("host", t.addr.to_string())
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    client.request(req).await.expect("answered")
+}

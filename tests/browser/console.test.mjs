@@ -200,7 +200,12 @@ test('lease a number and watch its code arrive; the balance moves; a ban kicks o
   await page.setViewportSize({ width: 390, height: 844 });
   const width = await page.evaluate(() => document.documentElement.scrollWidth);
   assert.ok(width <= 390, `no horizontal scrolling at phone width (page is ${width}px wide)`);
+  // The phone shot in Chinese: labels switch in place, data stays.
+  await page.locator('#lang').click();
+  assert.equal(await text(page.locator('#tab-numbers')), '接码');
+  await waitText(page.locator('#messages li').last().locator('mark.code'), '482913');
   await shot(page, 'console-phone.png');
+  await page.locator('#lang').click();
 
   await rootForm(root, 'ban', { 'ban-user': user }, 'Done.');
   await waitText(page.locator('#notice'), 'This account has been banned.');
