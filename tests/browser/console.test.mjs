@@ -153,7 +153,9 @@ test('lease a number and watch its code arrive; the balance moves; a ban kicks o
   const root = await open(t);
   await login(root, 'root', ROOT_PASSWORD);
   await rootForm(root, 'item', { 'item-id': item, 'item-name': '<b>E2E</b>', 'item-price': 10, 'item-send-price': 1 }, 'Done.');
-  await device('/phones', { data: [{ mobile: number, cid: 'dev-e2e', imsi: 'i', imei: 'e', iccid: 'c', ip: '10.0.0.1' }] });
+  // The pool from root's console: its size, and a number added as a device would.
+  await rootForm(root, 'size', { 'pool-size': 50 }, 'Done.');
+  await rootForm(root, 'phones', { 'phones-token': DEVICE_TOKEN, 'phones-cid': 'dev-e2e', 'phones-mobiles': number }, `Numbers taken: ${number}.`);
 
   const page = await open(t);
   await signup(page, user, 'secret12');
