@@ -33,16 +33,21 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
-function say(id, text, ok = true) {
+// Lines whose text is a label: said again when the language changes.
+const relabelled = new Map();
+
+/** Shows `msg` (a text, or a function giving a label) in the line `id`. */
+function say(id, msg, ok = true) {
   const p = $(id);
-  p.textContent = text;
+  if (typeof msg === 'function') relabelled.set(id, msg);
+  else relabelled.delete(id);
+  p.textContent = typeof msg === 'function' ? msg() : msg;
   p.classList.toggle('error', !ok);
 }
 
-function notice(text) {
-  const n = $('notice');
-  n.textContent = text;
-  n.hidden = !text;
+function notice(msg) {
+  say('notice', msg);
+  $('notice').hidden = !$('notice').textContent;
 }
 
 function statusLabel(s) {
@@ -68,11 +73,11 @@ function onSubmit(formId, resultId, action) {
 
 async function guarded(button, resultId, action) {
   if (button) button.disabled = true;
-  say(resultId, t('busy'));
+  say(resultId, () => t('busy'));
   try {
     await action();
   } catch (e) {
-    say(resultId, e instanceof ApiError && e.status === 0 ? `${t('network')} (${e.message})` : t('network'), false);
+    say(resultId, () => (e instanceof ApiError && e.status === 0 ? `${t('network')} (${e.message})` : t('network')), false);
   } finally {
     if (button) button.disabled = false;
   }
@@ -88,7 +93,7 @@ class NotLoggedIn extends Error {}
 function needLogin(resultId, action) {
   return async () => {
     if (!state.user) {
-      say(resultId, t('login_first'), false);
+      say(resultId, () => t('login_first'), false);
       return;
     }
     await action();
@@ -142,7 +147,7 @@ async function enter(kind) {
   const password = $('auth-password').value;
   const r = await hubPost(kind === 'signup' ? '/signup' : '/login', { user, password });
   if (r.code !== 0 || typeof r.token !== 'string') {
-    say('auth-result', codeText(kind === 'signup' ? 'signup_codes' : 'login_codes', r.code), false);
+    say('auth-result', () => codeText(kind === 'signup' ? 'signup_codes' : 'login_codes', r.code), false);
     return;
   }
   state.user = user;
@@ -152,7 +157,8 @@ async function enter(kind) {
   say('auth-result', '');
   notice('');
   showAccount();
-  $('conn').textContent = t(kind === 'signup' ? 'signed_up' : 'logged_in', { user });
+  say('conn', () => t(kind === 'signup' ? 'signed_up' : 'logged_in', { user }));
+  $('reconnect').hidden = true;
   await connectHub();
 }
 
@@ -163,7 +169,8 @@ async function connectHub() {
   try {
     await hub.connect();
   } catch {
-    $('conn').textContent = t('disconnected');
+    say('conn', () => t('disconnected'));
+    $('reconnect').hidden = false;
     return;
   }
   await refreshBalance();
@@ -177,7 +184,7 @@ async function refreshBalance() {
     state.balance = r.data.userInfo.balance;
     showAccount();
   } else {
-    notice(codeText('ws_login_codes', r.code));
+    notice(() => codeText('ws_login_codes', r.code));
   }
 }
 
@@ -194,17 +201,15 @@ function leave(message) {
   state.leases.clear();
   renderLeases();
   showAccount();
-  $('conn').textContent = message;
+  say('conn', message);
+  $('reconnect').hidden = true;
   selectTab($('tab-account'));
 }
 
 function onHubClose() {
   if (state.user === null) return;
-  const p = $('conn');
-  p.textContent = `${t('disconnected')} `;
-  const b = el('button', { type: 'button', class: 'secondary' }, t('reconnect'));
-  b.addEventListener('click', () => connectHub());
-  p.append(b);
+  say('conn', () => t('disconnected'));
+  $('reconnect').hidden = false;
 }
 
 function onPush(msg) {
@@ -221,8 +226,8 @@ function onPush(msg) {
       break;
     case 'PushKickout': {
       const key = [1, 2, 3].includes(msg.state) ? `kickout_${msg.state}` : 'kickout_n';
-      notice(t(key));
-      leave(t(key));
+      notice(() => t(key));
+      leave(() => t(key));
       break;
     }
     default:
@@ -276,7 +281,7 @@ function renderMessages() {
 
 async function lease() {
   if (!state.hub || !state.hub.open) {
-    say('lease-result', t('login_first'), false);
+    say('lease-result', () => t('login_first'), false);
     return;
   }
   const item = $('lease-item').value.trim();
@@ -291,28 +296,28 @@ async function lease() {
   state.pendingItem = item;
   const r = await state.hub.request(frame);
   if (r.code !== 0) {
-    say('lease-result', codeText('lease_codes', r.code), false);
+    say('lease-result', () => codeText('lease_codes', r.code), false);
     return;
   }
   // The pushes follow the answer on the same socket; the balance after them.
   await refreshBalance();
-  say('lease-result', t('leased', { n: Math.max(state.leases.size - before, 0) }));
+  say('lease-result', () => t('leased', { n: Math.max(state.leases.size - before, 0) }));
 }
 
 async function sendFromNumber() {
   if (!state.hub || !state.hub.open) {
-    say('sendmsg-result', t('login_first'), false);
+    say('sendmsg-result', () => t('login_first'), false);
     return;
   }
   const number = $('sendmsg-number').value;
   const l = state.leases.get(number);
   const r = await state.hub.request({ protocol: 'CSSendMsg', itemId: l ? l.item : '', mobileNum: number, msg: $('sendmsg-text').value });
   if (r.code !== 0) {
-    say('sendmsg-result', codeText('sendmsg_codes', r.code), false);
+    say('sendmsg-result', () => codeText('sendmsg_codes', r.code), false);
     return;
   }
   $('sendmsg-text').value = '';
-  say('sendmsg-result', t('sent'));
+  say('sendmsg-result', () => t('sent'));
   await refreshBalance();
 }
 
@@ -358,7 +363,7 @@ async function createSignature() {
   }
   $('tpl-sign').value = String(r.body.sign_id);
   $('task-sign').value = String(r.body.sign_id);
-  if (await listSignatures()) say('sig-result', t('created_sig', { id: r.body.sign_id }));
+  if (await listSignatures()) say('sig-result', () => t('created_sig', { id: r.body.sign_id }));
 }
 
 async function createTemplate() {
@@ -375,13 +380,13 @@ async function createTemplate() {
   }
   $('task-sign').value = $('tpl-sign').value.trim();
   $('task-temp').value = String(r.body.temp_id);
-  if (await listTemplates()) say('tpl-result', t('created_tpl', { id: r.body.temp_id }));
+  if (await listTemplates()) say('tpl-result', () => t('created_tpl', { id: r.body.temp_id }));
 }
 
 async function sendTask() {
   const params = parseParams($('task-params').value);
   if (params === null) {
-    say('task-result', t('bad_params'), false);
+    say('task-result', () => t('bad_params'), false);
     return;
   }
   const r = await sendapi('POST', '/v1/message', creds(), {
@@ -394,7 +399,7 @@ async function sendTask() {
     say('task-result', apiRefusal(r), false);
     return;
   }
-  say('task-result', t('task_started', { uuid: r.body.uuid }));
+  say('task-result', () => t('task_started', { uuid: r.body.uuid }));
   $('status-uuid').value = r.body.uuid;
   await showTask();
   await refreshBalance();
@@ -439,7 +444,7 @@ async function adminCall(resultId, method, path, body, done) {
     say(resultId, apiRefusal(r), false);
     return;
   }
-  say(resultId, done ?? t('ok'));
+  say(resultId, done ?? (() => t('ok')));
 }
 
 async function review() {
@@ -458,7 +463,7 @@ async function charge() {
   const amount = Number($('charge-amount').value);
   // One operation id per submission: a retried request is applied once.
   const opId = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
-  await adminCall('charge-result', 'POST', '/v2/charge', { user, charge: amount, op_id: opId }, t('charged', { user, amount }));
+  await adminCall('charge-result', 'POST', '/v2/charge', { user, charge: amount, op_id: opId }, () => t('charged', { user, amount }));
 }
 
 async function putItem() {
@@ -481,7 +486,7 @@ async function ban(banned) {
 async function setSize() {
   const n = $('pool-size').value.trim();
   const r = await pool('PUT', `/setsize?${new URLSearchParams({ newsize: n })}`, { basic: creds() });
-  say('size-result', r.code === 200 ? t('ok') : t('code_n', { code: r.code }), r.code === 200);
+  say('size-result', () => (r.code === 200 ? t('ok') : t('code_n', { code: r.code })), r.code === 200);
 }
 
 async function uploadPhones() {
@@ -489,14 +494,15 @@ async function uploadPhones() {
   const data = parseMobiles($('phones-mobiles').value).map((mobile) => (cid ? { mobile, cid } : { mobile }));
   const token = $('phones-token').value;
   const r = await pool('POST', '/phones', { token: token || undefined, body: { data } });
-  if (r.code === 200) say('phones-result', t('phones_used', { list: (r.phonesUsed || []).join(', ') }));
-  else say('phones-result', t('code_n', { code: r.code }), false);
+  if (r.code === 200) say('phones-result', () => t('phones_used', { list: (r.phonesUsed || []).join(', ') }));
+  else say('phones-result', () => t('code_n', { code: r.code }), false);
 }
 
 // ----- start ---------------------------------------------------------------------
 
 function relabel() {
   setLanguage(language());
+  for (const [id, f] of relabelled) $(id).textContent = f();
   $('lang').textContent = language() === 'zh' ? 'English' : '中文';
   $('lang').lang = language() === 'zh' ? 'en' : 'zh';
   showAccount();
@@ -523,9 +529,10 @@ function start() {
         // Closing below ends the session anyway.
       }
     }
-    leave(t('logged_out'));
+    leave(() => t('logged_out'));
   });
-  $('refresh-balance').addEventListener('click', () => refreshBalance().catch(() => notice(t('network'))));
+  $('reconnect').addEventListener('click', () => connectHub());
+  $('refresh-balance').addEventListener('click', () => refreshBalance().catch(() => notice(() => t('network'))));
   onSubmit('lease-form', 'lease-result', lease);
   onSubmit('sendmsg-form', 'sendmsg-result', sendFromNumber);
   onSubmit('sig-form', 'sig-result', needLogin('sig-result', createSignature));

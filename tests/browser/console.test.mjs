@@ -87,7 +87,8 @@ async function signup(page, user, password) {
 async function login(page, user, password) {
   await page.locator('#auth-user').fill(user);
   await page.locator('#auth-password').fill(password);
-  await page.locator('#login').click();
+  // From the keyboard: Enter in the password field submits the form.
+  await page.locator('#auth-password').press('Enter');
   await waitText(page.locator('#who-user'), user);
 }
 
@@ -143,6 +144,27 @@ test('labels follow the browser language and the switch', async (t) => {
   assert.equal(await page.evaluate(() => document.activeElement.id), 'tab-numbers');
   assert.equal(await page.locator('#panel-numbers').isVisible(), true);
   assert.equal(await page.locator('#panel-account').isVisible(), false);
+});
+
+test('the code is found in the SMS text', async (t) => {
+  const page = await open(t);
+  const cases = [
+    ['【欢聚】您的验证码是 482913，5 分钟内有效。', '482913'],
+    ['尾号 1234 的账户，验证码：567890', '567890'],
+    ['Your code is 7731.', '7731'],
+    ['G-904411 is your verification code', '904411'],
+    ['201708', '201708'],
+    ['no digits here', null],
+    ['order 123 shipped', null],
+  ];
+  const found = await page.evaluate(async (texts) => {
+    const { extractCode } = await import('/console/sms.js');
+    return texts.map((x) => {
+      const r = extractCode(x);
+      return r && r.before + r.code + r.after === x ? r.code : r && 'mangled';
+    });
+  }, cases.map((c) => c[0]));
+  assert.deepEqual(found, cases.map((c) => c[1]));
 });
 
 test('lease a number and watch its code arrive; the balance moves; a ban kicks out', async (t) => {
@@ -205,6 +227,8 @@ test('lease a number and watch its code arrive; the balance moves; a ban kicks o
   // The phone shot in Chinese: labels switch in place, data stays.
   await page.locator('#lang').click();
   assert.equal(await text(page.locator('#tab-numbers')), '接码');
+  // Result lines are labels too: they follow the switch.
+  await waitText(page.locator('#lease-result'), '已获取 1 个号码。');
   await waitText(page.locator('#messages li').last().locator('mark.code'), '482913');
   await shot(page, 'console-phone.png');
   await page.locator('#lang').click();
