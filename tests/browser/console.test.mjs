@@ -274,6 +274,7 @@ test('signature and template under audit, root approves, the user sends and sees
 
   await rootForm(root, 'review', { 'review-kind': 'sign', 'review-id': signId, 'review-status': 'passed' }, 'Done.');
   await rootForm(root, 'review', { 'review-kind': 'temp', 'review-id': tempId, 'review-status': 'passed' }, 'Done.');
+  await shot(root, 'console-admin.png');
 
   await page.locator('#sig-refresh').click();
   await waitText(page.locator('#sig-table tbody tr').first().locator('td').nth(3), 'passed');
