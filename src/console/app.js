@@ -16,6 +16,9 @@ const state = {
   leases: new Map(), // number -> {item, until}
   messages: [], // {number, text, at}
   lastStatus: null, // the task status answer shown
+  editing: { sig: null, tpl: null }, // ids of the rows being edited
+  signatures: [], // the last lists shown
+  templates: [],
 };
 
 // ----- small DOM helpers -----------------------------------------------------
@@ -199,7 +202,19 @@ function leave(message) {
   state.token = null;
   state.balance = null;
   state.leases.clear();
+  // Nothing of this user stays on the page for the next one.
+  state.messages = [];
+  state.signatures = [];
+  state.templates = [];
+  state.lastStatus = null;
+  editMode('sig', null);
+  editMode('tpl', null);
   renderLeases();
+  renderMessages();
+  renderSignatures();
+  renderTemplates();
+  $('task-summary').hidden = true;
+  $('recipient-table').hidden = true;
   showAccount();
   say('conn', message);
   $('reconnect').hidden = true;
@@ -327,17 +342,62 @@ function statusCell(s) {
   return el('td', { class: `audit audit-${String(s).replace(/[^a-z]/g, '')}` }, statusLabel(s));
 }
 
+/** A row's Edit and Delete buttons (they name the row for screen readers). */
+function rowActions(id, onEdit, onDelete) {
+  const edit = el('button', { type: 'button', class: 'secondary small', 'aria-label': `${t('edit')} ${id}` }, t('edit'));
+  const del = el('button', { type: 'button', class: 'secondary small', 'aria-label': `${t('delete')} ${id}` }, t('delete'));
+  edit.addEventListener('click', onEdit);
+  del.addEventListener('click', onDelete);
+  return el('td', { class: 'row-actions' }, edit, del);
+}
+
+/** Puts a form in edit mode for `id` (null: back to creating). */
+function editMode(prefix, id) {
+  state.editing[prefix] = id;
+  const submit = $(`${prefix}-form`).querySelector('[type=submit]');
+  submit.dataset.i18n = id === null ? 'create' : 'save_changes';
+  submit.textContent = t(submit.dataset.i18n);
+  $(`${prefix}-cancel`).hidden = id === null;
+  $(`${prefix}-editing`).hidden = id === null;
+  say(`${prefix}-editing`, id === null ? '' : () => t('editing', { id }));
+}
+
 async function listSignatures() {
   const r = await sendapi('GET', '/v1/signature', creds());
   if (r.status !== 200) {
     say('sig-result', apiRefusal(r), false);
     return false;
   }
+  state.signatures = r.body.items;
+  renderSignatures();
+  return true;
+}
+
+function renderSignatures() {
   const body = $('sig-table').tBodies[0];
   body.replaceChildren(
-    ...r.body.items.map((s) => el('tr', {}, el('td', { class: 'mono' }, s.id), el('td', {}, s.signature), el('td', {}, s.source), statusCell(s.audit_status), el('td', {}, s.reject_reason))),
+    ...state.signatures.map((s) =>
+      el(
+        'tr',
+        {},
+        el('td', { class: 'mono' }, s.id),
+        el('td', {}, s.signature),
+        el('td', {}, s.source),
+        statusCell(s.audit_status),
+        el('td', {}, s.reject_reason),
+        rowActions(
+          s.id,
+          () => {
+            $('sig-text').value = s.signature;
+            $('sig-source').value = s.source;
+            editMode('sig', s.id);
+            $('sig-text').focus();
+          },
+          (ev) => guarded(ev.currentTarget, 'sig-result', () => deleteSignature(s.id)),
+        ),
+      ),
+    ),
   );
-  return true;
 }
 
 async function listTemplates() {
@@ -346,41 +406,101 @@ async function listTemplates() {
     say('tpl-result', apiRefusal(r), false);
     return false;
   }
-  const body = $('tpl-table').tBodies[0];
-  body.replaceChildren(
-    ...r.body.items.map((x) =>
-      el('tr', {}, el('td', { class: 'mono' }, x.id), el('td', { class: 'mono' }, x.sign_id), el('td', {}, x.name), el('td', {}, t(`type_${x.type}`)), el('td', {}, x.template), statusCell(x.audit_status), el('td', {}, x.reject_reason)),
-    ),
-  );
+  state.templates = r.body.items;
+  renderTemplates();
   return true;
 }
 
-async function createSignature() {
-  const r = await sendapi('POST', '/v1/signature', creds(), { signature: $('sig-text').value.trim(), source: $('sig-source').value.trim() });
+function renderTemplates() {
+  const body = $('tpl-table').tBodies[0];
+  body.replaceChildren(
+    ...state.templates.map((x) =>
+      el(
+        'tr',
+        {},
+        el('td', { class: 'mono' }, x.id),
+        el('td', { class: 'mono' }, x.sign_id),
+        el('td', {}, x.name),
+        el('td', {}, t(`type_${x.type}`)),
+        el('td', {}, x.template),
+        statusCell(x.audit_status),
+        el('td', {}, x.reject_reason),
+        rowActions(
+          x.id,
+          () => {
+            $('tpl-sign').value = x.sign_id;
+            $('tpl-name').value = x.name;
+            $('tpl-content').value = x.template;
+            $('tpl-type').value = String(x.type);
+            $('tpl-desc').value = x.description ?? '';
+            editMode('tpl', x.id);
+            $('tpl-name').focus();
+          },
+          (ev) => guarded(ev.currentTarget, 'tpl-result', () => deleteTemplate(x.sign_id, x.id)),
+        ),
+      ),
+    ),
+  );
+}
+
+/** Creates a signature, or saves the one being edited (back to pending). */
+async function saveSignature() {
+  const editing = state.editing.sig;
+  const body = { signature: $('sig-text').value.trim(), source: $('sig-source').value.trim() };
+  if (editing !== null) body.sign_id = editing;
+  const r = await sendapi(editing === null ? 'POST' : 'PUT', '/v1/signature', creds(), body);
   if (r.status !== 200) {
     say('sig-result', apiRefusal(r), false);
     return;
   }
-  $('tpl-sign').value = String(r.body.sign_id);
-  $('task-sign').value = String(r.body.sign_id);
-  if (await listSignatures()) say('sig-result', () => t('created_sig', { id: r.body.sign_id }));
+  const id = r.body.sign_id;
+  editMode('sig', null);
+  $('tpl-sign').value = String(id);
+  $('task-sign').value = String(id);
+  if (await listSignatures()) say('sig-result', () => t(editing === null ? 'created_sig' : 'saved_sig', { id }));
 }
 
-async function createTemplate() {
-  const r = await sendapi('POST', '/v1/template', creds(), {
+async function deleteSignature(id) {
+  const r = await sendapi('DELETE', '/v1/signature', creds(), { sign_id: id });
+  if (r.status !== 200) {
+    say('sig-result', apiRefusal(r), false);
+    return;
+  }
+  if (state.editing.sig === id) editMode('sig', null);
+  if (await listSignatures()) say('sig-result', () => t('deleted', { id }));
+}
+
+/** Creates a template, or saves the one being edited (back to pending). */
+async function saveTemplate() {
+  const editing = state.editing.tpl;
+  const body = {
     sign_id: $('tpl-sign').value.trim(),
     name: $('tpl-name').value.trim(),
     template: $('tpl-content').value,
     type: Number($('tpl-type').value),
     description: $('tpl-desc').value.trim(),
-  });
+  };
+  if (editing !== null) body.temp_id = editing;
+  const r = await sendapi(editing === null ? 'POST' : 'PUT', '/v1/template', creds(), body);
   if (r.status !== 200) {
     say('tpl-result', apiRefusal(r), false);
     return;
   }
+  const id = r.body.temp_id;
+  editMode('tpl', null);
   $('task-sign').value = $('tpl-sign').value.trim();
-  $('task-temp').value = String(r.body.temp_id);
-  if (await listTemplates()) say('tpl-result', () => t('created_tpl', { id: r.body.temp_id }));
+  $('task-temp').value = String(id);
+  if (await listTemplates()) say('tpl-result', () => t(editing === null ? 'created_tpl' : 'saved_tpl', { id }));
+}
+
+async function deleteTemplate(signId, id) {
+  const r = await sendapi('DELETE', '/v1/template', creds(), { sign_id: signId, temp_id: id });
+  if (r.status !== 200) {
+    say('tpl-result', apiRefusal(r), false);
+    return;
+  }
+  if (state.editing.tpl === id) editMode('tpl', null);
+  if (await listTemplates()) say('tpl-result', () => t('deleted', { id }));
 }
 
 async function sendTask() {
@@ -508,6 +628,8 @@ function relabel() {
   showAccount();
   renderLeases();
   renderMessages();
+  renderSignatures();
+  renderTemplates();
   renderTask();
 }
 
@@ -535,11 +657,13 @@ function start() {
   $('refresh-balance').addEventListener('click', () => refreshBalance().catch(() => notice(() => t('network'))));
   onSubmit('lease-form', 'lease-result', lease);
   onSubmit('sendmsg-form', 'sendmsg-result', sendFromNumber);
-  onSubmit('sig-form', 'sig-result', needLogin('sig-result', createSignature));
+  onSubmit('sig-form', 'sig-result', needLogin('sig-result', saveSignature));
+  $('sig-cancel').addEventListener('click', () => editMode('sig', null));
   $('sig-refresh').addEventListener('click', (ev) => guarded(ev.currentTarget, 'sig-result', needLogin('sig-result', async () => {
     if (await listSignatures()) say('sig-result', '');
   })));
-  onSubmit('tpl-form', 'tpl-result', needLogin('tpl-result', createTemplate));
+  onSubmit('tpl-form', 'tpl-result', needLogin('tpl-result', saveTemplate));
+  $('tpl-cancel').addEventListener('click', () => editMode('tpl', null));
   $('tpl-refresh').addEventListener('click', (ev) => guarded(ev.currentTarget, 'tpl-result', needLogin('tpl-result', async () => {
     if (await listTemplates()) say('tpl-result', '');
   })));

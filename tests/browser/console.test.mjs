@@ -272,8 +272,33 @@ test('signature and template under audit, root approves, the user sends and sees
   await page.locator('#task-form [type=submit]').click();
   await waitText(page.locator('#task-result'), 'ER:0031 sign is not passed');
 
+  // A second signature, deleted again from its row.
+  await page.locator('#sig-text').fill('Spare');
+  await page.locator('#sig-source').fill('app');
+  await page.locator('#sig-form [type=submit]').click();
+  await waitText(page.locator('#sig-result'), /^Signature \d+ created/);
+  assert.equal(await page.locator('#sig-table tbody tr').count(), 2);
+  const spare = page.locator('#sig-table tbody tr', { hasText: 'Spare' });
+  const spareId = await text(spare.locator('td').first());
+  await spare.getByRole('button', { name: `Delete ${spareId}` }).click();
+  await waitText(page.locator('#sig-result'), `${spareId} deleted.`);
+  assert.equal(await page.locator('#sig-table tbody tr').count(), 1);
+
+  // Root rejects the template with a reason; the user edits it, which sends it back to review.
   await rootForm(root, 'review', { 'review-kind': 'sign', 'review-id': signId, 'review-status': 'passed' }, 'Done.');
-  await rootForm(root, 'review', { 'review-kind': 'temp', 'review-id': tempId, 'review-status': 'passed' }, 'Done.');
+  await rootForm(root, 'review', { 'review-kind': 'temp', 'review-id': tempId, 'review-status': 'rejected', 'review-reason': 'say what the code is for' }, 'Done.');
+  await page.locator('#tpl-refresh').click();
+  const tplRow = page.locator('#tpl-table tbody tr').first();
+  await waitText(tplRow.locator('td').nth(5), 'rejected');
+  assert.equal(await text(tplRow.locator('td').nth(6)), 'say what the code is for');
+  await tplRow.getByRole('button', { name: `Edit ${tempId}` }).click();
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'tpl-name');
+  assert.equal(await page.locator('#tpl-content').inputValue(), 'Your code is ${code}');
+  await page.locator('#tpl-content').fill('Your login code is ${code}');
+  await page.locator('#tpl-form [type=submit]').click();
+  await waitText(page.locator('#tpl-result'), `Template ${tempId} saved (pending review again).`);
+  await waitText(page.locator('#tpl-table tbody tr').first().locator('td').nth(5), 'pending');
+  await rootForm(root, 'review', { 'review-kind': 'temp', 'review-id': tempId, 'review-status': 'passed', 'review-reason': '' }, 'Done.');
   await shot(root, 'console-admin.png');
 
   await page.locator('#sig-refresh').click();
@@ -296,7 +321,7 @@ test('signature and template under audit, root approves, the user sends and sees
     await page.locator('#status-show').click();
     await page.locator('#status-show:not([disabled])').waitFor();
   }
-  assert.match(await text(page.locator('#task-summary')), /【Example】Your code is 482913/);
+  assert.match(await text(page.locator('#task-summary')), /【Example】Your login code is 482913/);
   // Two recipients, one segment each.
   await page.locator('#refresh-balance').click();
   await waitText(page.locator('#balance'), '48');
