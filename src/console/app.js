@@ -455,6 +455,8 @@ async function saveSignature() {
   }
   const id = r.body.sign_id;
   editMode('sig', null);
+  $('sig-text').value = '';
+  $('sig-source').value = '';
   $('tpl-sign').value = String(id);
   $('task-sign').value = String(id);
   if (await listSignatures()) say('sig-result', () => t(editing === null ? 'created_sig' : 'saved_sig', { id }));
@@ -488,6 +490,7 @@ async function saveTemplate() {
   }
   const id = r.body.temp_id;
   editMode('tpl', null);
+  for (const f of ['tpl-name', 'tpl-content', 'tpl-desc']) $(f).value = '';
   $('task-sign').value = $('tpl-sign').value.trim();
   $('task-temp').value = String(id);
   if (await listTemplates()) say('tpl-result', () => t(editing === null ? 'created_tpl' : 'saved_tpl', { id }));
