@@ -143,6 +143,9 @@ async fn the_platform_serves_the_console() {
             "the WebSocket of this host: {csp}"
         );
     }
+    let (status, body) = t.raw(Method::HEAD, "/console/", None, Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_empty(), "HEAD answers headers only");
     let bare = get_with_headers(&t, "/console").await;
     assert_eq!(bare.status(), StatusCode::PERMANENT_REDIRECT);
     assert_eq!(bare.headers()["location"], "/console/");

@@ -14,6 +14,7 @@ const state = {
   balance: null,
   hub: null,
   leases: new Map(), // number -> {item, until}
+  pendingItem: null, // the item of the last CSMobileNum (its pushes follow)
   messages: [], // {number, text, at}
   lastStatus: null, // the task status answer shown
   editing: { sig: null, tpl: null }, // ids of the rows being edited
