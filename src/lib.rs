@@ -9,6 +9,7 @@
 
 pub mod carriers;
 pub mod config;
+pub mod console;
 pub mod logging;
 pub mod outbox;
 pub mod platform;

@@ -1,5 +1,6 @@
-//! The platform's one service: `GET /ws` goes to the `hub` WebSocket, every
-//! other path to the HTTP dialects (decision G1).
+//! The platform's one service: `GET /ws` goes to the `hub` WebSocket,
+//! `/console/` to the browser console ([`crate::console`]), every other path
+//! to the HTTP dialects (decision G1).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -57,6 +58,11 @@ impl tower_service::Service<Request<Incoming>> for PlatformService {
                 let carriers = carriers.clone();
                 return Box::pin(async move { Ok(carriers.receipts(&name, req).await) });
             }
+        }
+        if crate::console::serves(req.uri().path()) {
+            let resp = crate::console::respond(req.method(), req.uri().path(), req.headers());
+            let http = self.http.clone();
+            return Box::pin(async move { Ok(http.refuse(req, resp).await) });
         }
         if req.uri().path() == "/ws" {
             if req.method() != http::Method::GET {
