@@ -50,6 +50,9 @@ use sms_platform::{Platform, PlatformArgs};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
+#[path = "loadtest/ws_flow.rs"]
+mod ws_flow;
+
 /// Password of every load account (and of root).
 const PASSWORD: &str = "secret1";
 /// Longest a single request (or connect) may take before it counts as an
@@ -83,9 +86,15 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// Only scenarios whose name contains one of these (comma-separated);
-    /// the baseline always runs.
+    /// the baseline always runs. `f-ws` is flow (f), the WebSocket one.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Logged-in WebSocket sessions of flow (f) (whole users of 50).
+    #[arg(long, default_value_t = 10_000)]
+    ws_sessions: usize,
+    /// Internal: run a child server of flow (f) (`platform` or `baseline`).
+    #[arg(long, hide = true)]
+    serve_ws_child: Option<String>,
 }
 
 /// What a scenario sends.
@@ -763,6 +772,9 @@ async fn bulk_send(core: sms_core::Core, addr: SocketAddr) -> String {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(kind) = &args.serve_ws_child {
+        return ws_flow::serve_child(kind, args.ws_sessions);
+    }
     if args.secs == 0 || args.concurrency == 0 || args.concurrency > 10_000 {
         eprintln!("--secs and --concurrency must be positive (concurrency at most 10000)");
         return std::process::ExitCode::FAILURE;
@@ -880,6 +892,13 @@ fn main() -> std::process::ExitCode {
         let _ = tokio::time::timeout(Duration::from_secs(15), platform.shutdown()).await;
         let _ = tokio::time::timeout(Duration::from_secs(15), memory.shutdown()).await;
     });
+    let ws = (args.only.is_empty() || args.only.iter().any(|o| "f-ws".contains(o.as_str()))).then(
+        || {
+            let figures = clients.block_on(ws_flow::run(args.ws_sessions));
+            eprint!("{}", figures.table());
+            figures
+        },
+    );
     clients.shutdown_background();
     servers.shutdown_background();
 
@@ -927,6 +946,7 @@ fn main() -> std::process::ExitCode {
             "baseline_rps": baseline_rps,
             "scenarios": scenarios,
             "bulk_send": bulk,
+            "ws_flow": ws,
         });
         println!(
             "{}",
@@ -937,6 +957,9 @@ fn main() -> std::process::ExitCode {
         println!("{note}");
         if let Some(b) = &bulk {
             println!("{b}");
+        }
+        if let Some(w) = &ws {
+            print!("{}", w.table());
         }
         println!("answers per second of the window, and what each scenario does:");
         for o in &outcomes {
