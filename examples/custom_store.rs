@@ -40,6 +40,14 @@ impl ItemStore for HashMapItems {
         let items = self.items.lock().unwrap_or_else(|p| p.into_inner());
         Ok(items.get(id).cloned())
     }
+
+    async fn items(&self) -> StoreResult<Vec<Item>> {
+        // Contract: every item, by id.
+        let items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<Item> = items.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(all)
+    }
 }
 
 /// Every port from a fresh `MemoryStore`, except items, which are ours.

@@ -17,11 +17,11 @@ use crate::limits::{evaluate, LimitCheck, LimitDecision, LimitState};
 use crate::phone::PhoneNumber;
 use crate::pool::{
     DeviceMessage, Intake, IntakeTally, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo,
-    PoolNumber, ReceivedSms,
+    PoolNumber, PoolStats, ReceivedSms,
 };
 use crate::receive::{ReceiveOutcome, ReceiveRequest, ReceiveState, Received};
 use crate::secret::TokenHash;
-use crate::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
+use crate::sending::{AuditStatus, RecipientStatus, SendTask, Signature, TaskState, Template};
 use crate::session_decision::OpenSession;
 use crate::store::{
     CodeKey, CodeRecord, CodeStore, ConsumeOutcome, DeleteOutcome, Grant, GrantKind, GrantStore,
@@ -405,8 +405,13 @@ impl LimitStore for MemoryStore {
 
 #[async_trait]
 impl PhonePool for MemoryStore {
-    async fn pool_size(&self) -> StoreResult<u32> {
-        Ok(self.lock().pool_size.unwrap_or(DEFAULT_POOL_SIZE))
+    async fn pool_stats(&self) -> StoreResult<PoolStats> {
+        let g = self.lock();
+        Ok(PoolStats {
+            size: g.pool_size.unwrap_or(DEFAULT_POOL_SIZE),
+            numbers: g.numbers.len() as u64,
+            open_leases: g.open_leases as u64,
+        })
     }
 
     async fn set_pool_size(&self, size: u32) -> StoreResult<()> {
@@ -597,6 +602,12 @@ impl ItemStore for MemoryStore {
 
     async fn item(&self, id: &str) -> StoreResult<Option<Item>> {
         Ok(self.lock().items.get(id).cloned())
+    }
+
+    async fn items(&self) -> StoreResult<Vec<Item>> {
+        let mut all: Vec<Item> = self.lock().items.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(all)
     }
 }
 
@@ -887,6 +898,25 @@ impl SendStore for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn pending_reviews(&self, max: usize) -> StoreResult<(Vec<Signature>, Vec<Template>)> {
+        let g = self.lock();
+        let sigs = g
+            .signatures
+            .values()
+            .filter(|s| s.audit == AuditStatus::Pending)
+            .take(max)
+            .cloned()
+            .collect();
+        let temps = g
+            .templates
+            .values()
+            .filter(|t| t.audit == AuditStatus::Pending)
+            .take(max)
+            .cloned()
+            .collect();
+        Ok((sigs, temps))
     }
 
     async fn open_tasks(&self) -> StoreResult<Vec<String>> {

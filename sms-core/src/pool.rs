@@ -417,6 +417,24 @@ pub struct DeviceMessage {
     pub at: i64,
 }
 
+/// The pool at a glance (root's view, metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStats {
+    /// The pool size (`/setsize`).
+    pub size: u32,
+    /// Numbers stored.
+    pub numbers: u64,
+    /// Leases not yet settled (their numbers are not available).
+    pub open_leases: u64,
+}
+
+impl PoolStats {
+    /// Numbers not under an unsettled lease.
+    pub fn available(&self) -> u64 {
+        self.numbers.saturating_sub(self.open_leases)
+    }
+}
+
 /// What a number intake did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Intake {

@@ -13,7 +13,7 @@ use crate::ledger::{Amount, LedgerOp};
 use crate::phone::PhoneNumber;
 use crate::pool::{
     DeviceMessage, HoldTerms, Intake, Item, Lease, LeaseFilter, LeaseOutcome, LeaseRequest,
-    NumberInfo, ReceivedSms, MAX_ITEM_ID_LEN,
+    NumberInfo, PoolStats, ReceivedSms, MAX_ITEM_ID_LEN,
 };
 use crate::random::{random_hex, RandomSource};
 use crate::receive::{ReceiveOutcome, ReceiveRequest};
@@ -145,7 +145,17 @@ impl PoolService {
 
     /// The pool size.
     pub async fn size(&self) -> Result<u32, CoreError> {
-        Ok(self.stores.pool.pool_size().await?)
+        Ok(self.stores.pool.pool_stats().await?.size)
+    }
+
+    /// The pool at a glance: size, numbers stored, unsettled leases (root).
+    pub async fn stats(&self) -> Result<PoolStats, CoreError> {
+        Ok(self.stores.pool.pool_stats().await?)
+    }
+
+    /// Every item, by id (root).
+    pub async fn items(&self) -> Result<Vec<Item>, CoreError> {
+        Ok(self.stores.items.items().await?)
     }
 
     /// Numbers from a device (`POST /phones`).

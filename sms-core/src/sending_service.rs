@@ -333,6 +333,15 @@ impl SendService {
         }
     }
 
+    /// What waits for root's review: pending signatures and templates of
+    /// every owner, lowest id first, at most `max` of each.
+    pub async fn pending_reviews(
+        &self,
+        max: usize,
+    ) -> Result<(Vec<Signature>, Vec<Template>), CoreError> {
+        Ok(self.stores.sending.pending_reviews(max).await?)
+    }
+
     /// Root's review of a pending signature.
     pub async fn review_signature(
         &self,

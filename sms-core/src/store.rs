@@ -22,7 +22,7 @@ use crate::limits::{LimitCheck, LimitDecision};
 use crate::phone::PhoneNumber;
 use crate::pool::{
     DeviceMessage, Intake, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo, PoolNumber,
-    ReceivedSms,
+    PoolStats, ReceivedSms,
 };
 use crate::receive::{ReceiveOutcome, ReceiveRequest};
 use crate::secret::{CodeHash, TokenHash};
@@ -482,8 +482,9 @@ pub const DEFAULT_POOL_SIZE: u32 = 100;
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait PhonePool: Debug + Send + Sync + 'static {
-    /// The pool size ([`DEFAULT_POOL_SIZE`] until set).
-    async fn pool_size(&self) -> StoreResult<u32>;
+    /// The pool size ([`DEFAULT_POOL_SIZE`] until set), the numbers stored
+    /// and the unsettled leases, as of one moment.
+    async fn pool_stats(&self) -> StoreResult<PoolStats>;
     /// Sets the pool size.
     async fn set_pool_size(&self, size: u32) -> StoreResult<()>;
     /// Takes numbers from a device (see the contract).
@@ -533,6 +534,8 @@ pub trait ItemStore: Debug + Send + Sync + 'static {
     async fn put_item(&self, item: Item) -> StoreResult<()>;
     /// The item with this id.
     async fn item(&self, id: &str) -> StoreResult<Option<Item>>;
+    /// Every item, by id.
+    async fn items(&self) -> StoreResult<Vec<Item>>;
 }
 
 /// Queues: received SMS per app, texts for devices per channel, and each
@@ -691,6 +694,9 @@ pub trait SendStore: Debug + Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Uuids of tasks in `Created` or `Queued`, oldest first.
     async fn open_tasks(&self) -> StoreResult<Vec<String>>;
+    /// Signatures and templates waiting for review (`Pending`), of every
+    /// owner, lowest id first, at most `max` of each.
+    async fn pending_reviews(&self, max: usize) -> StoreResult<(Vec<Signature>, Vec<Template>)>;
 }
 
 /// Every store the core needs, as shared trait objects.

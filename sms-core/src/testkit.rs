@@ -78,7 +78,7 @@ pub const CHECKS: &[(&str, &str, &str)] = &[
     ("PhonePool", "pool_charged_and_settled_once", "Concurrent SMS charge a lease once; `mark_settled` succeeds once; due leases are the ended, unsettled ones; settling frees the place in the pool."),
     ("PhonePool", "pool_receive_is_one_decision", "`receive` is one atomic decision: a batch with an unknown number stores nothing; SMS reach their app's queue with the extracted code; SMS to a live lease reach the lessee's mailbox in order with increasing sequences; the price is captured from the hold once however many SMS arrive concurrently; the mailbox keeps its cap by dropping the oldest entries."),
     ("PhonePool", "pool_lease_holds_atomically", "A lease with its hold is one step with the ledger: `price × wanted` is held, what the numbers not found would cost is released, a balance too small leases nothing and records nothing, and concurrent leases never overdraw."),
-    ("ItemStore", "items_put_and_get", "Items are created and replaced by id."),
+    ("ItemStore", "items_put_and_get", "Items are created and replaced by id, and listed by id."),
     ("QueueStore", "queues_fifo_and_take_once", "Queues are FIFO and each entry goes to exactly one taker."),
     ("QueueStore", "mailbox_sequence_and_ack", "Mailbox entries keep increasing sequence numbers and stay until acked."),
     ("QueueStore", "mailbox_pages", "Paging a mailbox after a sequence number never skips nor repeats an entry, and stays within one user's entries."),
@@ -86,7 +86,7 @@ pub const CHECKS: &[(&str, &str, &str)] = &[
     ("LedgerStore", "ledger_idempotent_and_exact", "Operation ids apply once; holds, captures and releases move exactly what they say; the total equals the sum of the entries."),
     ("LedgerStore", "ledger_concurrent_never_overdraw", "100 concurrent debits of 10 against 500: exactly 50 apply; concurrent holds never overdraw; retried ids apply once."),
     ("LedgerStore", "ledger_expired_holds", "Holds with an expiry are listed once expired while they still reserve something, earliest first."),
-    ("SendStore", "sending_signatures_and_templates", "Ids are fresh and increasing; compare-and-set replaces; a signature with templates is not deleted; templates need their signature."),
+    ("SendStore", "sending_signatures_and_templates", "Ids are fresh and increasing; compare-and-set replaces; a signature with templates is not deleted; templates need their signature; pending ones are listed for review across owners."),
     ("SendStore", "sending_tasks_and_statuses", "Tasks start with every recipient pending; statuses move only from pending; state moves by compare-and-set; open tasks are listed in order."),
 ];
 
@@ -1173,10 +1173,19 @@ fn lease_req(user: u32, item: &str, ids: &[&str], now: i64, filter: LeaseFilter)
 /// could be taken.
 pub async fn pool_intake_caps_and_refresh(s: &Stores) {
     let p = &s.pool;
-    assert_eq!(p.pool_size().await.unwrap(), DEFAULT_POOL_SIZE);
+    let empty = p.pool_stats().await.unwrap();
+    assert_eq!(
+        (empty.size, empty.numbers, empty.open_leases),
+        (DEFAULT_POOL_SIZE, 0, 0)
+    );
     p.set_pool_size(3).await.unwrap();
-    assert_eq!(p.pool_size().await.unwrap(), 3);
+    assert_eq!(p.pool_stats().await.unwrap().size, 3);
     let first = p.intake(numbers(5), 10).await.unwrap();
+    let stats = p.pool_stats().await.unwrap();
+    assert_eq!(
+        (stats.numbers, stats.open_leases, stats.available()),
+        (3, 0, 3)
+    );
     let all: Vec<PhoneNumber> = numbers(5).into_iter().map(|i| i.mobile).collect();
     assert_eq!(first.used, all[..3].to_vec());
     assert!(!first.full);
@@ -1442,7 +1451,7 @@ pub async fn pool_charged_and_settled_once(s: &Stores) {
     assert!(r.full);
 }
 
-/// Items are created and replaced by id.
+/// Items are created and replaced by id, and listed by id.
 pub async fn items_put_and_get(s: &Stores) {
     let mut item = Item {
         id: "com.yy.huanju".into(),
@@ -1457,7 +1466,11 @@ pub async fn items_put_and_get(s: &Stores) {
     item.price = 12;
     item.code_pattern = Some(r"(\d{6})".into());
     s.items.put_item(item.clone()).await.unwrap();
-    assert_eq!(s.items.item(&item.id).await.unwrap(), Some(item));
+    assert_eq!(s.items.item(&item.id).await.unwrap(), Some(item.clone()));
+    let mut first = item.clone();
+    first.id = "a.first".into();
+    s.items.put_item(first.clone()).await.unwrap();
+    assert_eq!(s.items.items().await.unwrap(), vec![first, item]);
 }
 
 fn sms(i: usize) -> ReceivedSms {
@@ -2117,6 +2130,11 @@ pub async fn sending_signatures_and_templates(s: &Stores) {
         .unwrap()
         .is_none());
     assert_eq!(st.templates_of(&t.owner).await.unwrap(), vec![t.clone()]);
+    // Waiting for review, across owners: b (a passed) and t, lowest id first.
+    let (sigs, temps) = st.pending_reviews(10).await.unwrap();
+    assert_eq!(sigs.iter().map(|x| x.id).collect::<Vec<_>>(), vec![b.id]);
+    assert_eq!(temps.iter().map(|x| x.id).collect::<Vec<_>>(), vec![t.id]);
+    assert_eq!(st.pending_reviews(0).await.unwrap(), (vec![], vec![]));
     assert_eq!(
         st.delete_signature(a.id).await.unwrap(),
         DeleteOutcome::InUse

@@ -15,7 +15,7 @@ use sled::Transactional;
 use sms_core::ledger::LedgerOutcome;
 use sms_core::phone::PhoneNumber;
 use sms_core::pool::{
-    Intake, IntakeTally, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo, PoolNumber,
+    Intake, IntakeTally, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo, PoolNumber, PoolStats,
 };
 use sms_core::receive::{ReceiveOutcome, ReceiveRequest, ReceiveState, Received};
 use sms_core::store::{ItemStore, PhonePool, StoreResult, DEFAULT_POOL_SIZE};
@@ -192,9 +192,22 @@ fn claim_leases(
 
 #[async_trait]
 impl PhonePool for SledStore {
-    async fn pool_size(&self) -> StoreResult<u32> {
+    async fn pool_stats(&self) -> StoreResult<PoolStats> {
         self.run(|t| {
-            Ok(decode_opt(POOL_META, t.pool_meta.get(META_SIZE)?)?.unwrap_or(DEFAULT_POOL_SIZE))
+            // One consistent read of the three counters.
+            let (size, numbers, open_leases) = t.pool_meta.transaction(|meta| {
+                let size: Option<u32> = tx(decode_opt(POOL_META, meta.get(META_SIZE)?))?;
+                Ok((
+                    size.unwrap_or(DEFAULT_POOL_SIZE),
+                    tx_counter(meta, META_NUMBERS)?,
+                    tx_counter(meta, META_OPEN_LEASES)?,
+                ))
+            })?;
+            Ok(PoolStats {
+                size,
+                numbers,
+                open_leases,
+            })
         })
         .await
     }
@@ -505,6 +518,16 @@ impl ItemStore for SledStore {
         let id = id.to_owned();
         self.run(move |t| decode_opt(ITEMS, t.items.get(id.as_bytes())?))
             .await
+    }
+
+    async fn items(&self) -> StoreResult<Vec<Item>> {
+        self.run(|t| {
+            t.items
+                .iter()
+                .map(|entry| decode(ITEMS, &entry?.1))
+                .collect()
+        })
+        .await
     }
 }
 

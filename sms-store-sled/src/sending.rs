@@ -28,7 +28,7 @@ use sled::transaction::{abort, TransactionalTree};
 use sled::Transactional;
 
 use sms_core::error::UniqueField;
-use sms_core::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
+use sms_core::sending::{AuditStatus, RecipientStatus, SendTask, Signature, TaskState, Template};
 use sms_core::store::{DeleteOutcome, SendStore, StoreResult};
 use sms_core::user::UserId;
 
@@ -470,6 +470,29 @@ impl SendStore for SledStore {
                 Ok(())
             })?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn pending_reviews(&self, max: usize) -> StoreResult<(Vec<Signature>, Vec<Template>)> {
+        // A scan of every signature and template: root's occasional view,
+        // never a request path of users.
+        self.run(move |t| {
+            let mut sigs = Vec::new();
+            for entry in t.signatures.iter() {
+                let s: Signature = decode(SIGNATURES, &entry?.1)?;
+                if s.audit == AuditStatus::Pending && sigs.len() < max {
+                    sigs.push(s);
+                }
+            }
+            let mut temps = Vec::new();
+            for entry in t.templates.iter() {
+                let x: Template = decode(TEMPLATES, &entry?.1)?;
+                if x.audit == AuditStatus::Pending && temps.len() < max {
+                    temps.push(x);
+                }
+            }
+            Ok((sigs, temps))
         })
         .await
     }

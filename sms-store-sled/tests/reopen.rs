@@ -566,7 +566,7 @@ async fn pool_queues_and_ledger_survive_reopen() {
     let s = open(dir.path());
 
     // Numbers, their leases and uses.
-    assert_eq!(s.pool.pool_size().await.unwrap(), 5);
+    assert_eq!(s.pool.pool_stats().await.unwrap().size, 5);
     let n0 = s.pool.number(&phones[0]).await.unwrap().expect("number 0");
     assert_eq!(n0.info.area.as_deref(), Some("北京"));
     assert_eq!(n0.added_at, 1);
