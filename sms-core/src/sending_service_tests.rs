@@ -369,6 +369,7 @@ async fn a_task_stuck_in_created_is_reconciled() {
         state: TaskState::Created,
         created_at: now,
         finished_at: None,
+        params: Vec::new(),
     };
     // Charged before the crash, and not charged.
     f.core

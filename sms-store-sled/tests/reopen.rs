@@ -718,6 +718,7 @@ fn send_task(uuid: &str, recipients: usize) -> SendTask {
         state: TaskState::Created,
         created_at: 5,
         finished_at: None,
+        params: Vec::new(),
     }
 }
 
@@ -727,6 +728,7 @@ async fn signatures_templates_and_tasks_survive_reopen() {
     let sent = |n: usize| RecipientStatus::Sent {
         gateway_id: format!("g{n}"),
         at: 7,
+        carrier: None,
     };
     let failed = RecipientStatus::Failed {
         reason: "no".into(),
