@@ -16,7 +16,7 @@ use sms_carriers::receipts;
 use sms_core::carrier::{Carrier, CarrierGateway, FailoverCarrier, Receipt};
 use sms_core::clock::Clock;
 use sms_core::delivery::{Delivery, DeliveryQueue, QueuePolicy, QueuedSender};
-use sms_core::gateway::{DeliveryError, GatewayMessage, MessageGateway};
+use sms_core::gateway::{DeliveryError, GatewayAccepted, GatewayMessage, MessageGateway};
 use sms_core::random::RandomSource;
 use sms_core::sender::{Channel, CodeSender};
 use sms_http_hyper::HttpBody;
@@ -319,7 +319,16 @@ struct RoutedGateway(Carriers);
 #[async_trait]
 impl MessageGateway for RoutedGateway {
     async fn deliver(&self, message: &GatewayMessage) -> Result<String, DeliveryError> {
+        self.deliver_accepted(message).await.map(|a| a.id)
+    }
+
+    /// Says which carrier of the route accepted the message, so its
+    /// receipts find the recipient.
+    async fn deliver_accepted(
+        &self,
+        message: &GatewayMessage,
+    ) -> Result<GatewayAccepted, DeliveryError> {
         let route = self.0.route(Channel::Sms, &message.to.to_string(), true);
-        CarrierGateway::new(route).deliver(message).await
+        CarrierGateway::new(route).deliver_accepted(message).await
     }
 }
