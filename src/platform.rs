@@ -439,15 +439,19 @@ async fn apply_receipts(core: Core, mut rx: tokio::sync::mpsc::UnboundedReceiver
     let (retry_tx, mut retry_rx) =
         tokio::sync::mpsc::unbounded_channel::<(String, sms_core::carrier::Receipt, u32)>();
     loop {
-        let (carrier, r, tries) = tokio::select! {
+        let (carrier, r, tries, done) = tokio::select! {
             biased;
             next = rx.recv() => match next {
-                Some((c, r)) => (c, r, 0),
+                Some((c, r, done)) => (c, r, 0, done),
                 None => return,
             },
-            Some(again) = retry_rx.recv() => again,
+            Some((c, r, tries)) = retry_rx.recv() => (c, r, tries, None),
         };
         let outcome = core.sending.apply_receipt(&carrier, &r).await;
+        if let Some(done) = done {
+            // Taken: applied, unchanged, or kept for a later try.
+            let _ = done.send(outcome.is_ok());
+        }
         match outcome {
             Ok(ReceiptOutcome::Applied { status, refunded }) => {
                 tracing::info!(%carrier, id = %r.provider_id, status = status.as_str(), code = %r.carrier_code, refunded, "receipt applied");

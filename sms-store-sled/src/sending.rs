@@ -46,9 +46,9 @@ use sms_core::store::{DeleteOutcome, SendStore, StoreResult};
 use sms_core::user::UserId;
 
 use crate::{
-    decode, decode_opt, encode, ledger, seq_entries, seq_key, seq_of, seq_prefix, tx, Error, SledStore,
-    Trees, TxResult, SEND_META, SIGNATURES, TASKS, TASKS_OPEN, TASK_SEQ, TASK_STATUSES, TEMPLATES,
-    TEMPLATE_COUNTS,
+    decode, decode_opt, encode, ledger, seq_entries, seq_key, seq_of, seq_prefix, tx, Error,
+    SledStore, Trees, TxResult, SEND_META, SIGNATURES, TASKS, TASKS_OPEN, TASK_SEQ, TASK_STATUSES,
+    TEMPLATES, TEMPLATE_COUNTS,
 };
 
 /// `send_meta` key of the last signature or template id handed out.
@@ -574,7 +574,8 @@ impl SendStore for SledStore {
                 };
                 let mut refunded = 0;
                 if let Some(request) = refund {
-                    if let LedgerOutcome::Applied(_) = ledger::tx_apply([b, h, e, u, x], &request)? {
+                    if let LedgerOutcome::Applied(_) = ledger::tx_apply([b, h, e, u, x], &request)?
+                    {
                         if let LedgerOp::Refund { amount } = request.op {
                             refunded = amount;
                         }
