@@ -347,9 +347,11 @@ impl Platform {
                 ..AccountPolicy::default()
             })
             .build()?;
-        if let Some(rx) = receipts {
-            tokio::spawn(apply_receipts(core.clone(), rx));
-        }
+        // Stopped with the server: it holds the core (and so the store),
+        // and the carriers it listens to are held by the core's gateway.
+        let (receipts_stop, receipts_stopped) = tokio::sync::watch::channel(false);
+        let receipts_task =
+            receipts.map(|rx| tokio::spawn(apply_receipts(core.clone(), rx, receipts_stopped)));
         match &a.root_password {
             Some(pw) => {
                 core.accounts.ensure_root(pw).await?;
@@ -409,6 +411,10 @@ impl Platform {
             .await;
             let _ = tokio::time::timeout(Duration::from_secs(5), ws.closed()).await;
             workers.stop().await;
+            let _ = receipts_stop.send(true);
+            if let Some(t) = receipts_task {
+                let _ = t.await;
+            }
             // Held until the server has stopped; the kernel drops it if
             // the process dies first.
             drop(dir_lock);
@@ -435,12 +441,17 @@ const RECEIPT_RETRY_FIRST: Duration = Duration::from_secs(1);
 /// A receipt that matches no recipient is tried again a few times (it may
 /// have overtaken its `Sent` status), then logged and dropped (a code's
 /// receipt, or a message of another system: carriers.md C3).
-async fn apply_receipts(core: Core, mut rx: tokio::sync::mpsc::UnboundedReceiver<ReceiptEvent>) {
+async fn apply_receipts(
+    core: Core,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<ReceiptEvent>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let (retry_tx, mut retry_rx) =
         tokio::sync::mpsc::unbounded_channel::<(String, sms_core::carrier::Receipt, u32)>();
     loop {
         let (carrier, r, tries, done) = tokio::select! {
             biased;
+            _ = stop.changed() => return,
             next = rx.recv() => match next {
                 Some((c, r, done)) => (c, r, 0, done),
                 None => return,
