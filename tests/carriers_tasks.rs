@@ -536,3 +536,189 @@ tasks = ["tw"]
     assert_eq!(after.len(), entries.len(), "replays refund nothing");
     assert_eq!(after.last().unwrap().balance_after.total, balance);
 }
+
+/// An Aliyun fake that verifies the RPC signature of every request and
+/// accepts with a `BizId` per number.
+async fn aliyun_fake() -> fake::Fake {
+    fake::start(Arc::new(|s: &fake::Seen| {
+        let mut p = s.form();
+        let Some(i) = p.iter().position(|(k, _)| k == "Signature") else {
+            return (400, json!({"Code": "SignatureDoesNotMatch"}).to_string());
+        };
+        let (_, sig) = p.remove(i);
+        if sms_carriers::sign::aliyun_rpc("POST", &p, "ali-secret") != sig {
+            return (400, json!({"Code": "SignatureDoesNotMatch"}).to_string());
+        }
+        let phone = p
+            .iter()
+            .find(|(k, _)| k == "PhoneNumbers")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        (
+            200,
+            json!({"Code": "OK", "Message": "OK", "BizId": format!("biz-{phone}"), "RequestId": "r"})
+                .to_string(),
+        )
+    }))
+    .await
+}
+
+/// A Tencent fake that verifies the TC3 signature of every request and
+/// accepts with a `SerialNo`.
+async fn tencent_fake() -> fake::Fake {
+    fake::start(Arc::new(|s: &fake::Seen| {
+        let h = |n: &str| s.header(n).unwrap_or("").to_string();
+        let expected = sms_carriers::sign::tencent_tc3(
+            &sms_carriers::sign::Tc3Request {
+                service: "sms",
+                timestamp: h("x-tc-timestamp").parse().unwrap_or(0),
+                headers: &[
+                    ("content-type", &h("content-type")),
+                    ("host", &h("host")),
+                    ("x-tc-action", &h("x-tc-action")),
+                ],
+                payload: &s.body,
+            },
+            "AKIDtest",
+            "tc-secret",
+        );
+        if h("authorization") != expected {
+            return (200, json!({"Response": {"Error": {"Code": "AuthFailure.SignatureFailure", "Message": "bad"}, "RequestId": "r"}}).to_string());
+        }
+        let body: Value = serde_json::from_slice(&s.body).unwrap_or_default();
+        let to = body["PhoneNumberSet"][0].as_str().unwrap_or("").to_string();
+        (200, json!({"Response": {"SendStatusSet": [{"SerialNo": format!("sn-{to}"), "PhoneNumber": to, "Code": "Ok", "Message": "send success"}], "RequestId": "r"}}).to_string())
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn task_messages_go_through_aliyun_and_tencent_templates_and_their_receipts() {
+    let (ali, tc) = (aliyun_fake().await, tencent_fake().await);
+    let (ali_url, tc_url) = (ali.url(), tc.url());
+    // The fresh store's first template is temp_id 1: mapped for both.
+    let t = TestPlatform::start_with(|a| {
+        let body = format!(
+            r#"
+[[carrier]]
+name = "ali"
+kind = "aliyun"
+endpoint = "{ali_url}"
+access_key_id = "LTAIid"
+access_key_secret = "ali-secret"
+sign_name = "阿里云短信测试"
+code_template = "SMS_154950909"
+task_templates = {{ "1" = "SMS_2000001" }}
+callback_token = "ali-cb-token"
+
+[[carrier]]
+name = "tc"
+kind = "tencent"
+endpoint = "{tc_url}"
+secret_id = "AKIDtest"
+secret_key = "tc-secret"
+region = "ap-guangzhou"
+sdk_app_id = "1400006666"
+sign_name = "腾讯云"
+code_template = "1110"
+task_templates = {{ "1" = "2000001" }}
+callback_token = "tc-cb-token"
+
+[routes]
+tasks = ["ali"]
+
+[[routes.prefix]]
+prefix = "86137"
+tasks = ["tc"]
+"#
+        );
+        a.carriers = Some(carriers_file(a.data.parent().unwrap(), &body));
+    })
+    .await;
+    let uuid = post_task(&t, &["13900000000", "13700000000"]).await;
+    let r = done(&t, &uuid).await;
+    assert_eq!(r["temp_id"], 1, "{r}");
+    assert_eq!(r["sent"], 2, "{r}");
+    // Aliyun: the mapped template, the task's own signature, params by
+    // name, the idempotency key as OutId.
+    let seen = ali.seen();
+    assert_eq!(seen.len(), 1, "one signed SendSms");
+    let form = seen[0].form();
+    let get = |k: &str| {
+        form.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(get("Action"), "SendSms");
+    assert_eq!(get("PhoneNumbers"), "13900000000");
+    assert_eq!(get("TemplateCode"), "SMS_2000001");
+    assert_eq!(get("SignName"), "欢聚");
+    assert_eq!(
+        serde_json::from_str::<Value>(&get("TemplateParam")).unwrap(),
+        json!({"no": "42"})
+    );
+    let ali_key = get("OutId");
+    assert_eq!(ali_key, format!("{uuid}:0"));
+    // Tencent: positional params, the key as SessionContext.
+    let seen = tc.seen();
+    assert_eq!(seen.len(), 1, "one signed SendSms");
+    let body: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(body["PhoneNumberSet"], json!(["+8613700000000"]));
+    assert_eq!(body["TemplateId"], "2000001");
+    assert_eq!(body["TemplateParamSet"], json!(["42"]));
+    assert_eq!(body["SignName"], "欢聚");
+    assert_eq!(body["SessionContext"], format!("{uuid}:1"));
+    // Their receipts, matched by the echoed key: Aliyun delivered, Tencent
+    // failed (refunded once, even when pushed twice).
+    let report = json!([{"phone_number": "13900000000", "success": true, "err_code": "DELIVERED", "biz_id": "biz-13900000000", "out_id": ali_key}]).to_string();
+    let (s, _) = t
+        .raw(
+            Method::POST,
+            "/carriers/ali/receipts?token=ali-cb-token",
+            Some("application/json"),
+            report.into_bytes(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let cb = json!([{"mobile": "13700000000", "nationcode": "86", "report_status": "FAIL", "errmsg": "MI:0013", "sid": "sn-+8613700000000", "ext": format!("{uuid}:1")}]).to_string();
+    for _ in 0..2 {
+        let (s, _) = t
+            .raw(
+                Method::POST,
+                "/carriers/tc/receipts?token=tc-cb-token",
+                Some("application/json"),
+                cb.clone().into_bytes(),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let r = reported(&t, &uuid).await;
+    let statuses: Vec<(&str, &str, &str)> = r["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["status"].as_str().unwrap(),
+                x["carrier"].as_str().unwrap(),
+                x["carrier_code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("delivered", "ali", "DELIVERED"),
+            ("failed", "tc", "MI:0013")
+        ]
+    );
+    let entries = alice_entries(&t).await;
+    let refunds: Vec<&str> = entries
+        .iter()
+        .map(|e| e.request.op_id.as_str())
+        .filter(|id| id.starts_with("refund:"))
+        .collect();
+    assert_eq!(refunds, [format!("refund:{uuid}:1")]);
+    assert_eq!(entries.last().unwrap().balance_after.total, 100 - 2 + 1);
+}
