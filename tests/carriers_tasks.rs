@@ -722,3 +722,63 @@ tasks = ["tc"]
     assert_eq!(refunds, [format!("refund:{uuid}:1")]);
     assert_eq!(entries.last().unwrap().balance_after.total, 100 - 2 + 1);
 }
+
+#[tokio::test]
+async fn task_messages_queued_during_an_outage_survive_a_restart() {
+    let up = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (up2, accepted2) = (up.clone(), accepted.clone());
+    let tw = fake::start(Arc::new(move |s: &fake::Seen| {
+        if !up2.load(Ordering::SeqCst) {
+            return (503, json!({"code": 20503, "status": 503}).to_string());
+        }
+        let to = s
+            .form()
+            .into_iter()
+            .find(|(k, _)| k == "To")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        accepted2.lock().unwrap().push(to.clone());
+        (
+            201,
+            json!({"sid": format!("SM{}", to.trim_start_matches('+')), "status": "queued"})
+                .to_string(),
+        )
+    }))
+    .await;
+    let url = tw.url();
+    let mut t = TestPlatform::start_with(|a| {
+        let body = format!(
+            "[[carrier]]\nname = \"tw\"\nkind = \"twilio\"\nendpoint = \"{url}\"\naccount_sid = \"AC1\"\nauth_token = \"tok\"\nfrom = \"+15005550006\"\npublic_url = \"https://sms.example.com\"\nretries = 0\n\n[routes]\ntasks = [\"tw\"]\n"
+        );
+        a.carriers = Some(carriers_file(a.data.parent().unwrap(), &body));
+    })
+    .await;
+    // Accepted means stored: the task and its pending recipients are on
+    // disk before the uuid is answered.
+    let uuid = post_task(&t, &["13900000001", "13900000002"]).await;
+    for _ in 0..600 {
+        if tw.seen().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(tw.seen().len() >= 2, "offered while down");
+    t.restart().await;
+    let r = task(&t, &uuid).await;
+    assert_eq!(
+        (r["status"].as_str(), r["pending"].as_i64()),
+        (Some("queued"), Some(2)),
+        "{r}"
+    );
+    up.store(true, Ordering::SeqCst);
+    let r = done(&t, &uuid).await;
+    assert_eq!(r["sent"], 2, "{r}");
+    let mut got = accepted.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        ["+8613900000001", "+8613900000002"],
+        "each message accepted once, after the restart"
+    );
+}
