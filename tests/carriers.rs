@@ -575,3 +575,111 @@ async fn dialect_codes_reach_every_http_provider_and_can_be_checked() {
         t.stop().await;
     }
 }
+
+/// hub's codes are email: with `routes.email` to an SMTP carrier, the
+/// email binding code and the password-recovery code (`forgot/vcode`)
+/// reach a local SMTP server (aiosmtpd, `sms-carriers/tests/smtpd`) and
+/// the codes it received bind the address and pass `forgot/verify`.
+#[tokio::test]
+async fn hub_email_codes_reach_the_smtp_carrier_and_can_be_checked() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sms-carriers/tests/smtpd");
+    let has_python = std::process::Command::new("python3")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_python {
+        eprintln!("SKIPPED hub_email_codes_reach_the_smtp_carrier_and_can_be_checked: `python3` is not installed");
+        return;
+    }
+    if !dir.join(".venv/bin/python").exists() {
+        let ok = std::process::Command::new("bash")
+            .arg(dir.join("setup.sh"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "sms-carriers/tests/smtpd/setup.sh failed");
+    }
+    let mut child = tokio::process::Command::new(dir.join(".venv/bin/python"))
+        .arg(dir.join("server.py"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start aiosmtpd");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().expect("server output");
+    let port: u16 = first.strip_prefix("LISTENING ").unwrap().parse().unwrap();
+    let t = TestPlatform::start_with(|a| {
+        let path = a.data.parent().unwrap().join("carriers.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[carrier]]\nname = \"mail\"\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"SMS Platform <no-reply@example.com>\"\n\n[routes]\nemail = [\"mail\"]\n"
+            ),
+        )
+        .unwrap();
+        a.carriers = Some(path);
+        a.code_locale = "en-US".into();
+    })
+    .await;
+    async fn next_code(
+        lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    ) -> String {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("a MAIL line");
+        let mail: serde_json::Value =
+            serde_json::from_str(line.strip_prefix("MAIL ").unwrap()).unwrap();
+        assert_eq!(mail["to"], json!(["mia@example.com"]));
+        let data = mail["data"].as_str().unwrap().to_string();
+        let after = data.split(" code is ").nth(1).expect("the code text");
+        after
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+    }
+    assert_eq!(
+        t.post_form("/signup", &[("user", "mia"), ("password", "secret1")])
+            .await["code"],
+        0
+    );
+    let core = t.core();
+    let u = core
+        .accounts
+        .user_by_username("mia")
+        .await
+        .unwrap()
+        .unwrap();
+    core.accounts
+        .bind_email_send(&u, "mia@example.com", None)
+        .await
+        .unwrap();
+    let code = next_code(&mut lines).await;
+    core.accounts
+        .bind_email_check(&u, "mia@example.com", &code)
+        .await
+        .unwrap();
+    let r = t
+        .post_form(
+            "/forgot/vcode",
+            &[("user", "mia"), ("email", "mia@example.com")],
+        )
+        .await;
+    assert_eq!(r["code"], 0, "{r}");
+    let code = next_code(&mut lines).await;
+    let r = t
+        .post_form(
+            "/forgot/verify",
+            &[
+                ("user", "mia"),
+                ("email", "mia@example.com"),
+                ("verify", &code),
+            ],
+        )
+        .await;
+    assert_eq!(r["code"], 0, "{r}");
+    assert!(t.outbox_lines().is_empty(), "nothing to the outbox");
+    let _ = child.kill().await;
+}
