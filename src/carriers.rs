@@ -16,7 +16,7 @@ use sms_carriers::receipts;
 use sms_core::carrier::{Carrier, CarrierGateway, FailoverCarrier, Receipt};
 use sms_core::clock::Clock;
 use sms_core::delivery::{Delivery, DeliveryQueue, QueuePolicy, QueuedSender};
-use sms_core::gateway::{DeliveryError, GatewayMessage, MessageGateway};
+use sms_core::gateway::{DeliveryError, GatewayAccepted, GatewayMessage, MessageGateway};
 use sms_core::random::RandomSource;
 use sms_core::sender::{Channel, CodeSender};
 use sms_http_hyper::HttpBody;
@@ -24,8 +24,11 @@ use tokio::sync::mpsc;
 
 use crate::outbox::{OutboxCarrier, OutboxSender};
 
-/// A receipt as the platform gets it: the carrier's name and the receipt.
-pub type ReceiptEvent = (String, Receipt);
+/// A receipt as the platform gets it: the carrier's name, the receipt and,
+/// for one that came over HTTP, where to say it was applied (the callback
+/// is answered after that, so a provider whose receipt could not be stored
+/// is not told it was taken).
+pub type ReceiptEvent = (String, Receipt, Option<tokio::sync::oneshot::Sender<bool>>);
 
 /// The carriers of a `--carriers` file, ready to route.
 #[derive(Debug, Clone)]
@@ -112,7 +115,7 @@ impl Carriers {
         let forward = tx.clone();
         tokio::spawn(async move {
             while let Some(r) = smpp_rx.recv().await {
-                if forward.send((r.carrier, r.receipt)).is_err() {
+                if forward.send((r.carrier, r.receipt, None)).is_err() {
                     return;
                 }
             }
@@ -261,7 +264,20 @@ impl Carriers {
             Ok(list) => {
                 for r in list {
                     tracing::info!(carrier = name, id = %r.provider_id, status = r.status.as_str(), code = %r.carrier_code, "receipt");
-                    let _ = self.receipts.send((name.to_string(), r));
+                    let (done, applied) = tokio::sync::oneshot::channel();
+                    if self
+                        .receipts
+                        .send((name.to_string(), r, Some(done)))
+                        .is_err()
+                    {
+                        return plain(StatusCode::SERVICE_UNAVAILABLE, "");
+                    }
+                    // Answered once applied (or given up on): a store
+                    // failure is a 500, which the provider retries.
+                    match tokio::time::timeout(std::time::Duration::from_secs(10), applied).await {
+                        Ok(Ok(true)) => {}
+                        _ => return plain(StatusCode::INTERNAL_SERVER_ERROR, ""),
+                    }
                 }
                 let mut resp = plain(StatusCode::OK, answer);
                 if !answer.is_empty() {
@@ -319,7 +335,16 @@ struct RoutedGateway(Carriers);
 #[async_trait]
 impl MessageGateway for RoutedGateway {
     async fn deliver(&self, message: &GatewayMessage) -> Result<String, DeliveryError> {
+        self.deliver_accepted(message).await.map(|a| a.id)
+    }
+
+    /// Says which carrier of the route accepted the message, so its
+    /// receipts find the recipient.
+    async fn deliver_accepted(
+        &self,
+        message: &GatewayMessage,
+    ) -> Result<GatewayAccepted, DeliveryError> {
         let route = self.0.route(Channel::Sms, &message.to.to_string(), true);
-        CarrierGateway::new(route).deliver(message).await
+        CarrierGateway::new(route).deliver_accepted(message).await
     }
 }

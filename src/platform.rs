@@ -14,6 +14,7 @@ use sms_core::password::Argon2Hasher;
 use sms_core::pool_service::PoolPolicy;
 use sms_core::random::{OsRandom, RandomSource};
 use sms_core::sender::CodeSender;
+use sms_core::sending::ReceiptOutcome;
 use sms_core::store::Stores;
 use sms_core::Core;
 use sms_http_hyper::{
@@ -289,12 +290,13 @@ impl Platform {
             }
             None => OutboxSender::stdout(),
         });
+        let mut receipts = None;
         let carriers = match &a.carriers {
             Some(path) => {
                 let queue = Arc::new(sms_store_sled::delivery::SledDeliveryQueue::open(
                     a.data.join("delivery"),
                 )?);
-                let (c, receipts) = Carriers::load(
+                let (c, rx) = Carriers::load(
                     path,
                     Arc::new(SystemClock),
                     rng.clone(),
@@ -303,7 +305,7 @@ impl Platform {
                 )
                 .await
                 .map_err(|e| PlatformError::Config(e.to_string()))?;
-                tokio::spawn(log_receipts(receipts));
+                receipts = Some(rx);
                 Some(c)
             }
             None => None,
@@ -345,6 +347,11 @@ impl Platform {
                 ..AccountPolicy::default()
             })
             .build()?;
+        // Stopped with the server: it holds the core (and so the store),
+        // and the carriers it listens to are held by the core's gateway.
+        let (receipts_stop, receipts_stopped) = tokio::sync::watch::channel(false);
+        let receipts_task =
+            receipts.map(|rx| tokio::spawn(apply_receipts(core.clone(), rx, receipts_stopped)));
         match &a.root_password {
             Some(pw) => {
                 core.accounts.ensure_root(pw).await?;
@@ -404,6 +411,10 @@ impl Platform {
             .await;
             let _ = tokio::time::timeout(Duration::from_secs(5), ws.closed()).await;
             workers.stop().await;
+            let _ = receipts_stop.send(true);
+            if let Some(t) = receipts_task {
+                let _ = t.await;
+            }
             // Held until the server has stopped; the kernel drops it if
             // the process dies first.
             drop(dir_lock);
@@ -418,10 +429,64 @@ impl Platform {
     }
 }
 
-/// Receipts are logged; applying them to send-task recipients (statuses,
-/// refunds) is the delivery queue's work, not done yet.
-async fn log_receipts(mut rx: tokio::sync::mpsc::UnboundedReceiver<ReceiptEvent>) {
-    while let Some((carrier, r)) = rx.recv().await {
-        tracing::info!(%carrier, id = %r.provider_id, key = ?r.idempotency_key, status = r.status.as_str(), code = %r.carrier_code, "delivery receipt");
+/// How often a receipt that matched no recipient is tried again, and the
+/// first delay (doubling): a receipt can overtake the write of its
+/// recipient's `Sent` status (an SMSC answering `deliver_sm` at once).
+const RECEIPT_RETRIES: u32 = 5;
+const RECEIPT_RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// Applies every receipt (HTTP callbacks and SMPP `deliver_sm`) to the
+/// sendapi recipient it belongs to: its status and, for a final failure,
+/// its refund, in one store call ([`sms_core::sending_service::SendService::apply_receipt`]).
+/// A receipt that matches no recipient is tried again a few times (it may
+/// have overtaken its `Sent` status), then logged and dropped (a code's
+/// receipt, or a message of another system: carriers.md C3).
+async fn apply_receipts(
+    core: Core,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<ReceiptEvent>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let (retry_tx, mut retry_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(String, sms_core::carrier::Receipt, u32)>();
+    loop {
+        let (carrier, r, tries, done) = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            next = rx.recv() => match next {
+                Some((c, r, done)) => (c, r, 0, done),
+                None => return,
+            },
+            Some((c, r, tries)) = retry_rx.recv() => (c, r, tries, None),
+        };
+        let outcome = core.sending.apply_receipt(&carrier, &r).await;
+        if let Some(done) = done {
+            // Taken: applied, unchanged, or kept for a later try.
+            let _ = done.send(outcome.is_ok());
+        }
+        match outcome {
+            Ok(ReceiptOutcome::Applied { status, refunded }) => {
+                tracing::info!(%carrier, id = %r.provider_id, status = status.as_str(), code = %r.carrier_code, refunded, "receipt applied");
+            }
+            Ok(ReceiptOutcome::Unchanged(status)) => {
+                tracing::debug!(%carrier, id = %r.provider_id, status = status.as_str(), report = r.status.as_str(), "receipt changes nothing");
+            }
+            Ok(ReceiptOutcome::Unknown) | Err(_) if tries < RECEIPT_RETRIES => {
+                if let Err(e) = &outcome {
+                    tracing::warn!(%carrier, id = %r.provider_id, error = %e, "receipt not applied; trying again");
+                }
+                let tx = retry_tx.clone();
+                let delay = RECEIPT_RETRY_FIRST.saturating_mul(1 << tries);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send((carrier, r, tries + 1));
+                });
+            }
+            Ok(ReceiptOutcome::Unknown) => {
+                tracing::info!(%carrier, id = %r.provider_id, key = ?r.idempotency_key, status = r.status.as_str(), code = %r.carrier_code, "receipt for no known task message");
+            }
+            Err(e) => {
+                tracing::error!(%carrier, id = %r.provider_id, error = %e, "receipt dropped");
+            }
+        }
     }
 }

@@ -560,6 +560,7 @@ fn finish_part(
             Ok(Accepted {
                 provider_id: ids.first().cloned().unwrap_or_default(),
                 part_ids: if ids.len() > 1 { ids } else { Vec::new() },
+                carrier: None,
             })
         }
     };

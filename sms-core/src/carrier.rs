@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::gateway::{DeliveryError, GatewayMessage, MessageGateway};
+use crate::gateway::{DeliveryError, GatewayAccepted, GatewayMessage, MessageGateway};
 use crate::sender::{Channel, CodeSender, OutboundMessage, SendError};
 use crate::store::Purpose;
 
@@ -130,6 +130,10 @@ pub struct Accepted {
     /// Ids of every part when the carrier split the message (SMPP);
     /// empty otherwise.
     pub part_ids: Vec<String>,
+    /// The name of the carrier that accepted it, when a route of several
+    /// ([`FailoverCarrier`]) says; `None` from a single carrier, whose
+    /// name the caller knows.
+    pub carrier: Option<String>,
 }
 
 impl Accepted {
@@ -138,6 +142,7 @@ impl Accepted {
         Self {
             provider_id: id.into(),
             part_ids: Vec::new(),
+            carrier: None,
         }
     }
 }
@@ -358,7 +363,8 @@ impl CarrierGateway {
         Self { carrier }
     }
 
-    /// The carrier message of a task message.
+    /// The carrier message of a task message: the text, and the template
+    /// id, parameters and signature template carriers send instead.
     pub fn message(m: &GatewayMessage) -> CarrierMessage {
         CarrierMessage {
             idempotency_key: m.idempotency_key.clone(),
@@ -366,9 +372,9 @@ impl CarrierGateway {
             to: m.to.to_string(),
             text: m.text.clone(),
             kind: MessageKind::Task {
-                template_id: None,
-                params: Vec::new(),
-                signature: None,
+                template_id: m.template_id,
+                params: m.params.clone(),
+                signature: m.signature.clone(),
             },
         }
     }
@@ -377,8 +383,18 @@ impl CarrierGateway {
 #[async_trait]
 impl MessageGateway for CarrierGateway {
     async fn deliver(&self, message: &GatewayMessage) -> Result<String, DeliveryError> {
+        self.deliver_accepted(message).await.map(|a| a.id)
+    }
+
+    async fn deliver_accepted(
+        &self,
+        message: &GatewayMessage,
+    ) -> Result<GatewayAccepted, DeliveryError> {
         match self.carrier.send(&Self::message(message)).await {
-            Ok(a) => Ok(a.provider_id),
+            Ok(a) => Ok(GatewayAccepted {
+                carrier: Some(a.carrier.unwrap_or_else(|| self.carrier.name().to_owned())),
+                id: a.provider_id,
+            }),
             Err(e @ CarrierError::Transient { .. }) => {
                 Err(DeliveryError::Unavailable(e.to_string()))
             }
@@ -418,7 +434,10 @@ impl Carrier for FailoverCarrier {
         let mut last = CarrierError::Unsupported(format!("route {} has no carrier", self.name));
         for c in &self.carriers {
             match c.send(message).await {
-                Ok(a) => return Ok(a),
+                Ok(mut a) => {
+                    a.carrier.get_or_insert_with(|| c.name().to_owned());
+                    return Ok(a);
+                }
                 Err(e) => {
                     tracing::info!(carrier = c.name(), key = %message.idempotency_key, error = %e, "carrier refused; trying the next");
                     if e.is_transient() && transient.is_none() {
@@ -567,11 +586,7 @@ mod tests {
         let c = Arc::new(RecordingCarrier::new("r"));
         let gw = CarrierGateway::new(c.clone());
         let to = crate::phone::PhoneNumber::parse_cn_mobile("13800000000").unwrap();
-        let m = GatewayMessage {
-            idempotency_key: "t:0".into(),
-            to,
-            text: "x".into(),
-        };
+        let m = GatewayMessage::text("t:0", to, "x");
         assert_eq!(gw.deliver(&m).await.unwrap(), "r-1");
         c.fail_next(CarrierError::transient("503", "down"));
         assert!(matches!(

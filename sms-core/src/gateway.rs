@@ -22,6 +22,41 @@ pub struct GatewayMessage {
     pub to: PhoneNumber,
     /// The full text (`【signature】content`).
     pub text: String,
+    /// The sendapi template id (`temp_id`): template carriers (Aliyun,
+    /// Tencent) map it to a provider template (carriers.md C1).
+    pub template_id: Option<i64>,
+    /// The template parameters by name, in the order the template uses
+    /// them.
+    pub params: Vec<(String, String)>,
+    /// The task's signature text, without 【】.
+    pub signature: Option<String>,
+}
+
+impl GatewayMessage {
+    /// A message of free text only (no template to map).
+    pub fn text(
+        idempotency_key: impl Into<String>,
+        to: PhoneNumber,
+        text: impl Into<String>,
+    ) -> Self {
+        Self {
+            idempotency_key: idempotency_key.into(),
+            to,
+            text: text.into(),
+            template_id: None,
+            params: Vec::new(),
+            signature: None,
+        }
+    }
+}
+
+/// A message a gateway accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayAccepted {
+    /// The carrier's id of the message (receipts are matched by it).
+    pub id: String,
+    /// The name of the carrier that accepted it, when the gateway knows.
+    pub carrier: Option<String>,
 }
 
 /// Why a message was not accepted.
@@ -47,6 +82,18 @@ pub enum DeliveryError {
 pub trait MessageGateway: Debug + Send + Sync + 'static {
     /// Offers one message.
     async fn deliver(&self, message: &GatewayMessage) -> Result<String, DeliveryError>;
+
+    /// Offers one message and says which carrier accepted it (receipts are
+    /// matched by carrier and id). The default is [`deliver`](Self::deliver)
+    /// without a carrier name.
+    async fn deliver_accepted(
+        &self,
+        message: &GatewayMessage,
+    ) -> Result<GatewayAccepted, DeliveryError> {
+        self.deliver(message)
+            .await
+            .map(|id| GatewayAccepted { id, carrier: None })
+    }
 }
 
 /// Accepts everything, keeps one copy per idempotency key, and counts

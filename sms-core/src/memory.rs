@@ -21,7 +21,10 @@ use crate::pool::{
 };
 use crate::receive::{ReceiveOutcome, ReceiveRequest, ReceiveState, Received};
 use crate::secret::TokenHash;
-use crate::sending::{AuditStatus, RecipientStatus, SendTask, Signature, TaskState, Template};
+use crate::sending::{
+    receipt_transition, AuditStatus, ReceiptOutcome, ReceiptUpdate, RecipientStatus, SendTask,
+    Signature, TaskState, Template,
+};
 use crate::session_decision::OpenSession;
 use crate::store::{
     CodeKey, CodeRecord, CodeStore, ConsumeOutcome, DeleteOutcome, Grant, GrantKind, GrantStore,
@@ -64,6 +67,8 @@ struct Inner {
     tasks: HashMap<String, SendTask>,
     task_order: Vec<String>,
     statuses: HashMap<String, Vec<RecipientStatus>>,
+    /// (carrier or "", gateway id) → (task uuid, recipient index).
+    gateway_ids: HashMap<(String, String), (String, usize)>,
 }
 
 /// Every store port in memory.
@@ -888,10 +893,22 @@ impl SendStore for MemoryStore {
         updates: Vec<(usize, RecipientStatus)>,
     ) -> StoreResult<()> {
         let mut g = self.lock();
+        let g = &mut *g;
         if let Some(v) = g.statuses.get_mut(uuid) {
             for (i, st) in updates {
                 if let Some(slot) = v.get_mut(i) {
                     if *slot == RecipientStatus::Pending {
+                        if let RecipientStatus::Sent {
+                            gateway_id,
+                            carrier,
+                            ..
+                        } = &st
+                        {
+                            g.gateway_ids.insert(
+                                (carrier.clone().unwrap_or_default(), gateway_id.clone()),
+                                (uuid.to_owned(), i),
+                            );
+                        }
                         *slot = st;
                     }
                 }
@@ -917,6 +934,54 @@ impl SendStore for MemoryStore {
             .cloned()
             .collect();
         Ok((sigs, temps))
+    }
+
+    async fn recipient_by_gateway_id(
+        &self,
+        carrier: &str,
+        gateway_id: &str,
+    ) -> StoreResult<Option<(String, usize)>> {
+        Ok(self
+            .lock()
+            .gateway_ids
+            .get(&(carrier.to_owned(), gateway_id.to_owned()))
+            .cloned())
+    }
+
+    async fn apply_receipt(
+        &self,
+        uuid: &str,
+        index: usize,
+        update: ReceiptUpdate,
+    ) -> StoreResult<ReceiptOutcome> {
+        let mut g = self.lock();
+        let Some(task) = g.tasks.get(uuid).cloned() else {
+            return Ok(ReceiptOutcome::Unknown);
+        };
+        let Some(current) = g.statuses.get(uuid).and_then(|v| v.get(index)).cloned() else {
+            return Ok(ReceiptOutcome::Unknown);
+        };
+        let Some((next, refund)) = receipt_transition(&task, index, &current, &update) else {
+            return Ok(ReceiptOutcome::Unchanged(current));
+        };
+        let mut refunded = 0;
+        if let Some(request) = refund {
+            let amount = match &request.op {
+                crate::ledger::LedgerOp::Refund { amount } => *amount,
+                _ => 0,
+            };
+            // Under the one lock: the status and the refund move together.
+            if let LedgerOutcome::Applied(_) = g.apply_ledger(request) {
+                refunded = amount;
+            }
+        }
+        if let Some(slot) = g.statuses.get_mut(uuid).and_then(|v| v.get_mut(index)) {
+            *slot = next.clone();
+        }
+        Ok(ReceiptOutcome::Applied {
+            status: next,
+            refunded,
+        })
     }
 
     async fn open_tasks(&self) -> StoreResult<Vec<String>> {

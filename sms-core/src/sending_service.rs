@@ -11,15 +11,16 @@ use futures_util::stream::{self, StreamExt};
 use tokio::sync::Notify;
 
 use crate::billing::Billing;
+use crate::carrier::Receipt;
 use crate::clock::Clock;
 use crate::error::CoreError;
-use crate::gateway::{DeliveryError, GatewayMessage, MessageGateway};
+use crate::gateway::{DeliveryError, GatewayAccepted, GatewayMessage, MessageGateway};
 use crate::ledger::{Amount, LedgerOp};
 use crate::phone::PhoneNumber;
 use crate::random::RandomSource;
 use crate::sending::{
-    render_send, segments, AuditStatus, RecipientStatus, SendTask, Signature, TaskState, Template,
-    TemplateType,
+    render_send, segments, template_params, AuditStatus, ReceiptOutcome, ReceiptUpdate,
+    RecipientStatus, SendTask, Signature, TaskState, Template, TemplateType,
 };
 use crate::store::{DeleteOutcome, Stores};
 use crate::user::UserId;
@@ -572,6 +573,7 @@ impl SendService {
             state: TaskState::Created,
             created_at: now,
             finished_at: None,
+            params: template_params(&template.content, params),
         };
         self.stores.sending.create_task(task.clone()).await?;
         let cost = task.cost();
@@ -665,16 +667,19 @@ impl SendService {
             .collect();
         let mut deferred = 0;
         for chunk in pending.chunks(self.policy.status_batch.max(1)) {
-            let outcomes: Vec<(usize, Result<String, DeliveryError>)> =
+            let outcomes: Vec<(usize, Result<GatewayAccepted, DeliveryError>)> =
                 stream::iter(chunk.iter().copied())
                     .map(|i| {
                         let msg = GatewayMessage {
                             idempotency_key: task.idempotency_key(i),
                             to: task.recipients[i].clone(),
                             text: task.text.clone(),
+                            template_id: Some(task.temp_id),
+                            params: task.params.clone(),
+                            signature: task.signature_text().map(str::to_owned),
                         };
                         let gw = self.gateway.clone();
-                        async move { (i, gw.deliver(&msg).await) }
+                        async move { (i, gw.deliver_accepted(&msg).await) }
                     })
                     .buffer_unordered(self.policy.concurrency.max(1))
                     .collect()
@@ -683,9 +688,16 @@ impl SendService {
             let mut updates = Vec::with_capacity(outcomes.len());
             for (i, r) in outcomes {
                 match r {
-                    Ok(gateway_id) => {
+                    Ok(a) => {
                         report.sent += 1;
-                        updates.push((i, RecipientStatus::Sent { gateway_id, at }));
+                        updates.push((
+                            i,
+                            RecipientStatus::Sent {
+                                gateway_id: a.id,
+                                at,
+                                carrier: a.carrier,
+                            },
+                        ));
                     }
                     Err(DeliveryError::Rejected(reason)) => {
                         report.failed += 1;
@@ -707,6 +719,55 @@ impl SendService {
         Ok(())
     }
 
+    /// Applies a delivery receipt of carrier `carrier` (carriers.md C3):
+    /// finds the recipient by the receipt's idempotency key (Aliyun
+    /// `OutId`, Tencent `SessionContext`) or else by the carrier's message
+    /// id, and has the store apply
+    /// [`receipt_transition`](crate::sending::receipt_transition) with its refund
+    /// in one step. A receipt for no known recipient (a code's, or one that
+    /// came before its `Sent` status was written) is
+    /// [`ReceiptOutcome::Unknown`].
+    pub async fn apply_receipt(
+        &self,
+        carrier: &str,
+        receipt: &Receipt,
+    ) -> Result<ReceiptOutcome, CoreError> {
+        let by_key = receipt
+            .idempotency_key
+            .as_deref()
+            .and_then(SendTask::parse_idempotency_key)
+            .map(|(uuid, i)| (uuid.to_owned(), i));
+        let found = match by_key {
+            Some(found) => Some(found),
+            None => {
+                self.stores
+                    .sending
+                    .recipient_by_gateway_id(carrier, &receipt.provider_id)
+                    .await?
+            }
+        };
+        let Some((uuid, index)) = found else {
+            return Ok(ReceiptOutcome::Unknown);
+        };
+        let update = ReceiptUpdate {
+            delivery: receipt.status,
+            carrier: carrier.to_owned(),
+            gateway_id: receipt.provider_id.clone(),
+            carrier_code: receipt.carrier_code.clone(),
+            at: self.clock.unix(),
+        };
+        Ok(self
+            .stores
+            .sending
+            .apply_receipt(&uuid, index, update)
+            .await?)
+    }
+
+    /// Ends a task whose recipients all left `Pending`, refunding in one
+    /// ledger operation ([`SendTask::refund_op`]) the recipients refused
+    /// at once (`Failed`); a failure a receipt reported was refunded when
+    /// it was applied, under its own operation, so no recipient is
+    /// refunded twice.
     async fn finish(&self, task: &SendTask) -> Result<(), CoreError> {
         let statuses = self.stores.sending.recipient_statuses(&task.uuid).await?;
         if statuses.contains(&RecipientStatus::Pending) {

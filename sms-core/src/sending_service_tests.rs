@@ -369,6 +369,7 @@ async fn a_task_stuck_in_created_is_reconciled() {
         state: TaskState::Created,
         created_at: now,
         finished_at: None,
+        params: Vec::new(),
     };
     // Charged before the crash, and not charged.
     f.core
@@ -525,4 +526,146 @@ async fn a_number_listed_many_times_is_sent_and_billed_once() {
     assert_eq!(task.recipients.len(), 2);
     assert_eq!(statuses.len(), 2);
     assert_eq!(f.core.billing.balance(&f.alice).await.unwrap().total, 98);
+}
+
+#[tokio::test]
+async fn receipts_finish_recipients_and_every_failure_is_refunded_once() {
+    use crate::carrier::{CarrierError, CarrierGateway, DeliveryStatus, Receipt, RecordingCarrier};
+    let carrier = Arc::new(RecordingCarrier::new("r"));
+    let f = fx(Arc::new(CarrierGateway::new(carrier.clone())), 100).await;
+    let (g, t) = approved(&f, "您的包裹${no}已到").await;
+    let mut params = HashMap::new();
+    params.insert("no".to_string(), "42".to_string());
+    let uuid = f
+        .core
+        .sending
+        .send(&f.alice, g, t, &mobiles(3), &params)
+        .await
+        .unwrap();
+    let balance = || async { f.core.billing.balance(&f.alice).await.unwrap().total };
+    assert_eq!(balance().await, 97);
+    let (task, _) = f.core.sending.task(&f.alice, &uuid).await.unwrap();
+    // The third recipient's carrier is down: the task stays open.
+    carrier.fail_to(
+        task.recipients[2].to_string(),
+        CarrierError::transient("503", "down"),
+    );
+    let report = f.core.sending.work_once().await.unwrap();
+    assert_eq!((report.sent, report.deferred, report.finished), (2, 1, 0));
+    // The carrier got the template, its params and the signature.
+    let offered = carrier.offered();
+    assert!(offered.iter().all(|m| m.kind
+        == crate::carrier::MessageKind::Task {
+            template_id: Some(t),
+            params: vec![("no".into(), "42".into())],
+            signature: Some("欢聚".into()),
+        }));
+    let (_, statuses) = f.core.sending.task(&f.alice, &uuid).await.unwrap();
+    let id_of = |s: &RecipientStatus| match s {
+        RecipientStatus::Sent {
+            gateway_id,
+            carrier,
+            ..
+        } => {
+            assert_eq!(carrier.as_deref(), Some("r"));
+            gateway_id.clone()
+        }
+        other => panic!("{other:?}"),
+    };
+    let receipt = |id: String, key: Option<String>, status| Receipt {
+        provider_id: id,
+        idempotency_key: key,
+        recipient: None,
+        status,
+        carrier_code: "X".into(),
+    };
+    // Recipient 0 fails in a receipt matched by the carrier's id, before
+    // the task is done; recipient 1 is delivered, matched by its key.
+    let failed0 = receipt(id_of(&statuses[0]), None, DeliveryStatus::Failed);
+    let out = f.core.sending.apply_receipt("r", &failed0).await.unwrap();
+    assert!(
+        matches!(out, ReceiptOutcome::Applied { refunded: 1, .. }),
+        "{out:?}"
+    );
+    let delivered1 = receipt(
+        "whatever".into(),
+        Some(task.idempotency_key(1)),
+        DeliveryStatus::Delivered,
+    );
+    let out = f
+        .core
+        .sending
+        .apply_receipt("r", &delivered1)
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, ReceiptOutcome::Applied { refunded: 0, .. }),
+        "{out:?}"
+    );
+    assert_eq!(balance().await, 98);
+    // The same id from another carrier, and a code's key, match nothing.
+    for (c, r) in [
+        ("other", failed0.clone()),
+        (
+            "r",
+            receipt("nope".into(), Some("0a1b2c".into()), DeliveryStatus::Failed),
+        ),
+    ] {
+        assert_eq!(
+            f.core.sending.apply_receipt(c, &r).await.unwrap(),
+            ReceiptOutcome::Unknown
+        );
+    }
+    // Recipient 2 is then refused at once: refunded when the task ends,
+    // and recipient 0 (refunded by its receipt) is not refunded again.
+    carrier.fail_to(
+        task.recipients[2].to_string(),
+        CarrierError::permanent("bad", "number"),
+    );
+    let report = f.core.sending.work_once().await.unwrap();
+    assert_eq!((report.failed, report.finished), (1, 1));
+    assert_eq!(balance().await, 99);
+    let (done, statuses) = f.core.sending.task(&f.alice, &uuid).await.unwrap();
+    assert_eq!(done.state, TaskState::Done);
+    let names: Vec<&str> = statuses.iter().map(RecipientStatus::as_str).collect();
+    assert_eq!(names, ["failed", "delivered", "failed"]);
+    // Replays and late contradictions change nothing.
+    for r in [
+        failed0.clone(),
+        receipt(reported_id(&statuses[0]), None, DeliveryStatus::Delivered),
+        delivered1,
+    ] {
+        let out = f.core.sending.apply_receipt("r", &r).await.unwrap();
+        assert!(matches!(out, ReceiptOutcome::Unchanged(_)), "{out:?}");
+    }
+    let r2 = receipt(
+        "x".into(),
+        Some(task.idempotency_key(2)),
+        DeliveryStatus::Failed,
+    );
+    assert!(matches!(
+        f.core.sending.apply_receipt("r", &r2).await.unwrap(),
+        ReceiptOutcome::Unchanged(_)
+    ));
+    assert_eq!(balance().await, 99);
+    let refunds: Vec<String> = f
+        .core
+        .stores
+        .ledger
+        .entries(&f.alice)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.request.op_id)
+        .filter(|id| id.starts_with("refund:"))
+        .collect();
+    assert_eq!(refunds, [task.recipient_refund_op(0), task.refund_op()]);
+}
+
+/// The gateway id of a reported status.
+fn reported_id(s: &RecipientStatus) -> String {
+    match s {
+        RecipientStatus::Reported { gateway_id, .. } => gateway_id.clone(),
+        other => panic!("{other:?}"),
+    }
 }

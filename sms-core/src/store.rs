@@ -26,7 +26,9 @@ use crate::pool::{
 };
 use crate::receive::{ReceiveOutcome, ReceiveRequest};
 use crate::secret::{CodeHash, TokenHash};
-use crate::sending::{RecipientStatus, SendTask, Signature, TaskState, Template};
+use crate::sending::{
+    ReceiptOutcome, ReceiptUpdate, RecipientStatus, SendTask, Signature, TaskState, Template,
+};
 use crate::session_decision::OpenSession;
 use crate::user::{User, UserChange, UserId};
 
@@ -648,6 +650,18 @@ pub enum DeleteOutcome {
 ///   is never created on a deleted signature.
 /// * A task's recipients start `Pending`; [`record_statuses`](Self::record_statuses)
 ///   only moves `Pending` to a final status (never overwrites a final one).
+///   A `Sent` status it writes is found again by
+///   [`recipient_by_gateway_id`](Self::recipient_by_gateway_id) with its
+///   carrier (`""` without one) and gateway id, durably, written in the
+///   same step.
+/// * [`apply_receipt`](Self::apply_receipt) applies
+///   [`receipt_transition`](crate::sending::receipt_transition) to the
+///   recipient's stored status and, when it says a refund is due, applies
+///   that refund through the ledger
+///   ([`transition`](crate::ledger::transition), recorded as a
+///   [`LedgerStore`] entry) in the same atomic step: the same receipt
+///   applied twice, or concurrently, moves the status once and refunds
+///   once.
 /// * Writes are durable when the call returns `Ok`.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
@@ -697,6 +711,21 @@ pub trait SendStore: Debug + Send + Sync + 'static {
     /// Signatures and templates waiting for review (`Pending`), of every
     /// owner, lowest id first, at most `max` of each.
     async fn pending_reviews(&self, max: usize) -> StoreResult<(Vec<Signature>, Vec<Template>)>;
+    /// The task uuid and recipient index whose `Sent` status carries this
+    /// carrier (`""` when the status names none) and gateway id.
+    async fn recipient_by_gateway_id(
+        &self,
+        carrier: &str,
+        gateway_id: &str,
+    ) -> StoreResult<Option<(String, usize)>>;
+    /// Applies a delivery receipt to recipient `index` of task `uuid`,
+    /// with its refund, atomically (see the contract).
+    async fn apply_receipt(
+        &self,
+        uuid: &str,
+        index: usize,
+        update: ReceiptUpdate,
+    ) -> StoreResult<ReceiptOutcome>;
 }
 
 /// Every store the core needs, as shared trait objects.

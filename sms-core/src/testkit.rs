@@ -88,6 +88,7 @@ pub const CHECKS: &[(&str, &str, &str)] = &[
     ("LedgerStore", "ledger_expired_holds", "Holds with an expiry are listed once expired while they still reserve something, earliest first."),
     ("SendStore", "sending_signatures_and_templates", "Ids are fresh and increasing; compare-and-set replaces; a signature with templates is not deleted; templates need their signature; pending ones are listed for review across owners."),
     ("SendStore", "sending_tasks_and_statuses", "Tasks start with every recipient pending; statuses move only from pending; state moves by compare-and-set; open tasks are listed in order."),
+    ("SendStore", "sending_receipts_refund_once", "A `Sent` status is found by carrier and gateway id; a receipt moves a recipient by `receipt_transition` (the first final report wins) and refunds a failed or expired recipient in the same step, once: the same failed receipt applied 20 times concurrently refunds exactly once, and the total still equals the sum of the entries."),
 ];
 
 /// Re-raises a failed check's panic with the port and the contract rule it
@@ -158,7 +159,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@each $make; ledger_idempotent_and_exact, ledger_concurrent_never_overdraw, ledger_expired_holds);
     };
     (sending: $make:expr) => {
-        $crate::store_conformance_tests!(@each $make; sending_signatures_and_templates, sending_tasks_and_statuses);
+        $crate::store_conformance_tests!(@each $make; sending_signatures_and_templates, sending_tasks_and_statuses, sending_receipts_refund_once);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -2208,6 +2209,7 @@ pub async fn sending_tasks_and_statuses(s: &Stores) {
         state: TaskState::Created,
         created_at: 5,
         finished_at: None,
+        params: Vec::new(),
     };
     st.create_task(task("t-1")).await.unwrap();
     st.create_task(task("t-2")).await.unwrap();
@@ -2231,6 +2233,7 @@ pub async fn sending_tasks_and_statuses(s: &Stores) {
     let sent = |n: usize| RecipientStatus::Sent {
         gateway_id: format!("g{n}"),
         at: 7,
+        carrier: None,
     };
     let failed = RecipientStatus::Failed {
         reason: "no".into(),
@@ -2261,6 +2264,195 @@ pub async fn sending_tasks_and_statuses(s: &Stores) {
     assert_eq!((done.state, done.finished_at), (TaskState::Done, Some(8)));
     assert_eq!(st.open_tasks().await.unwrap(), vec!["t-2".to_string()]);
     assert!(st.recipient_statuses("none").await.unwrap().is_empty());
+}
+
+/// A `Sent` status is found by carrier and gateway id; a receipt moves a
+/// recipient by [`receipt_transition`](crate::sending::receipt_transition)
+/// and refunds a final failure in the same step, exactly once, under
+/// concurrency too.
+pub async fn sending_receipts_refund_once(s: &Stores) {
+    use crate::carrier::DeliveryStatus;
+    use crate::sending::{ReceiptOutcome, ReceiptUpdate};
+    let st = &s.sending;
+    let owner = UserId::from_string("u-r".into());
+    s.ledger
+        .apply(lreq("c-r", "u-r", LedgerOp::Charge { amount: 100 }))
+        .await
+        .unwrap();
+    let recipients: Vec<PhoneNumber> = (0..4)
+        .map(|i| PhoneNumber::parse_cn_mobile(&format!("1390000{i:04}")).unwrap())
+        .collect();
+    st.create_task(SendTask {
+        uuid: "t-r".into(),
+        owner: owner.clone(),
+        sign_id: 1,
+        temp_id: 2,
+        text: "【签名】hi".into(),
+        segments: 2,
+        unit_price: 3,
+        recipients,
+        state: TaskState::Queued,
+        created_at: 5,
+        finished_at: None,
+        params: vec![("no".into(), "42".into())],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        st.task("t-r").await.unwrap().unwrap().params,
+        vec![("no".to_string(), "42".to_string())],
+        "params are kept"
+    );
+    st.record_statuses(
+        "t-r",
+        vec![
+            (
+                0,
+                RecipientStatus::Sent {
+                    gateway_id: "g0".into(),
+                    at: 6,
+                    carrier: Some("tw".into()),
+                },
+            ),
+            (1, RecipientStatus::sent("g1", 6)),
+            (
+                2,
+                RecipientStatus::Failed {
+                    reason: "refused".into(),
+                    at: 6,
+                },
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        st.recipient_by_gateway_id("tw", "g0").await.unwrap(),
+        Some(("t-r".to_string(), 0))
+    );
+    assert_eq!(
+        st.recipient_by_gateway_id("", "g1").await.unwrap(),
+        Some(("t-r".to_string(), 1))
+    );
+    assert_eq!(st.recipient_by_gateway_id("sm", "g0").await.unwrap(), None);
+    let receipt = |delivery, id: &str| ReceiptUpdate {
+        delivery,
+        carrier: "tw".into(),
+        gateway_id: id.into(),
+        carrier_code: "c".into(),
+        at: 9,
+    };
+    let balance = || async { s.ledger.balance(&owner).await.unwrap().total };
+    // Delivered, then a contradicting failure: the first final report wins.
+    let r = st
+        .apply_receipt("t-r", 0, receipt(DeliveryStatus::Delivered, "g0"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, ReceiptOutcome::Applied { status, refunded: 0 } if status.as_str() == "delivered"),
+        "{r:?}"
+    );
+    let r = st
+        .apply_receipt("t-r", 0, receipt(DeliveryStatus::Failed, "g0"))
+        .await
+        .unwrap();
+    assert!(matches!(r, ReceiptOutcome::Unchanged(_)), "{r:?}");
+    assert_eq!(
+        balance().await,
+        100,
+        "a delivered recipient is not refunded"
+    );
+    // The same failed receipt, 20 times at once: one refund of 2 × 3.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let st = st.clone();
+        let u = receipt(DeliveryStatus::Failed, "g1");
+        tasks.push(tokio::spawn(async move {
+            st.apply_receipt("t-r", 1, u).await.unwrap()
+        }));
+    }
+    let mut refunds = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            ReceiptOutcome::Applied { refunded, .. } => {
+                assert_eq!(refunded, 6);
+                refunds += 1;
+            }
+            ReceiptOutcome::Unchanged(st) => assert_eq!(st.as_str(), "failed"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(refunds, 1, "the same failed receipt refunds once");
+    assert_eq!(balance().await, 106);
+    assert!(s.ledger.entry("refund:t-r:1").await.unwrap().is_some());
+    // Refused at once: final already, refunded with the task, not here.
+    let r = st
+        .apply_receipt("t-r", 2, receipt(DeliveryStatus::Failed, "x"))
+        .await
+        .unwrap();
+    assert!(matches!(r, ReceiptOutcome::Unchanged(_)), "{r:?}");
+    // A receipt that overtook the status write: recorded, and the late
+    // `Sent` does not overwrite it; an expiry then refunds.
+    let r = st
+        .apply_receipt("t-r", 3, receipt(DeliveryStatus::Unknown, "g3"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, ReceiptOutcome::Applied { refunded: 0, .. }),
+        "{r:?}"
+    );
+    let r = st
+        .apply_receipt("t-r", 3, receipt(DeliveryStatus::Sent, "g3"))
+        .await
+        .unwrap();
+    assert!(matches!(r, ReceiptOutcome::Unchanged(_)), "{r:?}");
+    st.record_statuses("t-r", vec![(3, RecipientStatus::sent("g3", 9))])
+        .await
+        .unwrap();
+    assert_eq!(
+        st.recipient_statuses("t-r").await.unwrap()[3].as_str(),
+        "unknown"
+    );
+    let r = st
+        .apply_receipt("t-r", 3, receipt(DeliveryStatus::Expired, "g3"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, ReceiptOutcome::Applied { refunded: 6, .. }),
+        "{r:?}"
+    );
+    assert_eq!(balance().await, 112);
+    let statuses: Vec<&str> = st
+        .recipient_statuses("t-r")
+        .await
+        .unwrap()
+        .iter()
+        .map(RecipientStatus::as_str)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(statuses, ["delivered", "failed", "failed", "expired"]);
+    let all = st.recipient_statuses("t-r").await.unwrap();
+    assert_eq!(all[1].carrier(), Some("tw"));
+    assert_eq!(all[1].carrier_code(), Some("c"));
+    // Unknown tasks and recipients.
+    for (uuid, i) in [("none", 0), ("t-r", 99)] {
+        let r = st
+            .apply_receipt(uuid, i, receipt(DeliveryStatus::Failed, "g"))
+            .await
+            .unwrap();
+        assert_eq!(r, ReceiptOutcome::Unknown);
+    }
+    let entries = s.ledger.entries(&owner).await.unwrap();
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| e.request.op.total_delta())
+            .sum::<i64>(),
+        balance().await,
+        "the total is the sum of the entries"
+    );
+    assert_eq!(entries.len(), 3, "one charge, two refunds");
 }
 
 /// Holds with an expiry are listed once expired while they still reserve

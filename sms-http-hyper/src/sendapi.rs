@@ -385,6 +385,13 @@ async fn serve(
                         if let sms_core::sending::RecipientStatus::Failed { reason, .. } = st {
                             v["reason"] = json!(reason);
                         }
+                        // carriers.md C3: the carrier and its code once known.
+                        if let Some(c) = st.carrier() {
+                            v["carrier"] = json!(c);
+                        }
+                        if let Some(c) = st.carrier_code() {
+                            v["carrier_code"] = json!(c);
+                        }
                         v
                     })
                     .collect();
@@ -400,6 +407,7 @@ async fn serve(
                     "finished_at": task.finished_at,
                     "total": statuses.len(),
                     "sent": count("sent"),
+                    "delivered": count("delivered"),
                     "failed": count("failed"),
                     "pending": count("pending"),
                     "recipients": recipients,

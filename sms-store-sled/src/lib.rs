@@ -80,6 +80,7 @@
 //! | `task_statuses`     | task uuid, `0x00`, big-endian recipient index | [`RecipientStatus`] |
 //! | `task_seq`          | task uuid                             | big-endian creation sequence |
 //! | `tasks_open`        | big-endian creation sequence          | task uuid      |
+//! | `task_gateway_ids`  | carrier name, `0x00`, gateway id      | task uuid, `0x00`, big-endian recipient index |
 //!
 //! Sequences come from [`sled::Db::generate_id`], which never repeats or goes
 //! back, across restarts included; they are drawn inside the transaction that
@@ -322,6 +323,7 @@ const TASKS: &str = "tasks";
 const TASK_STATUSES: &str = "task_statuses";
 const TASK_SEQ: &str = "task_seq";
 const TASKS_OPEN: &str = "tasks_open";
+const TASK_GATEWAY_IDS: &str = "task_gateway_ids";
 
 /// How many times an optimistic claim starts over after losing a candidate
 /// before it settles for what it can still claim.
@@ -510,6 +512,7 @@ struct Trees {
     task_statuses: sled::Tree,
     task_seq: sled::Tree,
     tasks_open: sled::Tree,
+    task_gateway_ids: sled::Tree,
 }
 
 impl Trees {
@@ -556,6 +559,7 @@ impl Trees {
             task_statuses: db.open_tree(TASK_STATUSES)?,
             task_seq: db.open_tree(TASK_SEQ)?,
             tasks_open: db.open_tree(TASKS_OPEN)?,
+            task_gateway_ids: db.open_tree(TASK_GATEWAY_IDS)?,
             db,
         })
     }

@@ -22,20 +22,33 @@
 //!   commit order); `tasks_open`: sequence → uuid of every task in `Created`
 //!   or `Queued`, kept in the transactions that create tasks and change their
 //!   state.
+//! * `task_gateway_ids`: carrier name (empty when the status names none),
+//!   0 byte, gateway id → uuid, 0 byte, big-endian recipient index: written
+//!   in the transaction of [`record_statuses`](SendStore::record_statuses)
+//!   that records a `Sent` status, so a receipt matched by the carrier's
+//!   message id finds its recipient after a restart too.
+//! * [`apply_receipt`](SendStore::apply_receipt) runs one transaction over
+//!   `tasks`, `task_statuses` and the ledger's trees: the status
+//!   ([`receipt_transition`]) and its refund (the ledger's
+//!   `tx_apply`) commit together or not at all.
 
 use async_trait::async_trait;
 use sled::transaction::{abort, TransactionalTree};
 use sled::Transactional;
 
 use sms_core::error::UniqueField;
-use sms_core::sending::{AuditStatus, RecipientStatus, SendTask, Signature, TaskState, Template};
+use sms_core::ledger::{LedgerOp, LedgerOutcome};
+use sms_core::sending::{
+    receipt_transition, AuditStatus, ReceiptOutcome, ReceiptUpdate, RecipientStatus, SendTask,
+    Signature, TaskState, Template,
+};
 use sms_core::store::{DeleteOutcome, SendStore, StoreResult};
 use sms_core::user::UserId;
 
 use crate::{
-    decode, decode_opt, encode, seq_entries, seq_key, seq_of, seq_prefix, tx, Error, SledStore,
-    Trees, TxResult, SEND_META, SIGNATURES, TASKS, TASKS_OPEN, TASK_SEQ, TASK_STATUSES, TEMPLATES,
-    TEMPLATE_COUNTS,
+    decode, decode_opt, encode, ledger, seq_entries, seq_key, seq_of, seq_prefix, tx, Error,
+    SledStore, Trees, TxResult, SEND_META, SIGNATURES, TASKS, TASKS_OPEN, TASK_SEQ, TASK_STATUSES,
+    TEMPLATES, TEMPLATE_COUNTS,
 };
 
 /// `send_meta` key of the last signature or template id handed out.
@@ -68,6 +81,29 @@ fn by_signature_key(sign_id: i64, id: i64) -> [u8; 16] {
 /// The `task_statuses` key of recipient `index` of task `uuid`.
 fn status_key(uuid: &str, index: usize) -> Vec<u8> {
     seq_key(uuid.as_bytes(), index as u64)
+}
+
+/// The `task_gateway_ids` key of a carrier's message id.
+fn gateway_key(carrier: &str, gateway_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(carrier.len() + gateway_id.len() + 1);
+    k.extend_from_slice(carrier.as_bytes());
+    k.push(0);
+    k.extend_from_slice(gateway_id.as_bytes());
+    k
+}
+
+/// The task uuid and recipient index of a `task_statuses` key.
+fn split_status_key(key: &[u8]) -> Option<(String, usize)> {
+    let (uuid, index) = key.split_at_checked(key.len().checked_sub(9)?)?;
+    let (zero, index) = index.split_first()?;
+    if *zero != 0 {
+        return None;
+    }
+    let index = u64::from_be_bytes(<[u8; 8]>::try_from(index).ok()?);
+    Some((
+        String::from_utf8(uuid.to_vec()).ok()?,
+        usize::try_from(index).ok()?,
+    ))
 }
 
 /// States listed by [`SendStore::open_tasks`].
@@ -451,13 +487,27 @@ impl SendStore for SledStore {
             let updates = updates
                 .into_iter()
                 .filter(|(_, status)| *status != RecipientStatus::Pending)
-                .map(|(i, status)| Ok((status_key(&uuid, i), encode(TASK_STATUSES, &status)?)))
+                .map(|(i, status)| {
+                    let index = match &status {
+                        RecipientStatus::Sent {
+                            gateway_id,
+                            carrier,
+                            ..
+                        } => Some((
+                            gateway_key(carrier.as_deref().unwrap_or(""), gateway_id),
+                            status_key(&uuid, i),
+                        )),
+                        _ => None,
+                    };
+                    Ok((status_key(&uuid, i), encode(TASK_STATUSES, &status)?, index))
+                })
                 .collect::<Result<Vec<_>, Error>>()?;
             if updates.is_empty() {
                 return Ok(());
             }
-            t.task_statuses.transaction(|statuses| {
-                for (key, encoded) in &updates {
+            let trees = (&t.task_statuses, &t.task_gateway_ids);
+            trees.transaction(|(statuses, gateway_ids)| {
+                for (key, encoded, index) in &updates {
                     // No key: no such task, or an index past its recipients.
                     let Some(raw) = statuses.get(key)? else {
                         continue;
@@ -465,6 +515,9 @@ impl SendStore for SledStore {
                     let cur: RecipientStatus = tx(decode(TASK_STATUSES, &raw))?;
                     if cur == RecipientStatus::Pending {
                         statuses.insert(key.as_slice(), encoded.as_slice())?;
+                        if let Some((gw_key, at)) = index {
+                            gateway_ids.insert(gw_key.as_slice(), at.as_slice())?;
+                        }
                     }
                 }
                 Ok(())
@@ -493,6 +546,72 @@ impl SendStore for SledStore {
                 }
             }
             Ok((sigs, temps))
+        })
+        .await
+    }
+
+    async fn recipient_by_gateway_id(
+        &self,
+        carrier: &str,
+        gateway_id: &str,
+    ) -> StoreResult<Option<(String, usize)>> {
+        let key = gateway_key(carrier, gateway_id);
+        self.run(move |t| {
+            Ok(t.task_gateway_ids
+                .get(key)?
+                .and_then(|v| split_status_key(&v)))
+        })
+        .await
+    }
+
+    async fn apply_receipt(
+        &self,
+        uuid: &str,
+        index: usize,
+        update: ReceiptUpdate,
+    ) -> StoreResult<ReceiptOutcome> {
+        let uuid = uuid.to_owned();
+        self.write_if(move |t| {
+            let key = status_key(&uuid, index);
+            let trees = (
+                &t.tasks,
+                &t.task_statuses,
+                &t.balances,
+                &t.holds,
+                &t.ledger_entries,
+                &t.ledger_by_user,
+                &t.holds_expiring,
+            );
+            let outcome = trees.transaction(|(tasks, statuses, b, h, e, u, x)| {
+                let Some(task) = tx(decode_opt::<SendTask>(TASKS, tasks.get(uuid.as_bytes())?))?
+                else {
+                    return Ok(ReceiptOutcome::Unknown);
+                };
+                let Some(raw) = statuses.get(&key)? else {
+                    return Ok(ReceiptOutcome::Unknown);
+                };
+                let current: RecipientStatus = tx(decode(TASK_STATUSES, &raw))?;
+                let Some((next, refund)) = receipt_transition(&task, index, &current, &update)
+                else {
+                    return Ok(ReceiptOutcome::Unchanged(current));
+                };
+                let mut refunded = 0;
+                if let Some(request) = refund {
+                    if let LedgerOutcome::Applied(_) = ledger::tx_apply([b, h, e, u, x], &request)?
+                    {
+                        if let LedgerOp::Refund { amount } = request.op {
+                            refunded = amount;
+                        }
+                    }
+                }
+                statuses.insert(key.as_slice(), tx(encode(TASK_STATUSES, &next))?)?;
+                Ok(ReceiptOutcome::Applied {
+                    status: next,
+                    refunded,
+                })
+            })?;
+            let wrote = matches!(outcome, ReceiptOutcome::Applied { .. });
+            Ok((outcome, wrote))
         })
         .await
     }
@@ -703,6 +822,7 @@ mod tests {
             state: TaskState::Created,
             created_at: 1,
             finished_at: None,
+            params: Vec::new(),
         };
         s.create_task(task("a", 2)).await.unwrap();
         s.create_task(task("a\0\0\0\0\0\0\0\0\0", 3)).await.unwrap();

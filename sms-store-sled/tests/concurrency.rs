@@ -458,6 +458,7 @@ fn big_task(uuid: &str, recipients: usize) -> SendTask {
         state: TaskState::Queued,
         created_at: 5,
         finished_at: None,
+        params: Vec::new(),
     }
 }
 
@@ -489,6 +490,7 @@ async fn concurrent_status_recorders_on_disjoint_ranges_lose_nothing() {
             RecipientStatus::Sent {
                 gateway_id: format!("g{i}"),
                 at: 9,
+                carrier: None,
             }
         }
     };
@@ -519,6 +521,7 @@ async fn concurrent_status_recorders_on_disjoint_ranges_lose_nothing() {
                             RecipientStatus::Sent {
                                 gateway_id: format!("rival{i}"),
                                 at: 10,
+                                carrier: None,
                             },
                         )
                     })
@@ -539,6 +542,7 @@ async fn concurrent_status_recorders_on_disjoint_ranges_lose_nothing() {
         let rival = RecipientStatus::Sent {
             gateway_id: format!("rival{i}"),
             at: 10,
+            carrier: None,
         };
         if i % 3 == 0 {
             assert!(*st == status(i) || *st == rival, "recipient {i}: {st:?}");
@@ -558,6 +562,7 @@ async fn concurrent_status_recorders_on_disjoint_ranges_lose_nothing() {
                     RecipientStatus::Sent {
                         gateway_id: "late".into(),
                         at: 11,
+                        carrier: None,
                     },
                 )])
                 .collect(),

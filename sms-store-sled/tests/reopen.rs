@@ -741,6 +741,7 @@ fn send_task(uuid: &str, recipients: usize) -> SendTask {
         state: TaskState::Created,
         created_at: 5,
         finished_at: None,
+        params: Vec::new(),
     }
 }
 
@@ -750,6 +751,7 @@ async fn signatures_templates_and_tasks_survive_reopen() {
     let sent = |n: usize| RecipientStatus::Sent {
         gateway_id: format!("g{n}"),
         at: 7,
+        carrier: None,
     };
     let failed = RecipientStatus::Failed {
         reason: "no".into(),
@@ -953,4 +955,68 @@ fn acknowledged_writes_survive_kill_9() {
             assert_eq!(u.map(|u| u.id), Some(id(n)), "acknowledged user{n} lost");
         }
     });
+}
+
+/// A `Sent` status's carrier message id still finds its recipient after a
+/// reopen (an SMPP receipt that comes after a restart), and the receipt's
+/// status and refund, applied after the reopen, are there after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_ids_and_receipts_survive_reopen() {
+    use sms_core::carrier::DeliveryStatus;
+    use sms_core::sending::{ReceiptOutcome, ReceiptUpdate};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        s.sending.create_task(send_task("t-g", 2)).await.unwrap();
+        s.sending
+            .record_statuses(
+                "t-g",
+                vec![(
+                    1,
+                    RecipientStatus::Sent {
+                        gateway_id: "1001".into(),
+                        at: 7,
+                        carrier: Some("smsc".into()),
+                    },
+                )],
+            )
+            .await
+            .unwrap();
+    }
+    {
+        let s = open(dir.path());
+        assert_eq!(
+            s.sending
+                .recipient_by_gateway_id("smsc", "1001")
+                .await
+                .unwrap(),
+            Some(("t-g".to_string(), 1))
+        );
+        let out = s
+            .sending
+            .apply_receipt(
+                "t-g",
+                1,
+                ReceiptUpdate {
+                    delivery: DeliveryStatus::Failed,
+                    carrier: "smsc".into(),
+                    gateway_id: "1001".into(),
+                    carrier_code: "UNDELIV/034".into(),
+                    at: 9,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(out, ReceiptOutcome::Applied { refunded: 3, .. }),
+            "{out:?}"
+        );
+    }
+    let s = open(dir.path());
+    assert_eq!(
+        s.sending.recipient_statuses("t-g").await.unwrap()[1].as_str(),
+        "failed"
+    );
+    assert_eq!(s.ledger.balance(&id(1)).await.unwrap().total, 3);
+    assert!(s.ledger.entry("refund:t-g:1").await.unwrap().is_some());
 }

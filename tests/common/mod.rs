@@ -23,6 +23,8 @@ pub struct TestPlatform {
     pub dir: tempfile::TempDir,
     pub outbox: PathBuf,
     running: Option<RunningPlatform>,
+    /// The `--carriers` file, kept across restarts.
+    carriers: Option<PathBuf>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -60,6 +62,7 @@ impl TestPlatform {
         let mut args = test_args(dir.path());
         f(&mut args);
         let outbox = args.outbox.clone().unwrap();
+        let carriers = args.carriers.clone();
         let mut platform = Platform::new(args);
         if let Some(g) = gateway {
             platform = platform.with_gateway(g);
@@ -70,6 +73,7 @@ impl TestPlatform {
             dir,
             outbox,
             running: Some(running),
+            carriers,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -87,6 +91,7 @@ impl TestPlatform {
         }
         let mut args = test_args(self.dir.path());
         args.listen = self.addr.into();
+        args.carriers = self.carriers.clone();
         let mut platform = Platform::new(args);
         if let Some(g) = gateway {
             platform = platform.with_gateway(g);
