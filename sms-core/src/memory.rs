@@ -513,6 +513,14 @@ impl PhonePool for MemoryStore {
         Ok(due)
     }
 
+    async fn census(&self) -> StoreResult<Option<crate::store::PoolCensus>> {
+        let g = self.lock();
+        Ok(Some(crate::store::PoolCensus {
+            stored: g.numbers.len() as u64,
+            leased: g.open_leases as u64,
+        }))
+    }
+
     async fn mark_settled(&self, id: &str) -> StoreResult<bool> {
         let mut g = self.lock();
         let changed = match g.leases.get_mut(id) {

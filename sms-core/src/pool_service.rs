@@ -222,6 +222,26 @@ impl PoolService {
         count: u32,
         filter: LeaseFilter,
     ) -> Result<Vec<Lease>, CoreError> {
+        let r = self.lease_unmetered(user, item_id, count, filter).await;
+        let outcome = match &r {
+            Ok(_) => "leased",
+            Err(CoreError::NoNumbers) => "no_numbers",
+            Err(CoreError::NumberUnavailable) => "unavailable",
+            Err(CoreError::InsufficientBalance { .. }) => "insufficient_balance",
+            Err(CoreError::Store(_)) => "error",
+            Err(_) => "refused",
+        };
+        metrics::counter!(crate::metrics::LEASES, "outcome" => outcome).increment(1);
+        r
+    }
+
+    async fn lease_unmetered(
+        &self,
+        user: &UserId,
+        item_id: &str,
+        count: u32,
+        filter: LeaseFilter,
+    ) -> Result<Vec<Lease>, CoreError> {
         let item = self.item(item_id).await?.ok_or(CoreError::ItemNotFound)?;
         if count == 0 || count > self.policy.max_lease_count {
             return Err(CoreError::InvalidCount);
@@ -501,6 +521,19 @@ impl PoolService {
     ) -> Result<Vec<DeviceMessage>, CoreError> {
         scope.check(cid)?;
         Ok(self.stores.queues.take_device_messages(cid, max).await?)
+    }
+
+    /// Sets the pool gauge (`sms_pool_numbers{state}`, `free` and `leased`)
+    /// from the store's counters ([`crate::store::PhonePool::census`], no
+    /// scan); nothing when the store keeps none. The lease sweeper of the
+    /// platform calls it every second.
+    pub async fn record_census(&self) -> Result<(), CoreError> {
+        if let Some(c) = self.stores.pool.census().await? {
+            let free = c.stored.saturating_sub(c.leased);
+            metrics::gauge!(crate::metrics::POOL_NUMBERS, "state" => "free").set(free as f64);
+            metrics::gauge!(crate::metrics::POOL_NUMBERS, "state" => "leased").set(c.leased as f64);
+        }
+        Ok(())
     }
 
     /// Settles leases that have ended: the held price of a lease that never

@@ -504,6 +504,22 @@ pub trait PhonePool: Debug + Send + Sync + 'static {
     async fn due_leases(&self, now: i64, limit: usize) -> StoreResult<Vec<Lease>>;
     /// Marks a lease settled; true only for the call that did.
     async fn mark_settled(&self, id: &str) -> StoreResult<bool>;
+    /// How many numbers are stored and how many of them are under an
+    /// unsettled lease, from counters the store keeps anyway (never a scan
+    /// of the pool); `None` when it keeps none. The default answers `None`.
+    /// Read by the pool gauge (`sms_pool_numbers`).
+    async fn census(&self) -> StoreResult<Option<PoolCensus>> {
+        Ok(None)
+    }
+}
+
+/// The counts behind the pool gauge ([`PhonePool::census`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolCensus {
+    /// Numbers stored in the pool.
+    pub stored: u64,
+    /// Of those, numbers under an unsettled lease.
+    pub leased: u64,
 }
 
 /// Items (apps) and their prices.

@@ -15,7 +15,7 @@ use sms_core::phone::PhoneNumber;
 use sms_core::pool::{
     Intake, IntakeTally, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo, PoolNumber,
 };
-use sms_core::store::{ItemStore, PhonePool, StoreResult, DEFAULT_POOL_SIZE};
+use sms_core::store::{ItemStore, PhonePool, PoolCensus, StoreResult, DEFAULT_POOL_SIZE};
 
 use crate::{
     decode, decode_opt, encode, ledger, tx, Error, SledStore, Trees, TxResult, CLAIM_RETRIES,
@@ -371,6 +371,20 @@ impl PhonePool for SledStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn census(&self) -> StoreResult<Option<PoolCensus>> {
+        // The two counters the intake and lease transactions keep.
+        self.run(|t| {
+            let count = |key| -> Result<u64, Error> {
+                Ok(decode_opt(POOL_META, t.pool_meta.get(key)?)?.unwrap_or(0))
+            };
+            Ok(Some(PoolCensus {
+                stored: count(META_NUMBERS)?,
+                leased: count(META_OPEN_LEASES)?,
+            }))
         })
         .await
     }
