@@ -10,6 +10,7 @@
 pub mod carriers;
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod outbox;
 pub mod platform;
 pub mod router;
@@ -17,7 +18,7 @@ pub mod secrets;
 pub mod signals;
 pub mod workers;
 
-pub use config::PlatformArgs;
+pub use config::{LogFormat, PlatformArgs};
 pub use platform::{Platform, PlatformError, RunningPlatform};
 pub use workers::BackgroundWorkers;
 

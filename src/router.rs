@@ -1,5 +1,6 @@
-//! The platform's one service: `GET /ws` goes to the `hub` WebSocket, every
-//! other path to the HTTP dialects (decision G1).
+//! The platform's one service: `GET /ws` goes to the `hub` WebSocket,
+//! `GET /metrics` to the exporter (unless `--metrics-listen` moves it),
+//! every other path to the HTTP dialects (decision G1).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +18,7 @@ pub struct PlatformService {
     http: SmsService,
     ws: HubWs,
     carriers: Option<crate::carriers::Carriers>,
+    metrics: bool,
 }
 
 impl PlatformService {
@@ -26,7 +28,15 @@ impl PlatformService {
             http,
             ws,
             carriers: None,
+            metrics: false,
         }
+    }
+
+    /// Also serves `GET /metrics` (the Prometheus exporter,
+    /// [`crate::metrics`]).
+    pub fn with_metrics(mut self) -> Self {
+        self.metrics = true;
+        self
     }
 
     /// Also serves `POST /carriers/<name>/receipts` (carriers.md C3).
@@ -57,6 +67,11 @@ impl tower_service::Service<Request<Incoming>> for PlatformService {
                 let carriers = carriers.clone();
                 return Box::pin(async move { Ok(carriers.receipts(&name, req).await) });
             }
+        }
+        if self.metrics && req.uri().path() == "/metrics" {
+            let resp = crate::metrics::response(req.method());
+            let http = self.http.clone();
+            return Box::pin(async move { Ok(http.refuse(req, resp).await) });
         }
         if req.uri().path() == "/ws" {
             if req.method() != http::Method::GET {
