@@ -216,7 +216,28 @@ impl PhonePool for Metered<dyn PhonePool> {
         timed("pool.hand_out", self.inner.hand_out(app, n, now)).await
     }
     async fn lease(&self, req: LeaseRequest) -> StoreResult<LeaseOutcome> {
-        timed("pool.lease", self.inner.lease(req)).await
+        // The lease's hold (and the release of what was not leased) are
+        // ledger movements applied inside this one call.
+        let has_hold = req.hold_request().is_some();
+        let terms = req.clone();
+        let r = timed("pool.lease", self.inner.lease(req)).await;
+        let count = |kind: &'static str, outcome: &'static str| {
+            metrics::counter!(LEDGER_OPERATIONS, "kind" => kind, "outcome" => outcome).increment(1);
+        };
+        match &r {
+            Ok(LeaseOutcome::Leased(l)) => {
+                if has_hold {
+                    count("hold", "applied");
+                }
+                if terms.release_request(l.len()).is_some() {
+                    count("release", "applied");
+                }
+            }
+            Ok(LeaseOutcome::Refused(_)) if has_hold => count("hold", "refused"),
+            Err(_) if has_hold => count("hold", "error"),
+            Ok(LeaseOutcome::Refused(_)) | Err(_) => {}
+        }
+        r
     }
     async fn lease_record(&self, id: &str) -> StoreResult<Option<Lease>> {
         timed("pool.lease_record", self.inner.lease_record(id)).await
