@@ -426,3 +426,12 @@ impl SendStore for Metered<dyn SendStore> {
         timed("sending.open_tasks", self.inner.open_tasks()).await
     }
 }
+
+#[cfg(all(test, feature = "testkit"))]
+mod conformance {
+    // The decorator changes nothing a store guarantees.
+    crate::store_conformance_tests!(async {
+        crate::store::Stores::from_single(std::sync::Arc::new(crate::memory::MemoryStore::new()))
+            .metered()
+    });
+}

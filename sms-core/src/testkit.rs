@@ -1244,6 +1244,16 @@ pub async fn pool_lease_exclusive_and_once_per_item(s: &Stores) {
     for l in &b {
         assert!(a.iter().all(|x| x.mobile != l.mobile));
     }
+    // A store that keeps counts (for the pool gauge) keeps them exact.
+    if let Some(c) = p.census().await.unwrap() {
+        assert_eq!(
+            c,
+            crate::store::PoolCensus {
+                stored: 5,
+                leased: 5
+            }
+        );
+    }
     let n = p.number(&a[0].mobile).await.unwrap().unwrap();
     assert_eq!(n.lease.as_ref().map(|l| l.lease_id.as_str()), Some("a1"));
     assert!(!n.is_free(50) && n.is_free(110));

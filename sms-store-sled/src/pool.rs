@@ -485,6 +485,13 @@ mod tests {
             1
         );
         assert_eq!(open_count(&s), 1);
+        assert_eq!(
+            s.census().await.unwrap(),
+            Some(PoolCensus {
+                stored: 2,
+                leased: 1
+            })
+        );
         // A reused lease id replaces the lease: still one open lease, one
         // index entry.
         assert_eq!(
