@@ -667,6 +667,65 @@ async fn json_logs_parse_carry_the_request_id_and_no_secret() {
     .await;
     assert_eq!(r["code"], 200, "{r}");
     secrets.push(r["data"]["token"].as_str().unwrap().to_owned());
+    // telsignup: a code and its token.
+    let telsignup = |path: &str, body: Value| {
+        let req = Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let http = http.clone();
+        async move {
+            let resp = http.request(req).await.expect("answered");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&body).expect("JSON answer")
+        }
+    };
+    telsignup(
+        "/index.php?r=user/sms-validation-request",
+        json!({"type": "sms_validation_request", "tel": "13900000000", "time": "1"}),
+    )
+    .await;
+    let outbox = std::fs::read_to_string(dir.path().join("outbox.jsonl")).unwrap();
+    let line: Value = serde_json::from_str(outbox.lines().last().unwrap()).unwrap();
+    let code = line["code"].as_str().unwrap().to_owned();
+    secrets.push(code.clone());
+    let r = telsignup(
+        "/index.php?r=user/sms-validation-code",
+        json!({"type": "sms_validation_code", "tel": "13900000000", "time": "1", "code": code}),
+    )
+    .await;
+    secrets.push(r["token"].as_str().expect("telsignup token").to_owned());
+    // hub WebSocket: the token in a frame, a password change.
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp)
+            .await
+            .expect("websocket handshake");
+        assert!(resp.headers().contains_key("x-request-id"));
+        for frame in [
+            json!({"protocol": "CSLogin", "token": secrets[0], "gps": "0,0"}),
+            json!({"protocol": "CSModifyPwd", "token": secrets[0], "password": "new-secret3"}),
+        ] {
+            ws.send(Message::Text(frame.to_string().into()))
+                .await
+                .unwrap();
+        }
+        let mut answered = false;
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await
+        {
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["protocol"] == "SCModifyPwd" {
+                    secrets.push(v["token"].as_str().expect("new token").to_owned());
+                    answered = true;
+                    break;
+                }
+            }
+        }
+        assert!(answered, "SCModifyPwd");
+    }
 
     std::fs::write(dir.path().join("stop"), "").unwrap();
     let mut exited = false;
@@ -704,11 +763,17 @@ async fn json_logs_parse_carry_the_request_id_and_no_secret() {
         .find(|v| v["route"] == "/api/v4.0/sendsms/{phone}")
         .expect("the sendsms line");
     assert_eq!(sendsms["dialect"], "account_v4");
+    assert!(lines
+        .iter()
+        .any(|v| v["dialect"] == "hub_ws" && v["status"] == 101));
+    assert!(lines
+        .iter()
+        .any(|v| v["route"] == "/index.php?r=user/sms-validation-code"));
     for s in &secrets {
         let line = text.lines().find(|l| contains_standalone(l, s));
         assert!(line.is_none(), "a secret reached the logs: {line:?}");
     }
-    for pw in ["pw-secret9", "wrong-pw8", "pw-secret7"] {
+    for pw in ["pw-secret9", "wrong-pw8", "pw-secret7", "new-secret3"] {
         assert!(!text.contains(pw), "a password reached the logs");
     }
     assert!(

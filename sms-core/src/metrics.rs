@@ -39,11 +39,11 @@ pub const CARRIER_REQUEST_DURATION: &str = "sms_carrier_request_duration_seconds
 pub const DELIVERY_QUEUE_DEPTH: &str = "sms_delivery_queue_depth";
 /// Open `hub` WebSocket sessions: gauge.
 pub const WS_SESSIONS: &str = "sms_ws_sessions";
-/// Pushes written to live sessions: counter, label `kind` (`recv_msg`,
-/// `mobile_num`, `kickout`).
+/// Pushes sent to live sessions (queued on the session's socket): counter,
+/// label `kind` (`recv_msg`, `mobile_num`, `kickout`).
 pub const PUSHES: &str = "sms_pushes_total";
 /// Lease requests: counter, label `outcome` (`leased`, `no_numbers`,
-/// `unavailable`, `insufficient_balance`, `refused`).
+/// `unavailable`, `insufficient_balance`, `refused`, `error`).
 pub const LEASES: &str = "sms_leases_total";
 /// Numbers in the pool: gauge, label `state` (`free`, `leased`).
 pub const POOL_NUMBERS: &str = "sms_pool_numbers";
@@ -101,7 +101,7 @@ pub const ALL: [(&str, Kind, &str); 14] = [
     (
         PUSHES,
         Kind::Counter,
-        "Pushes written to live WebSocket sessions, by kind",
+        "Pushes sent to live WebSocket sessions, by kind",
     ),
     (LEASES, Kind::Counter, "Number lease requests, by outcome"),
     (
