@@ -3,9 +3,10 @@
 //! every named metric of `GET /metrics`; `--metrics-listen` moves the
 //! exporter off the public port; and with `--log-format json` every stderr
 //! line of the platform is a JSON object, the request's line carries the
-//! `X-Request-Id` it was sent with, and no secret appears.
+//! `X-Request-Id` it was sent with, and no secret appears; text logs written
+//! to a file have no colour.
 //!
-//! The JSON-log test re-executes this binary as the platform (the
+//! The log tests re-execute this binary as the platform (the
 //! `json_log_child` test, which does nothing unless [`CHILD_ENV`] names a
 //! directory), so that its stderr is the platform's alone.
 
@@ -472,10 +473,29 @@ async fn metrics_listen_moves_the_exporter_off_the_public_port() {
     assert_ne!(metrics, t.addr);
     let (status, _, _) = get(t.addr, "/metrics").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "not on the public port");
-    t.post_form("/signup", &[("user", "bob"), ("password", PW)])
+    // One request is counted once (the platform's outer layer observes it,
+    // the dialect service does not count it again). No other test of this
+    // binary uses this route.
+    let route = [("dialect", "hub"), ("route", "/forgot/verify")];
+    let (before, _) = scrape(metrics).await;
+    let (status, _) = t
+        .call(
+            Method::POST,
+            "/forgot/verify",
+            Some("application/x-www-form-urlencoded"),
+            b"user=nobody".to_vec(),
+        )
         .await;
-    let (s, _) = scrape(metrics).await;
-    assert!(s.value("sms_http_requests_total", &[("route", "/signup")]) >= 1.0);
+    assert_eq!(status, StatusCode::OK);
+    let (after, _) = scrape(metrics).await;
+    assert_eq!(
+        after.value("sms_http_requests_total", &route),
+        before.value("sms_http_requests_total", &route) + 1.0
+    );
+    assert_eq!(
+        after.value("sms_http_request_duration_seconds_count", &route),
+        before.value("sms_http_request_duration_seconds_count", &route) + 1.0
+    );
     // Only /metrics there.
     let (status, _, _) = get(metrics, "/signup").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -499,9 +519,91 @@ async fn metrics_on_the_main_port_by_default() {
 
 /// Names the child's directory.
 const CHILD_ENV: &str = "SMS_METRICS_JSON_CHILD";
+/// The child's `--log-format`.
+const CHILD_FORMAT_ENV: &str = "SMS_METRICS_CHILD_FORMAT";
 
-/// The platform as a child process with `--log-format json` (see the module
-/// docs); does nothing in a normal run.
+/// Starts the platform as a child process with `--log-format format`, its
+/// stderr in `dir/stderr.log`; returns it and its address.
+async fn spawn_child(dir: &Path, format: &str) -> (ChildGuard, SocketAddr) {
+    let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "json_log_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir)
+        .env(CHILD_FORMAT_ENV, format)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("child starts");
+    let mut guard = ChildGuard(child);
+    for _ in 0..3_000 {
+        if let Ok(p) = std::fs::read_to_string(dir.join("port")) {
+            let port = p.trim().parse::<u16>().expect("port");
+            return (guard, ([127, 0, 0, 1], port).into());
+        }
+        if let Ok(Some(status)) = guard.0.try_wait() {
+            panic!(
+                "child exited ({status}): {}",
+                std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the child did not listen within 60 s");
+}
+
+/// Asks the child to stop, waits for it, returns its stderr.
+async fn stop_child(dir: &Path, guard: &mut ChildGuard) -> String {
+    std::fs::write(dir.join("stop"), "").unwrap();
+    let mut exited = false;
+    for _ in 0..1_500 {
+        if guard.0.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(exited, "the child stopped");
+    std::fs::read_to_string(dir.join("stderr.log")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_have_no_colour_off_a_terminal_and_carry_the_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut guard, addr) = spawn_child(dir.path(), "text").await;
+    let req = Request::post(format!("http://{addr}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-request-id", "text-req-7")
+        .body(Full::new(Bytes::from("user=nobody&password=pw-secret5")))
+        .unwrap();
+    let resp = client().request(req).await.expect("answered");
+    assert_eq!(resp.headers()["x-request-id"], "text-req-7");
+    let text = stop_child(dir.path(), &mut guard).await;
+    assert!(!text.contains('\u{1b}'), "no ANSI escapes in a file");
+    let line = text
+        .lines()
+        .find(|l| l.contains("request_id=text-req-7"))
+        .expect("the request's line");
+    assert!(
+        line.contains("route=\"/login\"") || line.contains("route=/login"),
+        "{line}"
+    );
+    assert!(line.contains("status=200"), "{line}");
+    assert!(!text.contains("pw-secret5"), "a password reached the logs");
+    assert!(
+        text.lines().all(|l| !l.trim_start().starts_with('{')),
+        "not JSON"
+    );
+}
+
+/// The platform as a child process with the `--log-format` of
+/// [`CHILD_FORMAT_ENV`] (see the module docs); does nothing in a normal run.
 #[test]
 fn json_log_child() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else {
@@ -518,7 +620,7 @@ fn json_log_child() {
         let args = PlatformArgs::try_parse_from_args([
             "platform",
             "--log-format",
-            "json",
+            &std::env::var(CHILD_FORMAT_ENV).unwrap_or_else(|_| "json".into()),
             "--listen",
             "127.0.0.1:0",
             "--data",
@@ -571,37 +673,7 @@ impl Drop for ChildGuard {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_parse_carry_the_request_id_and_no_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "json_log_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir.path())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("child starts");
-    let mut guard = ChildGuard(child);
-    let mut port = None;
-    for _ in 0..3_000 {
-        if let Ok(p) = std::fs::read_to_string(dir.path().join("port")) {
-            port = p.trim().parse::<u16>().ok();
-            break;
-        }
-        if let Ok(Some(status)) = guard.0.try_wait() {
-            panic!(
-                "child exited ({status}): {}",
-                std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let addr: SocketAddr = ([127, 0, 0, 1], port.expect("child listening")).into();
+    let (mut guard, addr) = spawn_child(dir.path(), "json").await;
     let http = client();
     let post_form = |path: &str, pairs: &[(&str, &str)], id: Option<&str>| {
         let mut b = Request::post(format!("http://{addr}{path}"))
@@ -727,17 +799,7 @@ async fn json_logs_parse_carry_the_request_id_and_no_secret() {
         assert!(answered, "SCModifyPwd");
     }
 
-    std::fs::write(dir.path().join("stop"), "").unwrap();
-    let mut exited = false;
-    for _ in 0..1_500 {
-        if guard.0.try_wait().unwrap().is_some() {
-            exited = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(exited, "the child stopped");
-    let text = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let text = stop_child(dir.path(), &mut guard).await;
     let mut lines = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line)
