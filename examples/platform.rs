@@ -10,14 +10,12 @@ use sms_platform::{Platform, PlatformArgs};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let requested = std::env::var("RUST_LOG").ok();
-    tracing_subscriber::fmt()
-        .with_env_filter(sms_platform::logging::filter(requested.as_deref()))
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, never in files or journals.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = PlatformArgs::parse();
+    let requested = std::env::var("RUST_LOG").ok();
+    if let Err(e) = sms_platform::logging::init(args.log_format, requested.as_deref()) {
+        eprintln!("cannot set up logging: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let running = match Platform::new(args).start().await {
         Ok(r) => r,
         Err(e) => {

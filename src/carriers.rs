@@ -17,6 +17,7 @@ use sms_core::carrier::{Carrier, CarrierGateway, FailoverCarrier, Receipt};
 use sms_core::clock::Clock;
 use sms_core::delivery::{Delivery, DeliveryQueue, QueuePolicy, QueuedSender};
 use sms_core::gateway::{DeliveryError, GatewayAccepted, GatewayMessage, MessageGateway};
+use sms_core::metrics::MeteredCarrier;
 use sms_core::random::RandomSource;
 use sms_core::sender::{Channel, CodeSender};
 use sms_http_hyper::HttpBody;
@@ -112,6 +113,12 @@ impl Carriers {
                 smpp_receipts: Some(smpp_tx),
             },
         )?;
+        // Each carrier's offers are counted and timed under its own name,
+        // below the failover of its route.
+        let by_name: BTreeMap<String, Arc<dyn Carrier>> = by_name
+            .into_iter()
+            .map(|(name, c)| (name, MeteredCarrier::wrap(c)))
+            .collect();
         let forward = tx.clone();
         tokio::spawn(async move {
             while let Some(r) = smpp_rx.recv().await {
@@ -132,7 +139,8 @@ impl Carriers {
         }
         let config = Arc::new(config);
         let by_name = Arc::new(by_name);
-        let fallback: Arc<dyn Carrier> = Arc::new(OutboxCarrier::new("outbox", outbox));
+        let fallback: Arc<dyn Carrier> =
+            MeteredCarrier::wrap(Arc::new(OutboxCarrier::new("outbox", outbox)));
         let (c, b, f) = (config.clone(), by_name.clone(), fallback.clone());
         let codes = Delivery::new(
             queue,

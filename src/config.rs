@@ -20,6 +20,16 @@ pub struct PlatformArgs {
     #[arg(long, env = "SMS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: ListenAddr,
 
+    /// Serve `GET /metrics` (Prometheus text format) on this address alone
+    /// instead of on --listen, to keep it off the public port.
+    #[arg(long, env = "SMS_METRICS_LISTEN")]
+    pub metrics_listen: Option<ListenAddr>,
+
+    /// Log format on stderr: `text` (colour only at a terminal) or `json`
+    /// (one object per line, RFC 3339 timestamps).
+    #[arg(long, env = "SMS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// sled data directory.
     #[arg(long, env = "SMS_DATA", default_value = "./sms-data")]
     pub data: PathBuf,
@@ -155,6 +165,17 @@ pub struct PlatformArgs {
     #[arg(long, env = "SMS_IPV6_PREFIX_LEN", default_value_t = 64,
           value_parser = clap::value_parser!(u8).range(0..=128))]
     pub ipv6_prefix_len: u8,
+}
+
+/// The format of the log lines (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; colour only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp` (RFC 3339), `level`,
+    /// `target`, `message` and the event's fields at the top level.
+    Json,
 }
 
 /// Where the platform listens: `HOST:PORT`, the host an IP address or a

@@ -11,6 +11,7 @@ pub mod carriers;
 pub mod config;
 pub mod console;
 pub mod logging;
+pub mod metrics;
 pub mod outbox;
 pub mod platform;
 pub mod router;
@@ -18,7 +19,7 @@ pub mod secrets;
 pub mod signals;
 pub mod workers;
 
-pub use config::PlatformArgs;
+pub use config::{LogFormat, PlatformArgs};
 pub use platform::{Platform, PlatformError, RunningPlatform};
 pub use workers::BackgroundWorkers;
 

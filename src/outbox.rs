@@ -145,7 +145,13 @@ impl OutboxSender {
 #[async_trait]
 impl CodeSender for OutboxSender {
     async fn send(&self, message: &OutboundMessage) -> Result<(), SendError> {
-        self.write_line(Self::line(message)).await
+        // Without a carriers file the outbox is the carrier: counted as
+        // `carrier="outbox"`.
+        let start = std::time::Instant::now();
+        let r = self.write_line(Self::line(message)).await;
+        let outcome = if r.is_ok() { "accepted" } else { "transient" };
+        sms_core::metrics::carrier_offered("outbox", outcome, start.elapsed());
+        r
     }
 }
 
@@ -178,10 +184,11 @@ impl MessageGateway for OutboxGateway {
         let mut v: serde_json::Value = serde_json::from_str(&OutboxSender::line(&msg))
             .map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
         v["id"] = json!(m.idempotency_key);
-        self.outbox
-            .write_line(v.to_string())
-            .await
-            .map_err(|e| DeliveryError::Unavailable(e.0))?;
+        let start = std::time::Instant::now();
+        let r = self.outbox.write_line(v.to_string()).await;
+        let outcome = if r.is_ok() { "accepted" } else { "transient" };
+        sms_core::metrics::carrier_offered("outbox", outcome, start.elapsed());
+        r.map_err(|e| DeliveryError::Unavailable(e.0))?;
         Ok(m.idempotency_key.clone())
     }
 }

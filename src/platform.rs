@@ -18,7 +18,8 @@ use sms_core::sending::ReceiptOutcome;
 use sms_core::store::Stores;
 use sms_core::Core;
 use sms_http_hyper::{
-    client_addr, ClientIpLayer, HttpConfig, PoolAuth, ServerConfig, SmsService, TrustedProxies,
+    client_addr, ClientIpLayer, HttpConfig, ObserveLayer, PoolAuth, ServerConfig, SmsService,
+    TrustedProxies,
 };
 use sms_store_sled::SledStore;
 use sms_ws_tungstenite::{HubWs, WsConfig};
@@ -158,6 +159,9 @@ pub struct Platform {
 pub struct RunningPlatform {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The address of `--metrics-listen`, when set (then `/metrics` is
+    /// served there only).
+    pub metrics_addr: Option<SocketAddr>,
     core: Core,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -266,6 +270,9 @@ impl Platform {
             },
             rng.as_ref(),
         )?;
+        // The Prometheus recorder behind the library crates' metrics
+        // (process-wide: installed by the first platform of the process).
+        let _ = crate::metrics::handle();
         let stores = match custom_stores {
             Some(s) => s,
             None => {
@@ -278,7 +285,9 @@ impl Platform {
                 )
                 .stores()
             }
-        };
+        }
+        // Every store call timed, every ledger movement counted.
+        .metered();
         let outbox = Arc::new(match &a.outbox {
             Some(path) => {
                 OutboxSender::file(path)
@@ -374,10 +383,16 @@ impl Platform {
         if let Some(c) = carriers {
             platform = platform.with_carriers(c);
         }
+        if a.metrics_listen.is_none() {
+            platform = platform.with_metrics();
+        }
         // The client's address is resolved once per request, here, for the
-        // HTTP dialects and the WebSocket alike.
-        let service =
-            tower_layer::Layer::layer(&ClientIpLayer::new(TrustedProxies::new(nets)), platform);
+        // HTTP dialects and the WebSocket alike; outermost, every request is
+        // counted, timed, logged and given its X-Request-Id.
+        let service = tower_layer::Layer::layer(
+            &ObserveLayer,
+            tower_layer::Layer::layer(&ClientIpLayer::new(TrustedProxies::new(nets)), platform),
+        );
         let listen_err = |source| PlatformError::Listen {
             addr: a.listen.to_string(),
             source,
@@ -398,12 +413,46 @@ impl Platform {
             max_connections: a.max_connections,
             ..ServerConfig::default()
         };
+        let metrics_listener = match &a.metrics_listen {
+            Some(m) => {
+                let metrics_err = |source| PlatformError::Listen {
+                    addr: m.to_string(),
+                    source,
+                };
+                let l = TcpListener::bind(m.as_str()).await.map_err(metrics_err)?;
+                let addr = l.local_addr().map_err(metrics_err)?;
+                Some((l, addr))
+            }
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
+        let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+        let metrics_task = metrics_listener.map(|(l, addr)| {
+            tracing::info!(%addr, "metrics listening (GET /metrics)");
+            let mut stopped = metrics_stopped;
+            let config = ServerConfig {
+                header_read_timeout: server_config.header_read_timeout,
+                idle_timeout: server_config.idle_timeout,
+                max_connections: 64,
+                ..ServerConfig::default()
+            };
+            tokio::spawn(sms_http_hyper::serve(
+                l,
+                tower_layer::Layer::layer(&ObserveLayer, crate::metrics::MetricsOnly),
+                config,
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
+        });
+        let upkeep = crate::metrics::spawn_upkeep();
         let (tx, rx) = oneshot::channel::<()>();
         let workers = BackgroundWorkers::spawn(core.clone());
         let task = tokio::spawn(async move {
             let ws_for_stop = ws.clone();
             sms_http_hyper::serve(listener, service, server_config, async move {
                 let _ = rx.await;
+                let _ = metrics_stop.send(true);
                 // WebSocket sessions are not tracked by hyper's graceful
                 // shutdown: tell them (PushKickout state 1) and close them.
                 ws_for_stop.shutdown();
@@ -415,6 +464,12 @@ impl Platform {
             if let Some(t) = receipts_task {
                 let _ = t.await;
             }
+            if let Some(t) = metrics_task {
+                let _ = t.await;
+            }
+            if let Some(u) = upkeep {
+                u.abort();
+            }
             // Held until the server has stopped; the kernel drops it if
             // the process dies first.
             drop(dir_lock);
@@ -422,6 +477,7 @@ impl Platform {
         tracing::info!(%addr, "platform listening");
         Ok(RunningPlatform {
             addr,
+            metrics_addr,
             core,
             shutdown: Some(tx),
             task,

@@ -1,5 +1,6 @@
 //! The platform's one service: `GET /ws` goes to the `hub` WebSocket,
-//! `/console/` to the browser console ([`crate::console`]), every other path
+//! `/console/` to the browser console ([`crate::console`]), `GET /metrics`
+//! to the exporter (unless `--metrics-listen` moves it), every other path
 //! to the HTTP dialects (decision G1).
 
 use std::convert::Infallible;
@@ -18,6 +19,7 @@ pub struct PlatformService {
     http: SmsService,
     ws: HubWs,
     carriers: Option<crate::carriers::Carriers>,
+    metrics: bool,
 }
 
 impl PlatformService {
@@ -27,7 +29,15 @@ impl PlatformService {
             http,
             ws,
             carriers: None,
+            metrics: false,
         }
+    }
+
+    /// Also serves `GET /metrics` (the Prometheus exporter,
+    /// [`crate::metrics`]).
+    pub fn with_metrics(mut self) -> Self {
+        self.metrics = true;
+        self
     }
 
     /// Also serves `POST /carriers/<name>/receipts` (carriers.md C3).
@@ -61,6 +71,11 @@ impl tower_service::Service<Request<Incoming>> for PlatformService {
         }
         if crate::console::serves(req.uri().path()) {
             let resp = crate::console::respond(req.method(), req.uri().path(), req.headers());
+            let http = self.http.clone();
+            return Box::pin(async move { Ok(http.refuse(req, resp).await) });
+        }
+        if self.metrics && req.uri().path() == "/metrics" {
+            let resp = crate::metrics::response(req.method());
             let http = self.http.clone();
             return Box::pin(async move { Ok(http.refuse(req, resp).await) });
         }

@@ -64,6 +64,10 @@ impl BackgroundWorkers {
                 if let Err(e) = core.pool.settle_due(1_000).await {
                     tracing::error!(error = %e, "lease sweeper");
                 }
+                // The pool gauge, from the store's counters (no scan).
+                if let Err(e) = core.pool.record_census().await {
+                    tracing::error!(error = %e, "pool gauge");
+                }
                 if tick % 60 == 0 {
                     if let Err(e) = core.pool.purge_expired().await {
                         tracing::error!(error = %e, "retention sweeper");

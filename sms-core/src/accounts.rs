@@ -339,6 +339,7 @@ impl Accounts {
                 .peek(std::slice::from_ref(b), self.clock.unix())
                 .await?
             {
+                crate::metrics::limit_refused(crate::metrics::Limit::PasswordBudget);
                 return Err(CoreError::RateLimited { retry_at });
             }
         }
@@ -381,6 +382,7 @@ impl Accounts {
             async move {
                 match limits.peek(std::slice::from_ref(&check), now).await? {
                     LimitDecision::Denied { retry_at, .. } => {
+                        crate::metrics::limit_refused(crate::metrics::Limit::LoginLockout);
                         Err(CoreError::AccountLocked { until: retry_at })
                     }
                     LimitDecision::Allowed => Ok(()),
@@ -728,6 +730,7 @@ impl Accounts {
                 .acquire(&checks, self.clock.unix())
                 .await?
             {
+                crate::metrics::limit_refused(crate::metrics::Limit::Probe);
                 return Err(CoreError::RateLimited { retry_at });
             }
         }

@@ -13,6 +13,7 @@ use crate::error::CoreError;
 use crate::error::StoreError;
 use crate::identity::Email;
 use crate::limits::{ip_limit_key, LimitCheck, LimitRule, DEFAULT_IPV6_PREFIX_LEN};
+use crate::metrics::{self, Limit};
 use crate::phone::PhoneNumber;
 use crate::random::{random_digits, RandomSource};
 use crate::secret::CodeHasher;
@@ -307,12 +308,15 @@ impl CodeService {
         match self.stores.codes.decide_code(decision).await? {
             CodeVerdict::Issue(IssueOutcome::Issued) => {}
             CodeVerdict::Issue(IssueOutcome::Cooldown { retry_at }) => {
-                return Err(CoreError::CodeCooldown { retry_at })
+                metrics::limit_refused(Limit::CodeCooldown);
+                return Err(CoreError::CodeCooldown { retry_at });
             }
             CodeVerdict::Issue(IssueOutcome::Limited { retry_at }) => {
-                return Err(CoreError::RateLimited { retry_at })
+                metrics::limit_refused(Limit::CodeSendCap);
+                return Err(CoreError::RateLimited { retry_at });
             }
             CodeVerdict::Issue(IssueOutcome::Tripped { retry_at }) => {
+                metrics::limit_refused(Limit::PumpBreaker);
                 tracing::warn!(
                     prefix = self.pump_prefix(address).as_deref(),
                     "SMS-pumping breaker tripped"
@@ -337,6 +341,8 @@ impl CodeService {
             .await
             .map_err(|e| CoreError::Delivery(e.0))?;
         tracing::info!(purpose = purpose.as_str(), channel = ?address.channel(), "verification code issued");
+        ::metrics::counter!(metrics::CODES_ISSUED, "purpose" => purpose.as_str().to_owned())
+            .increment(1);
         Ok(Issued {
             issued_at: now,
             expires_at,
@@ -384,14 +390,24 @@ impl CodeService {
             pump_ok: self.pump_prefix(address).map(|p| self.pump_checks(&p).ok),
             grant,
         });
-        match self.stores.codes.decide_code(decision).await? {
-            CodeVerdict::Check(CheckOutcome::Presented(RedeemOutcome::Redeemed)) => Ok(()),
+        let (outcome, result) = match self.stores.codes.decide_code(decision).await? {
+            CodeVerdict::Check(CheckOutcome::Presented(RedeemOutcome::Redeemed)) => ("ok", Ok(())),
             CodeVerdict::Check(CheckOutcome::Locked { retry_at }) => {
-                Err(CoreError::CodeChecksLocked { retry_at })
+                metrics::limit_refused(Limit::CodeCheckLock);
+                ("locked", Err(CoreError::CodeChecksLocked { retry_at }))
             }
-            CodeVerdict::Check(CheckOutcome::Presented(_)) => Err(CoreError::CodeInvalid),
-            CodeVerdict::Issue(_) => Err(mismatched_verdict()),
-        }
+            CodeVerdict::Check(CheckOutcome::Presented(_)) => {
+                ("invalid", Err(CoreError::CodeInvalid))
+            }
+            CodeVerdict::Issue(_) => return Err(mismatched_verdict()),
+        };
+        ::metrics::counter!(
+            metrics::CODES_CHECKED,
+            "purpose" => purpose.as_str().to_owned(),
+            "outcome" => outcome
+        )
+        .increment(1);
+        result
     }
 }
 

@@ -85,6 +85,7 @@ impl HashGate {
     pub(crate) async fn enter(&self) -> Result<Turn<'_>, CoreError> {
         if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.max_admitted {
             self.admitted.fetch_sub(1, Ordering::AcqRel);
+            crate::metrics::limit_refused(crate::metrics::Limit::HashGate);
             return Err(CoreError::Overloaded);
         }
         // Counted from here: a cancelled wait must give its place back.

@@ -125,6 +125,12 @@ pub trait DeliveryQueue: Debug + Send + Sync + 'static {
     async fn decide(&self, key: &str, decision: QueueDecision) -> Result<bool, StoreError>;
     /// A message by key.
     async fn get(&self, key: &str) -> Result<Option<QueuedMessage>, StoreError>;
+    /// How many messages are `Queued` (due or waiting for a retry): the
+    /// queue gauge. The default counts [`due`](Self::due) at the end of
+    /// time; a store with a cheaper count overrides it.
+    async fn depth(&self) -> Result<usize, StoreError> {
+        Ok(self.due(i64::MAX, usize::MAX).await?.len())
+    }
 }
 
 /// [`DeliveryQueue`] in memory (tests, embedders without a disk).
@@ -335,7 +341,9 @@ impl Delivery {
         }
     }
 
-    /// Offers every due message once (the worker's pass); how many.
+    /// Offers every due message once (the worker's pass); how many. Then
+    /// sets the queue gauge (`sms_delivery_queue_depth`) from
+    /// [`DeliveryQueue::depth`].
     pub async fn work_once(&self, limit: usize) -> Result<usize, StoreError> {
         let due = self.queue.due(self.clock.unix(), limit).await?;
         for q in &due {
@@ -343,6 +351,8 @@ impl Delivery {
                 self.offer(&q.message, attempts).await?;
             }
         }
+        let depth = self.queue.depth().await?;
+        metrics::gauge!(crate::metrics::DELIVERY_QUEUE_DEPTH).set(depth as f64);
         Ok(due.len())
     }
 }

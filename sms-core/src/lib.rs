@@ -85,6 +85,8 @@ pub mod ledger;
 pub mod limits;
 pub mod memory;
 pub mod messages;
+pub mod metered;
+pub mod metrics;
 pub mod password;
 pub mod phone;
 pub mod pool;

@@ -541,6 +541,7 @@ impl PhonePool for MemoryStore {
         for (app, sms) in fx.queue {
             g.sms.entry(app).or_default().push_back(sms);
         }
+        done.captured = fx.captures.len();
         for capture in fx.captures {
             g.apply_ledger(capture);
         }

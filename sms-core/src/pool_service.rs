@@ -245,6 +245,26 @@ impl PoolService {
         count: u32,
         filter: LeaseFilter,
     ) -> Result<Vec<Lease>, CoreError> {
+        let r = self.lease_unmetered(user, item_id, count, filter).await;
+        let outcome = match &r {
+            Ok(_) => "leased",
+            Err(CoreError::NoNumbers) => "no_numbers",
+            Err(CoreError::NumberUnavailable) => "unavailable",
+            Err(CoreError::InsufficientBalance { .. }) => "insufficient_balance",
+            Err(CoreError::Store(_)) => "error",
+            Err(_) => "refused",
+        };
+        metrics::counter!(crate::metrics::LEASES, "outcome" => outcome).increment(1);
+        r
+    }
+
+    async fn lease_unmetered(
+        &self,
+        user: &UserId,
+        item_id: &str,
+        count: u32,
+        filter: LeaseFilter,
+    ) -> Result<Vec<Lease>, CoreError> {
         let item = self.item(item_id).await?.ok_or(CoreError::ItemNotFound)?;
         self.check_lease_count(count)?;
         let now = self.clock.unix();
@@ -448,6 +468,18 @@ impl PoolService {
     ) -> Result<Vec<DeviceMessage>, CoreError> {
         scope.check(cid)?;
         Ok(self.stores.queues.take_device_messages(cid, max).await?)
+    }
+
+    /// Sets the pool gauge (`sms_pool_numbers{state}`, `free` and `leased`)
+    /// from the store's counters ([`crate::store::PhonePool::pool_stats`],
+    /// no scan of the pool). The lease sweeper of the platform calls it
+    /// every second.
+    pub async fn record_census(&self) -> Result<(), CoreError> {
+        let c = self.stores.pool.pool_stats().await?;
+        metrics::gauge!(crate::metrics::POOL_NUMBERS, "state" => "free").set(c.available() as f64);
+        metrics::gauge!(crate::metrics::POOL_NUMBERS, "state" => "leased")
+            .set(c.open_leases as f64);
+        Ok(())
     }
 
     /// Settles leases that have ended: the held price of a lease that never

@@ -209,6 +209,8 @@ pub struct Received {
     pub pushed: Vec<(UserId, u64, Push)>,
     /// Mailbox entries dropped for the cap, per user.
     pub dropped: Vec<(UserId, u64)>,
+    /// Lease prices captured (each a lease's first SMS).
+    pub captured: usize,
 }
 
 /// The answer of [`crate::store::PhonePool::receive`].

@@ -1257,6 +1257,10 @@ pub async fn pool_lease_exclusive_and_once_per_item(s: &Stores) {
     for l in &b {
         assert!(a.iter().all(|x| x.mobile != l.mobile));
     }
+    // A store that keeps counts (for the pool gauge) keeps them exact.
+    // The counts behind root's view and the pool gauge stay exact.
+    let stats = p.pool_stats().await.unwrap();
+    assert_eq!((stats.numbers, stats.open_leases), (5, 5));
     let n = p.number(&a[0].mobile).await.unwrap().unwrap();
     assert_eq!(n.lease.as_ref().map(|l| l.lease_id.as_str()), Some("a1"));
     assert!(!n.is_free(50) && n.is_free(110));

@@ -48,6 +48,7 @@ pub mod client_addr;
 pub mod hub;
 pub mod idle;
 pub mod json_api;
+pub mod metrics;
 pub mod openapi;
 pub mod params;
 pub mod pool;
@@ -59,6 +60,7 @@ pub mod service;
 pub mod telsignup;
 
 pub use client_addr::{client_ip_of, ClientAddr, ClientIp, ClientIpLayer, TrustedProxies};
+pub use metrics::{ObserveLayer, RequestId};
 pub use pool_auth::PoolAuth;
 pub use server::{serve, ServerConfig};
 pub use service::{Dialect, HttpBody, HttpConfig, SmsService};

@@ -456,7 +456,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move {
+        // Metrics, request id and access log (unless an outer layer does).
+        crate::metrics::observed(req, |req| async move {
             // A safety net: a bug must cost one response, never the
             // connection or the process.
             match AssertUnwindSafe(this.handle(req)).catch_unwind().await {

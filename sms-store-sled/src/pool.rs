@@ -416,6 +416,7 @@ impl PhonePool for SledStore {
                 for capture in &fx.captures {
                     ledger::tx_apply([b, h, e, u, x], capture)?;
                 }
+                done.captured = fx.captures.len();
                 for id in &fx.charge_leases {
                     if let Some(raw) = leases.get(id.as_bytes())? {
                         let mut lease: Lease = tx(decode(LEASES, &raw))?;
@@ -585,6 +586,8 @@ mod tests {
             1
         );
         assert_eq!(open_count(&s), 1);
+        let stats = s.pool_stats().await.unwrap();
+        assert_eq!((stats.numbers, stats.open_leases), (2, 1));
         // A reused lease id replaces the lease: still one open lease, one
         // index entry.
         assert_eq!(

@@ -44,6 +44,7 @@ pub(crate) struct LiveGuard(Arc<Shared>);
 impl LiveGuard {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         shared.live.send_modify(|n| *n += 1);
+        metrics::gauge!(sms_core::metrics::WS_SESSIONS).increment(1.0);
         Self(shared)
     }
 }
@@ -51,6 +52,7 @@ impl LiveGuard {
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         self.0.live.send_modify(|n| *n = n.saturating_sub(1));
+        metrics::gauge!(sms_core::metrics::WS_SESSIONS).decrement(1.0);
     }
 }
 
@@ -361,6 +363,7 @@ where
     /// Queues `PushKickout` and ends the connection.
     fn kickout(&mut self, state: u8, code: CloseCode) -> Option<CloseFrame> {
         self.send(&protocol::kickout(state));
+        pushed("kickout");
         close(code, "kicked out").into_frame()
     }
 
@@ -643,6 +646,7 @@ where
                 self.send(&code(0));
                 for l in leases {
                     self.send(&protocol::push_mobile(l.mobile.display_form(), l.until));
+                    pushed("mobile_num");
                 }
             }
             Err(e) => self.send(&code(protocol::failure_code(Request::MobileNum, &e))),
@@ -777,7 +781,13 @@ fn error_close(e: &WsError) -> Option<CloseFrame> {
     })
 }
 
+/// Counts one push queued for a live session (`sms_pushes_total{kind}`).
+fn pushed(kind: &'static str) {
+    metrics::counter!(sms_core::metrics::PUSHES, "kind" => kind).increment(1);
+}
+
 fn push_frame(user: &UserId, seq: u64, push: &Push) -> Out {
+    pushed("recv_msg");
     let v = match push {
         Push::RecvMsg { mobile, msg, .. } => protocol::push_recv(mobile, msg),
     };

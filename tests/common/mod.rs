@@ -101,6 +101,11 @@ impl TestPlatform {
         self.running = Some(running);
     }
 
+    /// The `--metrics-listen` address, when set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().expect("running").metrics_addr
+    }
+
     /// The core behind the running server.
     pub fn core(&self) -> &sms_core::Core {
         self.running.as_ref().expect("running").core()
