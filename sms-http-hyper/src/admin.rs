@@ -6,13 +6,14 @@
 //! core's; this module reads bodies and maps errors.
 
 use http::Response;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sms_core::pool::Item;
 use sms_core::{Core, CoreError};
 
 use crate::json_api::{
     authenticate_root, int_field, json_object, ok, string_field, ApiError, PARAMS,
 };
+use crate::response;
 use crate::service::{HttpBody, Incoming};
 
 /// An administrative route.
@@ -25,7 +26,16 @@ pub enum Admin {
     Item,
     /// `POST /v2/ban {"user"}` (optional `banned`: false lifts a ban).
     Ban,
+    /// `GET /v2/pool`: the pool at a glance (`size`, `numbers`, `leased`,
+    /// `available`).
+    Pool,
+    /// `GET /v2/reviews`: signatures and templates waiting for review, of
+    /// every user, oldest first (at most [`MAX_REVIEWS`] of each).
+    Reviews,
 }
+
+/// Most signatures (and most templates) `GET /v2/reviews` lists.
+pub const MAX_REVIEWS: usize = 200;
 
 impl Admin {
     /// The route at `path`.
@@ -34,8 +44,20 @@ impl Admin {
             "/v2/charge" => Self::Charge,
             "/v2/item" => Self::Item,
             "/v2/ban" => Self::Ban,
+            "/v2/pool" => Self::Pool,
+            "/v2/reviews" => Self::Reviews,
             _ => return None,
         })
+    }
+
+    /// The methods the route takes, as an `Allow` header value: `GET` reads
+    /// (`/v2/item` lists the items), `POST` changes.
+    pub fn allowed(&self) -> &'static str {
+        match self {
+            Self::Charge | Self::Ban => "POST",
+            Self::Item => "GET, POST",
+            Self::Pool | Self::Reviews => "GET",
+        }
     }
 
     /// True for the route the `sendapi` seed itself defines (`/v2/charge`);
@@ -46,10 +68,87 @@ impl Admin {
 }
 
 /// Serves one administrative request.
-pub async fn handle(core: &Core, route: Admin, req: &Incoming) -> Response<HttpBody> {
-    match admin(core, route, req).await {
-        Ok(()) => ok(),
-        Err(e) => e.response(),
+pub async fn handle(
+    core: &Core,
+    route: Admin,
+    method: &http::Method,
+    req: &Incoming,
+) -> Response<HttpBody> {
+    let answer = if *method == http::Method::GET {
+        view(core, route, req).await.map(|v| response::ok(&v))
+    } else {
+        admin(core, route, req).await.map(|()| ok())
+    };
+    answer.unwrap_or_else(ApiError::response)
+}
+
+/// Root's read-only views (`GET`).
+async fn view(core: &Core, route: Admin, req: &Incoming) -> Result<Value, ApiError> {
+    authenticate_root(core, req).await?;
+    match route {
+        Admin::Item => {
+            let items = core.pool.items().await.map_err(failure)?;
+            let items: Vec<Value> = items
+                .iter()
+                .map(|i| {
+                    json!({
+                        "item_id": i.id,
+                        "name": i.name,
+                        "price": i.price,
+                        "send_price": i.send_price,
+                        "code_pattern": i.code_pattern,
+                    })
+                })
+                .collect();
+            Ok(json!({ "items": items }))
+        }
+        Admin::Pool => {
+            let s = core.pool.stats().await.map_err(failure)?;
+            Ok(json!({
+                "size": s.size,
+                "numbers": s.numbers,
+                "leased": s.open_leases,
+                "available": s.available(),
+            }))
+        }
+        Admin::Reviews => {
+            let (sigs, temps) = core
+                .sending
+                .pending_reviews(MAX_REVIEWS)
+                .await
+                .map_err(failure)?;
+            let sigs: Vec<Value> = sigs
+                .iter()
+                .map(|g| {
+                    json!({
+                        "sign_id": g.id,
+                        "user_id": g.owner.as_str(),
+                        "signature": g.text,
+                        "source": g.source,
+                        "pics": g.pics,
+                        "created_at": g.created_at,
+                    })
+                })
+                .collect();
+            let temps: Vec<Value> = temps
+                .iter()
+                .map(|t| {
+                    json!({
+                        "temp_id": t.id,
+                        "user_id": t.owner.as_str(),
+                        "sign_id": t.sign_id,
+                        "name": t.name,
+                        "type": t.kind.number(),
+                        "template": t.content,
+                        "description": t.description,
+                        "created_at": t.created_at,
+                    })
+                })
+                .collect();
+            Ok(json!({ "signatures": sigs, "templates": temps }))
+        }
+        // Routes that only change (their `Allow` is POST).
+        Admin::Charge | Admin::Ban => Err(PARAMS),
     }
 }
 
@@ -95,6 +194,8 @@ async fn admin(core: &Core, route: Admin, req: &Incoming) -> Result<(), ApiError
             };
             core.pool.put_item(item).await.map_err(failure)
         }
+        // Read-only views (their `Allow` is GET).
+        Admin::Pool | Admin::Reviews => Err(PARAMS),
         Admin::Ban => {
             let user = string_field(&o, "user", 64)?;
             let banned = match o.get("banned") {

@@ -87,6 +87,8 @@ pub fn route_label(path: &str, query: Option<&str>) -> RouteLabel {
         ["v2", "charge"] => l("sendapi", "/v2/charge"),
         ["v2", "item"] => l("sendapi", "/v2/item"),
         ["v2", "ban"] => l("sendapi", "/v2/ban"),
+        ["v2", "pool"] => l("sendapi", "/v2/pool"),
+        ["v2", "reviews"] => l("sendapi", "/v2/reviews"),
         ["phones"] => l("pool", "/phones"),
         ["mobiles", a, n] if filled(a) && filled(n) => l("pool", "/mobiles/{app}/{n}"),
         ["vcodes"] => l("pool", "/vcodes"),

@@ -138,7 +138,8 @@ impl Route {
     /// The methods the route takes, as an `Allow` header value.
     fn allowed(&self) -> &'static str {
         match self {
-            Self::Hub(_) | Self::Telsignup | Self::Admin(_) => "POST",
+            Self::Hub(_) | Self::Telsignup => "POST",
+            Self::Admin(a) => a.allowed(),
             Self::AccountV4(..) => "GET, POST",
             Self::Pool(e) => match e.method() {
                 Method::GET => "GET",
@@ -315,7 +316,7 @@ impl SmsService {
             Route::Telsignup => telsignup::handle(core, &incoming).await,
             Route::AccountV4(e, seg) => account_v4::handle(core, e, seg, &incoming).await,
             Route::Pool(e) => pool::handle(core, &config.pool_auth, e, &incoming).await,
-            Route::Admin(a) => admin::handle(core, a, &incoming).await,
+            Route::Admin(a) => admin::handle(core, a, &method, &incoming).await,
             Route::SendApi(r) => sendapi::handle(core, r, &method, &incoming).await,
             Route::OpenApi(d) => openapi::handle(d),
         }

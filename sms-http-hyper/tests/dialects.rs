@@ -390,6 +390,32 @@ async fn sendapi_and_root_routes_answer_in_the_er_envelope() {
         (s, v["error"].clone()),
         (StatusCode::FORBIDDEN, json!("ER:0031"))
     );
+    // Root's views: the pending signature and template, the items, the pool.
+    let (s, v) = h.json(Method::GET, "/v2/reviews", root(), json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["signatures"][0]["sign_id"], sign_id);
+    assert_eq!(v["templates"][0]["temp_id"], temp_id);
+    assert_eq!(v["templates"][0]["template"], "您的包裹${no}已到");
+    let (s, v) = h.json(Method::GET, "/v2/reviews", erin(), json!({})).await;
+    assert_eq!(
+        (s, v["error"].clone()),
+        (StatusCode::BAD_REQUEST, json!("ER:0003"))
+    );
+    let item = json!({"item_id": "com.example", "name": "Ex", "price": 3, "send_price": 1});
+    let (s, _) = h.json(Method::POST, "/v2/item", root(), item).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = h.json(Method::GET, "/v2/item", root(), json!({})).await;
+    assert_eq!(
+        v["items"],
+        json!([{"item_id": "com.example", "name": "Ex", "price": 3, "send_price": 1, "code_pattern": null}])
+    );
+    let (_, v) = h.json(Method::GET, "/v2/pool", root(), json!({})).await;
+    assert_eq!(
+        v,
+        json!({"size": 100, "numbers": 0, "leased": 0, "available": 0})
+    );
+    let (s, _) = h.json(Method::POST, "/v2/pool", root(), json!({})).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     // Not JSON: ER:0002.
     let (s, v) = h
         .call(

@@ -607,6 +607,68 @@ async function ban(banned) {
   await adminCall('ban-result', 'POST', '/v2/ban', { user: $('ban-user').value.trim(), banned });
 }
 
+/** Root's views: the pool, what waits for review, the items. */
+async function loadState() {
+  const [pool, reviews, items] = await Promise.all([
+    sendapi('GET', '/v2/pool', creds()),
+    sendapi('GET', '/v2/reviews', creds()),
+    sendapi('GET', '/v2/item', creds()),
+  ]);
+  const refused = [pool, reviews, items].find((r) => r.status !== 200);
+  if (refused) {
+    say('state-result', apiRefusal(refused), false);
+    return;
+  }
+  const p = pool.body;
+  relabelled.set('pool-state', () => t('pool_state', p));
+  $('pool-state').textContent = t('pool_state', p);
+  const rows = [
+    ...reviews.body.signatures.map((s) => ({ kind: 'sign', id: s.sign_id, user: s.user_id, text: `${s.signature} (${s.source})` })),
+    ...reviews.body.templates.map((x) => ({ kind: 'temp', id: x.temp_id, user: x.user_id, text: `${x.name}: ${x.template}` })),
+  ];
+  $('review-table').tBodies[0].replaceChildren(
+    ...rows.map((r) => {
+      const what = t(r.kind === 'sign' ? 'signature' : 'template');
+      const approve = el('button', { type: 'button', class: 'small', 'aria-label': `${t('approve')} ${what} ${r.id}` }, t('approve'));
+      approve.addEventListener('click', (ev) => guarded(ev.currentTarget, 'state-result', async () => {
+        const body = { audit_status: 'passed', [r.kind === 'sign' ? 'sign_id' : 'temp_id']: r.id };
+        const done = await sendapi('POST', r.kind === 'sign' ? '/v2/signreview' : '/v2/tempreview', creds(), body);
+        if (done.status !== 200) say('state-result', apiRefusal(done), false);
+        else await loadState();
+      }));
+      const pick = el('button', { type: 'button', class: 'secondary small', 'aria-label': `${t('review_it')} ${what} ${r.id}` }, t('review_it'));
+      pick.addEventListener('click', () => {
+        $('review-kind').value = r.kind;
+        $('review-id').value = String(r.id);
+        $('review-reason').focus();
+      });
+      return el(
+        'tr',
+        {},
+        el('td', {}, what),
+        el('td', { class: 'mono' }, String(r.id)),
+        el('td', { class: 'mono' }, r.user),
+        el('td', {}, r.text),
+        el('td', {}, approve, ' ', pick),
+      );
+    }),
+  );
+  $('items-table').tBodies[0].replaceChildren(
+    ...items.body.items.map((i) =>
+      el(
+        'tr',
+        {},
+        el('td', { class: 'mono' }, i.item_id),
+        el('td', {}, i.name),
+        el('td', {}, String(i.price)),
+        el('td', {}, String(i.send_price)),
+        el('td', { class: 'mono' }, i.code_pattern ?? ''),
+      ),
+    ),
+  );
+  say('state-result', () => (rows.length ? '' : t('none_pending')));
+}
+
 async function setSize() {
   const n = $('pool-size').value.trim();
   const r = await pool('PUT', `/setsize?${new URLSearchParams({ newsize: n })}`, { basic: creds() });
@@ -680,6 +742,7 @@ function start() {
   $('unban').addEventListener('click', (ev) => guarded(ev.currentTarget, 'ban-result', needLogin('ban-result', () => ban(false))));
   onSubmit('size-form', 'size-result', needLogin('size-result', setSize));
   onSubmit('phones-form', 'phones-result', uploadPhones);
+  $('state-refresh').addEventListener('click', (ev) => guarded(ev.currentTarget, 'state-result', needLogin('state-result', loadState)));
   document.body.dataset.ready = 'true';
 }
 

@@ -285,7 +285,16 @@ test('signature and template under audit, root approves, the user sends and sees
   assert.equal(await page.locator('#sig-table tbody tr').count(), 1);
 
   // Root rejects the template with a reason; the user edits it, which sends it back to review.
-  await rootForm(root, 'review', { 'review-kind': 'sign', 'review-id': signId, 'review-status': 'passed' }, 'Done.');
+  // Root sees both waiting in "Platform state" and approves the signature from its row.
+  await tab(root, 'admin');
+  await root.locator('#state-refresh').click();
+  await root.locator('#review-table tbody tr').nth(1).waitFor();
+  assert.equal(await root.locator('#review-table tbody tr').count(), 2, 'the signature and the template wait');
+  await waitText(root.locator('#pool-state'), /^Pool: size \d+, \d+ numbers stored, \d+ leased, \d+ available\.$/);
+  assert.ok((await root.locator('#items-table tbody tr').count()) >= 1, 'flow (a) created an item');
+  await root.getByRole('button', { name: `Approve Signature ${signId}` }).click();
+  await root.locator('#review-table tbody tr').nth(1).waitFor({ state: 'detached' });
+  assert.equal(await root.locator('#review-table tbody tr').count(), 1, 'only the template waits');
   await rootForm(root, 'review', { 'review-kind': 'temp', 'review-id': tempId, 'review-status': 'rejected', 'review-reason': 'say what the code is for' }, 'Done.');
   await page.locator('#tpl-refresh').click();
   const tplRow = page.locator('#tpl-table tbody tr').first();
@@ -299,6 +308,9 @@ test('signature and template under audit, root approves, the user sends and sees
   await waitText(page.locator('#tpl-result'), `Template ${tempId} saved (pending review again).`);
   await waitText(page.locator('#tpl-table tbody tr').first().locator('td').nth(5), 'pending');
   await rootForm(root, 'review', { 'review-kind': 'temp', 'review-id': tempId, 'review-status': 'passed', 'review-reason': '' }, 'Done.');
+  await root.locator('#state-refresh').click();
+  await waitText(root.locator('#state-result'), 'Nothing waits for review.');
+  assert.equal(await root.locator('#review-table tbody tr').count(), 0);
   await shot(root, 'console-admin.png');
 
   await page.locator('#sig-refresh').click();
