@@ -1,0 +1,373 @@
+//! [`PgEventHub`]: the [`EventHub`] port across nodes.
+//!
+//! Each node keeps a [`LocalEventHub`] for its own sessions. An event
+//! published on a node goes to its local sessions at once, and to the
+//! `events` table with a `NOTIFY` carrying it (one statement): the other
+//! nodes' listeners hand it to their local sessions. The notification is a
+//! wake-up hint, the tables are the truth: after every (re)connect of the
+//! listener, and on a slow poll, a node reads the `events` rows it has not
+//! seen and, for every user with a session on it, the user's mailbox, so a
+//! notification lost while the listener was away loses no push. Pushes are
+//! handed to a user's local sessions once per mailbox sequence number.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sms_core::events::{Event, EventHub, KickoutReason, LocalEventHub, Push};
+use sms_core::secret::TokenHash;
+use sms_core::store::QueueStore;
+use sms_core::user::UserId;
+use sqlx::postgres::PgListener;
+use tokio::sync::mpsc;
+
+use crate::PgStore;
+
+/// How often a node reads the tables when no notification came.
+pub const POLL: Duration = Duration::from_secs(2);
+/// Events kept in the table (older rows are pruned).
+const KEEP_EVENTS_MS: i64 = 10 * 60 * 1000;
+/// Ids below the highest seen that a catch-up reads again (rows commit
+/// slightly out of id order).
+const LOOKBACK: i64 = 256;
+/// Sequence numbers remembered per user, and event ids per node.
+const REMEMBER: usize = 4096;
+/// Mailbox entries read per user on a catch-up.
+const MAILBOX_PAGE: usize = 64;
+/// Events waiting for the writer; past that, publishing to other nodes is
+/// dropped (the mailbox still holds every push; a log line says so).
+const OUTGOING: usize = 8192;
+
+/// An event as it travels between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum Wire {
+    Push { seq: u64, push: Push },
+    Kickout {
+        reason: KickoutReason,
+        spare: Option<TokenHash>,
+    },
+}
+
+impl Wire {
+    fn of(event: &Event) -> Self {
+        match event {
+            Event::Push { seq, push } => Self::Push {
+                seq: *seq,
+                push: push.clone(),
+            },
+            Event::Kickout { reason, spare } => Self::Kickout {
+                reason: *reason,
+                spare: *spare,
+            },
+        }
+    }
+
+    fn into_event(self) -> Event {
+        match self {
+            Self::Push { seq, push } => Event::Push { seq, push },
+            Self::Kickout { reason, spare } => Event::Kickout { reason, spare },
+        }
+    }
+}
+
+/// The notification payload.
+#[derive(Debug, Deserialize)]
+struct Note {
+    id: i64,
+    node: String,
+    user: String,
+    body: String,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// Per user: mailbox sequence numbers already handed to local sessions.
+    pushes: HashMap<UserId, BTreeSet<u64>>,
+    /// Event ids of other nodes already handled.
+    events: BTreeSet<i64>,
+    /// The highest event id handled.
+    cursor: i64,
+    /// Users with (possibly) live local sessions.
+    users: HashSet<UserId>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    local: LocalEventHub,
+    node: String,
+    channel: String,
+    store: PgStore,
+    seen: Mutex<Seen>,
+    outgoing: mpsc::Sender<(UserId, String)>,
+}
+
+/// The event hub of one node of a deployment on one database.
+#[derive(Debug, Clone)]
+pub struct PgEventHub {
+    shared: Arc<Shared>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl PgEventHub {
+    /// Starts the hub of node `node` (any name unique in the deployment,
+    /// e.g. a random id) on `store`'s database: its writer, its listener and
+    /// its poll run on the current Tokio runtime until [`stop`](Self::stop).
+    pub async fn start(store: PgStore, node: impl Into<String>) -> Result<Self, sms_core::StoreError> {
+        let channel = format!("sms_events_{}", store.schema());
+        let cursor: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM events")
+            .fetch_one(store.pool())
+            .await
+            .map_err(crate::db)?;
+        let (tx, rx) = mpsc::channel(OUTGOING);
+        let shared = Arc::new(Shared {
+            local: LocalEventHub::new(),
+            node: node.into(),
+            channel,
+            store,
+            seen: Mutex::new(Seen {
+                cursor,
+                ..Seen::default()
+            }),
+            outgoing: tx,
+        });
+        let mut listener = PgListener::connect_with(shared.store.pool())
+            .await
+            .map_err(crate::db)?;
+        listener
+            .listen(&shared.channel)
+            .await
+            .map_err(crate::db)?;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(writer(shared.clone(), rx, stop_rx.clone()));
+        tokio::spawn(listen(shared.clone(), listener, stop_rx));
+        Ok(Self { shared, stop })
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// Stops the writer, the listener and the poll.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Reads the tables now (what a reconnect or a poll does).
+    pub async fn catch_up(&self) {
+        catch_up(&self.shared).await;
+    }
+}
+
+impl Shared {
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands `event` to the local sessions of `user`, once per push.
+    fn deliver(&self, user: &UserId, event: Event) {
+        if let Event::Push { seq, .. } = &event {
+            let mut seen = self.seen();
+            let set = seen.pushes.entry(user.clone()).or_default();
+            if !set.insert(*seq) {
+                return;
+            }
+            while set.len() > REMEMBER {
+                set.pop_first();
+            }
+        }
+        self.local.publish(user, event);
+    }
+
+    fn handle_note(&self, payload: &str) {
+        let Ok(note) = serde_json::from_str::<Note>(payload) else {
+            tracing::warn!("event hub: a notification that does not decode was ignored");
+            return;
+        };
+        self.handle_row(note.id, &note.node, note.user, &note.body);
+    }
+
+    fn handle_row(&self, id: i64, node: &str, user: String, body: &str) {
+        {
+            let mut seen = self.seen();
+            if !seen.events.insert(id) {
+                return;
+            }
+            while seen.events.len() > REMEMBER {
+                seen.events.pop_first();
+            }
+            seen.cursor = seen.cursor.max(id);
+        }
+        if node == self.node {
+            return;
+        }
+        match serde_json::from_str::<Wire>(body) {
+            Ok(w) => self.deliver(&UserId::from_string(user), w.into_event()),
+            Err(e) => tracing::warn!(error = %e, "event hub: an event row that does not decode was ignored"),
+        }
+    }
+}
+
+impl EventHub for PgEventHub {
+    fn publish(&self, user: &UserId, event: Event) {
+        let body = serde_json::to_string(&Wire::of(&event));
+        self.shared.deliver(user, event);
+        match body {
+            Ok(body) => {
+                if self.shared.outgoing.try_send((user.clone(), body)).is_err() {
+                    tracing::warn!("event hub: too many events waiting; one was not sent to the other nodes");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "event hub: an event did not encode"),
+        }
+    }
+
+    fn subscribe(&self, user: &UserId, capacity: usize) -> mpsc::Receiver<Event> {
+        self.shared.seen().users.insert(user.clone());
+        self.shared.local.subscribe(user, capacity)
+    }
+}
+
+/// Writes published events: one row and its notification per event.
+async fn writer(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<(UserId, String)>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (user, body) = tokio::select! {
+            m = rx.recv() => match m { Some(m) => m, None => break },
+            _ = stop.changed() => break,
+        };
+        let r = sqlx::query(
+            "WITH e AS (INSERT INTO events (node, user_id, at_ms, body) \
+             VALUES ($1, $2, (extract(epoch FROM clock_timestamp()) * 1000)::bigint, $3) \
+             RETURNING id, node, user_id, body) \
+             SELECT pg_notify($4, json_build_object('id', id, 'node', node, 'user', user_id, 'body', body)::text) FROM e",
+        )
+        .bind(&shared.node)
+        .bind(user.as_str())
+        .bind(&body)
+        .bind(&shared.channel)
+        .execute(shared.store.pool())
+        .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "event hub: an event could not be sent to the other nodes");
+        }
+    }
+}
+
+enum Heard {
+    Note(String),
+    Lost,
+}
+
+/// Receives notifications (and forwards them to the handler loop), reads
+/// the tables after every reconnect and on each poll tick.
+async fn listen(
+    shared: Arc<Shared>,
+    mut listener: PgListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let recv = tokio::spawn(async move {
+        loop {
+            let heard = match listener.try_recv().await {
+                Ok(Some(n)) => Heard::Note(n.payload().to_owned()),
+                // The connection was lost: the next call reconnects.
+                Ok(None) => Heard::Lost,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event hub: listener failed; reconnecting");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Heard::Lost
+                }
+            };
+            if tx.send(heard).is_err() {
+                break;
+            }
+        }
+    });
+    let mut tick = tokio::time::interval(POLL);
+    let mut ticks = 0u64;
+    let mut lost = false;
+    loop {
+        tokio::select! {
+            h = rx.recv() => match h {
+                Some(Heard::Note(p)) => {
+                    shared.handle_note(&p);
+                    if lost {
+                        // Back after a reconnect: what came meanwhile is in
+                        // the tables.
+                        lost = false;
+                        catch_up(&shared).await;
+                    }
+                }
+                Some(Heard::Lost) => {
+                    lost = true;
+                    catch_up(&shared).await;
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                ticks += 1;
+                catch_up(&shared).await;
+                if ticks % 30 == 0 {
+                    prune(&shared).await;
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    recv.abort();
+}
+
+/// Reads the events not seen yet and, for each user with a local session,
+/// the mailbox entries not yet handed to them.
+async fn catch_up(shared: &Arc<Shared>) {
+    let cursor = shared.seen().cursor;
+    let rows: Result<Vec<(i64, String, String, String)>, _> = sqlx::query_as(
+        "SELECT id, node, user_id, body FROM events WHERE id > $1 ORDER BY id",
+    )
+    .bind(cursor - LOOKBACK)
+    .fetch_all(shared.store.pool())
+    .await;
+    match rows {
+        Ok(rows) => {
+            for (id, node, user, body) in rows {
+                shared.handle_row(id, &node, user, &body);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "event hub: events table unreadable"),
+    }
+    let users: Vec<UserId> = {
+        let mut seen = shared.seen();
+        seen.users.retain(|u| shared.local.subscribers(u) > 0);
+        let live: HashSet<UserId> = seen.users.clone();
+        seen.pushes.retain(|u, _| live.contains(u));
+        live.into_iter().collect()
+    };
+    for user in users {
+        match shared.store.mailbox(&user, None, MAILBOX_PAGE).await {
+            Ok(entries) => {
+                for (seq, push) in entries {
+                    shared.deliver(&user, Event::Push { seq, push });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "event hub: mailbox unreadable"),
+        }
+    }
+}
+
+async fn prune(shared: &Arc<Shared>) {
+    let r = sqlx::query(
+        "DELETE FROM events WHERE at_ms < (extract(epoch FROM clock_timestamp()) * 1000)::bigint - $1",
+    )
+    .bind(KEEP_EVENTS_MS)
+    .execute(shared.store.pool())
+    .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "event hub: pruning failed");
+    }
+}

@@ -1,0 +1,43 @@
+//! Shared by the PostgreSQL test suites: the database URL from
+//! `SMS_TEST_DATABASE_URL`, and a fresh schema per test.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sms_store_postgres::{PgOptions, PgStore};
+
+/// The variable the suites read.
+pub const VAR: &str = "SMS_TEST_DATABASE_URL";
+
+/// The database URL, or `None` (and a line on stderr naming the skipped
+/// test and why) when the variable is unset.
+pub fn database_url(test: &str) -> Option<String> {
+    match std::env::var(VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: {VAR} is not set (e.g. postgres://postgres@127.0.0.1:5432/test); this test needs PostgreSQL"
+            );
+            None
+        }
+    }
+}
+
+/// A schema name no other test of any run uses.
+pub fn fresh_schema(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("t_{prefix}_{}_{n}_{nanos}", std::process::id())
+}
+
+/// A store on a fresh schema of the test database.
+pub async fn fresh_store(url: &str, prefix: &str) -> PgStore {
+    PgStore::connect(&PgOptions::new(url).schema(fresh_schema(prefix)).max_connections(8))
+        .await
+        .expect("connect to the test database")
+}
