@@ -17,6 +17,7 @@ pub struct PlatformService {
     http: SmsService,
     ws: HubWs,
     carriers: Option<crate::carriers::Carriers>,
+    health: Option<crate::health::Health>,
 }
 
 impl PlatformService {
@@ -26,7 +27,14 @@ impl PlatformService {
             http,
             ws,
             carriers: None,
+            health: None,
         }
+    }
+
+    /// Also serves `GET /livez` and `GET /readyz` ([`crate::health`]).
+    pub fn with_health(mut self, health: crate::health::Health) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Also serves `POST /carriers/<name>/receipts` (carriers.md C3).
@@ -46,6 +54,21 @@ impl tower_service::Service<Request<Incoming>> for PlatformService {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        if let Some(health) = &self.health {
+            if crate::health::Health::is_health_path(req.uri().path()) {
+                let health = health.clone();
+                let http = self.http.clone();
+                return Box::pin(async move {
+                    match health.answer(req.method(), req.uri().path()).await {
+                        Some(resp) => Ok(resp),
+                        None => {
+                            let resp = sms_http_hyper::service::method_not_allowed("GET");
+                            Ok(http.refuse(req, resp).await)
+                        }
+                    }
+                });
+            }
+        }
         if let Some(carriers) = &self.carriers {
             let name = req
                 .uri()

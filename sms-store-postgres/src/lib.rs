@@ -69,6 +69,7 @@ pub struct PgOptions {
     max_connections: u32,
     acquire_timeout: Duration,
     statement_timeout: Duration,
+    claim_secs: i64,
 }
 
 impl fmt::Debug for PgOptions {
@@ -80,6 +81,7 @@ impl fmt::Debug for PgOptions {
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("claim_secs", &self.claim_secs)
             .finish()
     }
 }
@@ -117,7 +119,16 @@ impl PgOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
+            claim_secs: 30,
         }
+    }
+
+    /// How long a node's claim on a send task lasts without a heartbeat
+    /// (default 30 s): after a node dies, its tasks wait this long before
+    /// another node takes them over.
+    pub fn claim_secs(mut self, secs: u32) -> Self {
+        self.claim_secs = i64::from(secs.max(1));
+        self
     }
 
     /// Puts every table in `schema` (created if missing): one deployment,
@@ -190,6 +201,9 @@ impl PgOptions {
 pub struct PgStore {
     pool: PgPool,
     schema: String,
+    /// This store's name among the nodes (claims on send tasks).
+    node: String,
+    claim_secs: i64,
 }
 
 impl PgStore {
@@ -200,9 +214,15 @@ impl PgStore {
         schema::migrate(&pool, &options.schema)
             .await
             .map_err(StoreError::from)?;
+        let node: String = sqlx::query_scalar("SELECT gen_random_uuid()::text")
+            .fetch_one(&pool)
+            .await
+            .map_err(db)?;
         Ok(Self {
             pool,
             schema: options.schema.clone(),
+            node,
+            claim_secs: options.claim_secs,
         })
     }
 
@@ -220,6 +240,11 @@ impl PgStore {
     /// same database).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// This store's node name (random per connect): whose claims it holds.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// The schema the tables live in.

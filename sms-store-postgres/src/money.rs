@@ -451,11 +451,17 @@ impl SendStore for PgStore {
                     }
                 }
                 if v != before {
-                    sqlx::query("UPDATE tasks SET statuses = $2 WHERE uuid = $1")
-                        .bind(uuid)
-                        .bind(encode(TASKS, &v)?)
-                        .execute(&mut *tx)
-                        .await?;
+                    // Also the heartbeat of this node's claim on the task.
+                    sqlx::query(
+                        "UPDATE tasks SET statuses = $2, claimed_until = CASE WHEN claimed_by = $3 \
+                         THEN extract(epoch FROM now())::bigint + $4 ELSE claimed_until END WHERE uuid = $1",
+                    )
+                    .bind(uuid)
+                    .bind(encode(TASKS, &v)?)
+                    .bind(&self.node)
+                    .bind(self.claim_secs)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 Ok(())
             }
@@ -464,11 +470,24 @@ impl SendStore for PgStore {
     }
 
     async fn open_tasks(&self) -> StoreResult<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT uuid FROM tasks WHERE open ORDER BY seq")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db)?,
+        // Shared among nodes: the open tasks no other node holds a live
+        // claim on are claimed by this one (`SKIP LOCKED`: a task another
+        // node is claiming right now is left to it) for `claim_secs`; the
+        // worker's next call, and every recorded batch, renews the claim
+        // (the heartbeat). A node that dies stops renewing, and its tasks
+        // go to whoever asks after the claim ran out.
+        let mut rows: Vec<(i64, String)> = sqlx::query_as(
+            "UPDATE tasks SET claimed_by = $1, claimed_until = extract(epoch FROM now())::bigint + $2 \
+             WHERE seq IN (SELECT seq FROM tasks WHERE open AND (claimed_by IS NULL OR claimed_by = $1 \
+             OR claimed_until < extract(epoch FROM now())::bigint) ORDER BY seq FOR UPDATE SKIP LOCKED) \
+             RETURNING seq, uuid",
         )
+        .bind(&self.node)
+        .bind(self.claim_secs)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.sort_by_key(|(seq, _)| *seq);
+        Ok(rows.into_iter().map(|(_, uuid)| uuid).collect())
     }
 }
