@@ -70,8 +70,7 @@ impl Health {
             return Err("background workers not running");
         }
         // A trivial read through the store port (one query on PostgreSQL).
-        match tokio::time::timeout(STORE_PROBE_TIMEOUT, self.inner.stores.pool.pool_size()).await
-        {
+        match tokio::time::timeout(STORE_PROBE_TIMEOUT, self.inner.stores.pool.pool_size()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) | Err(_) => Err("store unreachable"),
         }

@@ -28,9 +28,9 @@ use tokio::task::JoinHandle;
 
 use crate::carriers::{Carriers, ReceiptEvent};
 use crate::config::PlatformArgs;
+use crate::health::Health;
 use crate::outbox::{OutboxGateway, OutboxSender};
 use crate::router::PlatformService;
-use crate::health::Health;
 use crate::secrets::{load_code_secret, SecretError, SecretSources};
 use crate::workers::BackgroundWorkers;
 
@@ -315,9 +315,9 @@ impl Platform {
         let carriers = match &a.carriers {
             Some(path) => {
                 let queue: Arc<dyn sms_core::delivery::DeliveryQueue> = match &postgres {
-                    Some(pg) => Arc::new(sms_store_postgres::PgDeliveryQueue::new(
-                        pg.store.clone(),
-                    )),
+                    Some(pg) => {
+                        Arc::new(sms_store_postgres::PgDeliveryQueue::new(pg.store.clone()))
+                    }
                     None => Arc::new(sms_store_sled::delivery::SledDeliveryQueue::open(
                         a.data.join("delivery"),
                     )?),

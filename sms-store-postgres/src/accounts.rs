@@ -177,11 +177,12 @@ impl SessionStore for PgStore {
     ) -> StoreResult<Option<Session>> {
         in_tx!(self, |tx| {
             async {
-                let body: Option<String> =
-                    sqlx::query_scalar("SELECT body FROM sessions WHERE token_hash = $1 FOR UPDATE")
-                        .bind(token_hash.to_hex())
-                        .fetch_optional(&mut *tx)
-                        .await?;
+                let body: Option<String> = sqlx::query_scalar(
+                    "SELECT body FROM sessions WHERE token_hash = $1 FOR UPDATE",
+                )
+                .bind(token_hash.to_hex())
+                .fetch_optional(&mut *tx)
+                .await?;
                 let Some(before) = decode_opt::<Session>(SESSIONS, body)? else {
                     return Ok(None);
                 };

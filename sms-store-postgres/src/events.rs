@@ -43,7 +43,10 @@ const OUTGOING: usize = 8192;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum Wire {
-    Push { seq: u64, push: Push },
+    Push {
+        seq: u64,
+        push: Push,
+    },
     Kickout {
         reason: KickoutReason,
         spare: Option<TokenHash>,
@@ -114,7 +117,10 @@ impl PgEventHub {
     /// Starts the hub of node `node` (any name unique in the deployment,
     /// e.g. a random id) on `store`'s database: its writer, its listener and
     /// its poll run on the current Tokio runtime until [`stop`](Self::stop).
-    pub async fn start(store: PgStore, node: impl Into<String>) -> Result<Self, sms_core::StoreError> {
+    pub async fn start(
+        store: PgStore,
+        node: impl Into<String>,
+    ) -> Result<Self, sms_core::StoreError> {
         let channel = format!("sms_events_{}", store.schema());
         let cursor: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM events")
             .fetch_one(store.pool())
@@ -135,10 +141,7 @@ impl PgEventHub {
         let mut listener = PgListener::connect_with(shared.store.pool())
             .await
             .map_err(crate::db)?;
-        listener
-            .listen(&shared.channel)
-            .await
-            .map_err(crate::db)?;
+        listener.listen(&shared.channel).await.map_err(crate::db)?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(writer(shared.clone(), rx, stop_rx.clone()));
         tokio::spawn(listen(shared.clone(), listener, stop_rx));
@@ -205,7 +208,9 @@ impl Shared {
         }
         match serde_json::from_str::<Wire>(body) {
             Ok(w) => self.deliver(&UserId::from_string(user), w.into_event()),
-            Err(e) => tracing::warn!(error = %e, "event hub: an event row that does not decode was ignored"),
+            Err(e) => {
+                tracing::warn!(error = %e, "event hub: an event row that does not decode was ignored")
+            }
         }
     }
 }
@@ -217,7 +222,9 @@ impl EventHub for PgEventHub {
         match body {
             Ok(body) => {
                 if self.shared.outgoing.try_send((user.clone(), body)).is_err() {
-                    tracing::warn!("event hub: too many events waiting; one was not sent to the other nodes");
+                    tracing::warn!(
+                        "event hub: too many events waiting; one was not sent to the other nodes"
+                    );
                 }
             }
             Err(e) => tracing::error!(error = %e, "event hub: an event did not encode"),
@@ -327,12 +334,11 @@ async fn listen(
 /// the mailbox entries not yet handed to them.
 async fn catch_up(shared: &Arc<Shared>) {
     let cursor = shared.seen().cursor;
-    let rows: Result<Vec<(i64, String, String, String)>, _> = sqlx::query_as(
-        "SELECT id, node, user_id, body FROM events WHERE id > $1 ORDER BY id",
-    )
-    .bind(cursor - LOOKBACK)
-    .fetch_all(shared.store.pool())
-    .await;
+    let rows: Result<Vec<(i64, String, String, String)>, _> =
+        sqlx::query_as("SELECT id, node, user_id, body FROM events WHERE id > $1 ORDER BY id")
+            .bind(cursor - LOOKBACK)
+            .fetch_all(shared.store.pool())
+            .await;
     match rows {
         Ok(rows) => {
             for (id, node, user, body) in rows {

@@ -344,10 +344,7 @@ pub(crate) fn to_u64(n: i64) -> u64 {
 /// namespace), in one global order (by hash), so concurrent decisions over
 /// overlapping keys serialise and never deadlock. For keys that may have no
 /// row yet (limit states, a user's sessions, a mailbox).
-pub(crate) async fn lock_keys(
-    conn: &mut sqlx::PgConnection,
-    keys: Vec<String>,
-) -> Result2<()> {
+pub(crate) async fn lock_keys(conn: &mut sqlx::PgConnection, keys: Vec<String>) -> Result2<()> {
     if keys.is_empty() {
         return Ok(());
     }

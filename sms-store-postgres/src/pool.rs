@@ -16,9 +16,7 @@ use sms_core::pool::{
     DeviceMessage, Intake, IntakeTally, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo,
     PoolNumber, ReceivedSms,
 };
-use sms_core::store::{
-    ItemStore, PhonePool, Purged, QueueStore, StoreResult, DEFAULT_POOL_SIZE,
-};
+use sms_core::store::{ItemStore, PhonePool, Purged, QueueStore, StoreResult, DEFAULT_POOL_SIZE};
 use sms_core::user::UserId;
 
 use crate::money::{apply_ledger, balance_lock};
@@ -111,10 +109,11 @@ async fn put_lease(conn: &mut PgConnection, lease: &Lease) -> Result2<()> {
 }
 
 async fn lock_lease(conn: &mut PgConnection, id: &str) -> Result2<Option<Lease>> {
-    let body: Option<String> = sqlx::query_scalar("SELECT body FROM leases WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
+    let body: Option<String> =
+        sqlx::query_scalar("SELECT body FROM leases WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
     decode_opt(LEASES, body)
 }
 

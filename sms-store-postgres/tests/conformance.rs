@@ -19,4 +19,6 @@ async fn fresh(test: &str) -> Stores {
     }
 }
 
-sms_core::store_conformance_tests!(fresh("a store conformance check (it ran on the in-memory store instead)"));
+sms_core::store_conformance_tests!(fresh(
+    "a store conformance check (it ran on the in-memory store instead)"
+));

@@ -37,7 +37,11 @@ pub fn fresh_schema(prefix: &str) -> String {
 
 /// A store on a fresh schema of the test database.
 pub async fn fresh_store(url: &str, prefix: &str) -> PgStore {
-    PgStore::connect(&PgOptions::new(url).schema(fresh_schema(prefix)).max_connections(8))
-        .await
-        .expect("connect to the test database")
+    PgStore::connect(
+        &PgOptions::new(url)
+            .schema(fresh_schema(prefix))
+            .max_connections(8),
+    )
+    .await
+    .expect("connect to the test database")
 }
