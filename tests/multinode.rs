@@ -162,11 +162,10 @@ async fn wait_node(dir: &Path, mut child: Child, index: usize) -> Node {
 }
 
 fn fresh_schema() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("t_multinode_{}_{nanos}", std::process::id())
+    use sms_core::random::RandomSource;
+    let mut tag = [0u8; 6];
+    sms_core::random::OsRandom.fill(&mut tag);
+    format!("t_multinode_{}", hex::encode(tag))
 }
 
 async fn signup(t: &TestPlatform, user: &str) -> String {

@@ -320,7 +320,7 @@ async fn listen(
             _ = tick.tick() => {
                 ticks += 1;
                 catch_up(&shared).await;
-                if ticks % 30 == 0 {
+                if ticks.is_multiple_of(30) {
                     prune(&shared).await;
                 }
             }

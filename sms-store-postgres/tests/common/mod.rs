@@ -28,11 +28,11 @@ pub fn database_url(test: &str) -> Option<String> {
 pub fn fresh_schema(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("t_{prefix}_{}_{n}_{nanos}", std::process::id())
+    use sms_core::random::RandomSource;
+    let mut tag = [0u8; 6];
+    sms_core::random::OsRandom.fill(&mut tag);
+    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    format!("t_{prefix}_{tag}_{n}")
 }
 
 /// A store on a fresh schema of the test database.
