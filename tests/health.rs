@@ -52,10 +52,7 @@ async fn readyz_needs_running_workers_and_is_503_while_shutting_down() {
     let stores = Stores::from_single(Arc::new(MemoryStore::new()));
     let core = Core::test_builder(stores.clone()).build().unwrap();
     let health = Health::new(stores);
-    assert_eq!(
-        health.ready().await,
-        Err("background workers not running")
-    );
+    assert_eq!(health.ready().await, Err("background workers not running"));
     let workers = BackgroundWorkers::spawn(core);
     health.set_workers(workers.health());
     assert_eq!(health.ready().await, Ok(()));
@@ -64,10 +61,7 @@ async fn readyz_needs_running_workers_and_is_503_while_shutting_down() {
     let stopped = workers.health();
     workers.stop().await;
     assert!(!stopped.running());
-    assert_eq!(
-        health.ready().await,
-        Err("background workers not running")
-    );
+    assert_eq!(health.ready().await, Err("background workers not running"));
     health.shutting_down();
     assert_eq!(health.ready().await, Err("shutting down"));
     let answer = health.answer(&Method::GET, "/readyz").await.unwrap();
@@ -117,7 +111,10 @@ async fn an_unreachable_database_is_named_without_its_password() {
     let err = Platform::new(a).start().await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, PlatformError::Database { .. }), "{text}");
-    assert!(text.contains("postgres://sms:***@127.0.0.1:1/sms"), "{text}");
+    assert!(
+        text.contains("postgres://sms:***@127.0.0.1:1/sms"),
+        "{text}"
+    );
     assert!(!text.contains("hunter2"), "password in the error: {text}");
 }
 
