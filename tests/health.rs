@@ -21,7 +21,10 @@ fn database_url(test: &str) -> Option<String> {
     match std::env::var("SMS_TEST_DATABASE_URL") {
         Ok(u) if !u.is_empty() => Some(u),
         _ => {
-            eprintln!("SKIPPED {test}: SMS_TEST_DATABASE_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test); it needs PostgreSQL");
+            {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "SKIPPED {test}: SMS_TEST_DATABASE_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test); it needs PostgreSQL");
+            }
             None
         }
     }

@@ -234,7 +234,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_on_one_database() {
     let Ok(url) = std::env::var(DB_VAR) else {
-        eprintln!("SKIPPED three_nodes_on_one_database: {DB_VAR} is not set (e.g. postgres://postgres@127.0.0.1:5432/test); it needs PostgreSQL");
+        {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED three_nodes_on_one_database: {DB_VAR} is not set (e.g. postgres://postgres@127.0.0.1:5432/test); it needs PostgreSQL");
+        }
         return;
     };
     let dir = tempfile::tempdir().expect("dir");

@@ -16,9 +16,7 @@ pub fn database_url(test: &str) -> Option<String> {
     match std::env::var(VAR) {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            eprintln!(
-                "SKIPPED {test}: {VAR} is not set (e.g. postgres://postgres@127.0.0.1:5432/test); this test needs PostgreSQL"
-            );
+            skipped(test);
             None
         }
     }
@@ -44,4 +42,21 @@ pub async fn fresh_store(url: &str, prefix: &str) -> PgStore {
     )
     .await
     .expect("connect to the test database")
+}
+
+/// Says once per name, on the real stderr (not the test harness's
+/// captured output, so a plain `cargo test` shows it), that `test` was
+/// skipped.
+fn skipped(test: &str) {
+    use std::io::Write;
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    if said.iter().any(|t| t == test) {
+        return;
+    }
+    said.push(test.to_owned());
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {VAR} is not set (e.g. postgres://postgres@127.0.0.1:5432/test); it needs PostgreSQL"
+    );
 }
