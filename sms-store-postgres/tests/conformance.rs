@@ -20,5 +20,5 @@ async fn fresh(test: &str) -> Stores {
 }
 
 sms_core::store_conformance_tests!(fresh(
-    "a store conformance check (it ran on the in-memory store instead)"
+    "the conformance kit on PostgreSQL (every check ran on the in-memory store instead)"
 ));
