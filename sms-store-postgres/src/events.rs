@@ -17,7 +17,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sms_core::events::{Event, EventHub, KickoutReason, LocalEventHub, Push};
 use sms_core::secret::TokenHash;
-use sms_core::store::QueueStore;
 use sms_core::user::UserId;
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
@@ -33,8 +32,11 @@ const KEEP_EVENTS_MS: i64 = 10 * 60 * 1000;
 const LOOKBACK: i64 = 256;
 /// Sequence numbers remembered per user, and event ids per node.
 const REMEMBER: usize = 4096;
-/// Mailbox entries read per user on a catch-up.
-const MAILBOX_PAGE: usize = 64;
+/// Mailbox sequence numbers below the highest read that a catch-up reads
+/// again (entries of different users commit slightly out of order).
+const MAILBOX_LOOKBACK: i64 = 1024;
+/// Mailbox entries one catch-up reads at most.
+const MAILBOX_PAGE: i64 = 10_000;
 /// Events waiting for the writer; past that, publishing to other nodes is
 /// dropped (the mailbox still holds every push; a log line says so).
 const OUTGOING: usize = 8192;
@@ -92,6 +94,8 @@ struct Seen {
     events: BTreeSet<i64>,
     /// The highest event id handled.
     cursor: i64,
+    /// The highest mailbox sequence number read by a catch-up.
+    mailbox_cursor: i64,
     /// Users with (possibly) live local sessions.
     users: HashSet<UserId>,
 }
@@ -126,6 +130,10 @@ impl PgEventHub {
             .fetch_one(store.pool())
             .await
             .map_err(crate::db)?;
+        let mailbox_cursor: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM mailbox")
+            .fetch_one(store.pool())
+            .await
+            .map_err(crate::db)?;
         let (tx, rx) = mpsc::channel(OUTGOING);
         let shared = Arc::new(Shared {
             local: LocalEventHub::new(),
@@ -134,6 +142,7 @@ impl PgEventHub {
             store,
             seen: Mutex::new(Seen {
                 cursor,
+                mailbox_cursor,
                 ..Seen::default()
             }),
             outgoing: tx,
@@ -347,22 +356,65 @@ async fn catch_up(shared: &Arc<Shared>) {
         }
         Err(e) => tracing::warn!(error = %e, "event hub: events table unreadable"),
     }
-    let users: Vec<UserId> = {
+    let (users, after): (Vec<String>, i64) = {
         let mut seen = shared.seen();
         seen.users.retain(|u| shared.local.subscribers(u) > 0);
         let live: HashSet<UserId> = seen.users.clone();
         seen.pushes.retain(|u, _| live.contains(u));
-        live.into_iter().collect()
+        (
+            live.iter().map(|u| u.as_str().to_owned()).collect(),
+            seen.mailbox_cursor - MAILBOX_LOOKBACK,
+        )
     };
-    for user in users {
-        match shared.store.mailbox(&user, None, MAILBOX_PAGE).await {
-            Ok(entries) => {
-                for (seq, push) in entries {
-                    shared.deliver(&user, Event::Push { seq, push });
+    if users.is_empty() {
+        return;
+    }
+    // Every number drawn before this point is read now (or within the
+    // lookback next time): the cursor moves on even without local entries.
+    let drawn: Option<i64> = sqlx::query_scalar("SELECT last_value FROM mailbox_seq")
+        .fetch_one(shared.store.pool())
+        .await
+        .ok();
+    // One query for every user with a session here: the entries newer than
+    // the last catch-up read (what a lost notification would have carried).
+    let rows: Result<Vec<(String, i64, String)>, _> = sqlx::query_as(
+        "SELECT user_id, seq, body FROM mailbox WHERE seq > $1 AND user_id = ANY($2) \
+         ORDER BY seq LIMIT $3",
+    )
+    .bind(after)
+    .bind(&users)
+    .bind(MAILBOX_PAGE)
+    .fetch_all(shared.store.pool())
+    .await;
+    match rows {
+        Ok(rows) => {
+            for (user, seq, body) in rows {
+                {
+                    let mut seen = shared.seen();
+                    seen.mailbox_cursor = seen.mailbox_cursor.max(seq);
+                }
+                match serde_json::from_str::<Push>(&body) {
+                    Ok(push) => shared.deliver(
+                        &UserId::from_string(user),
+                        Event::Push {
+                            seq: u64::try_from(seq).unwrap_or(0),
+                            push,
+                        },
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event hub: a mailbox entry that does not decode was ignored")
+                    }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "event hub: mailbox unreadable"),
         }
+        Err(e) => {
+            tracing::warn!(error = %e, "event hub: mailbox unreadable");
+            return;
+        }
+    }
+    if let Some(drawn) = drawn {
+        let mut seen = shared.seen();
+        seen.mailbox_cursor = seen.mailbox_cursor.max(drawn);
     }
 }
 
