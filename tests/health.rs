@@ -166,4 +166,10 @@ async fn a_postgres_node_serves_and_is_ready() {
     assert_eq!(health.ready().await, Err("store unreachable"));
     workers.stop().await;
     t.stop().await;
+    sms_store_postgres::PgStore::connect_url(&url, &schema)
+        .await
+        .unwrap()
+        .drop_schema()
+        .await
+        .unwrap();
 }

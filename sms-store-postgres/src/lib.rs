@@ -261,6 +261,26 @@ impl PgStore {
             .map_err(|e| Error::from(e).into())
     }
 
+    /// Drops this store's schema with every table in it (for tests and
+    /// throw-away deployments; the store is unusable afterwards). Refuses
+    /// the `public` schema.
+    pub async fn drop_schema(&self) -> Result<(), StoreError> {
+        if self.schema == "public" {
+            return Err(StoreError::backend(Error::Config(
+                "the public schema is not dropped".into(),
+            )));
+        }
+        // The name was checked to be letters, digits and `_` only.
+        sqlx::query(&format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.schema
+        ))
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(db)
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
