@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sms_core::carrier::CarrierMessage;
@@ -247,4 +248,118 @@ async fn events_cross_hubs_and_the_mailbox_is_the_truth() {
     ));
     hub_a.stop();
     hub_b.stop();
+}
+
+/// A core of one "node" on `store`, on a manual clock.
+fn node_core(store: PgStore, clock: Arc<sms_core::clock::ManualClock>) -> sms_core::Core {
+    sms_core::Core::test_builder(Arc::new(store).stores())
+        .clock(clock)
+        .password_hasher(Arc::new(
+            sms_core::password::Argon2Hasher::fast_insecure_for_tests(),
+        ))
+        .build()
+        .expect("test core")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ended_leases_are_settled_once_whichever_nodes_sweep() {
+    let Some(url) = common::database_url("ended_leases_are_settled_once_whichever_nodes_sweep")
+    else {
+        return;
+    };
+    let (a, b) = two_nodes(&url, "settle", 30).await;
+    let clock = Arc::new(sms_core::clock::ManualClock::default());
+    clock.set(1_000);
+    let (node_a, node_b) = (node_core(a, clock.clone()), node_core(b, clock.clone()));
+    node_a
+        .accounts
+        .sign_up_username("alice", "secret1")
+        .await
+        .unwrap();
+    let alice = node_a
+        .accounts
+        .user_by_username("alice")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    node_a.billing.charge("alice", 100, None).await.unwrap();
+    node_b
+        .pool
+        .put_item(sms_core::pool::Item {
+            id: "app".into(),
+            name: "App".into(),
+            price: 10,
+            send_price: 1,
+            code_pattern: None,
+        })
+        .await
+        .unwrap();
+    let numbers: Vec<sms_core::pool::NumberInfo> = (0..4)
+        .map(|i| sms_core::pool::NumberInfo {
+            mobile: sms_core::phone::PhoneNumber::parse_cn_mobile(&format!("1380000{i:04}"))
+                .unwrap(),
+            cid: "dev".into(),
+            imsi: String::new(),
+            imei: String::new(),
+            iccid: String::new(),
+            ip: String::new(),
+            area: None,
+        })
+        .collect();
+    node_a.pool.upload_numbers(numbers).await.unwrap();
+    let leases = node_b
+        .pool
+        .lease(&alice, "app", 4, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(leases.len(), 4);
+    let b_before = node_a.billing.balance(&alice).await.unwrap();
+    assert_eq!((b_before.total, b_before.held), (100, 40));
+    // Every lease ends; both nodes' sweepers run at once, several times.
+    clock.advance(100_000);
+    let sweeps: Vec<_> = (0..6)
+        .map(|i| {
+            let core = if i % 2 == 0 {
+                node_a.clone()
+            } else {
+                node_b.clone()
+            };
+            tokio::spawn(async move { core.pool.settle_due(100).await.unwrap() })
+        })
+        .collect();
+    for s in sweeps {
+        s.await.unwrap();
+    }
+    let after = node_a.billing.balance(&alice).await.unwrap();
+    assert_eq!(
+        (after.total, after.held),
+        (100, 0),
+        "every hold released once"
+    );
+    let entries = node_b.stores.ledger.entries(&alice).await.unwrap();
+    for l in &leases {
+        let releases = entries
+            .iter()
+            .filter(|e| e.request.op_id == format!("release:{}", l.id))
+            .count();
+        assert_eq!(releases, 1, "lease {} released exactly once", l.id);
+        assert!(
+            node_a
+                .stores
+                .pool
+                .lease_record(&l.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .settled
+        );
+    }
+    assert!(node_b
+        .stores
+        .pool
+        .due_leases(i64::MAX, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
