@@ -407,6 +407,9 @@ async fn three_nodes_on_one_database() {
     let token = signup(n(0), "lat").await;
     let mut ws = Ws::connect(n(0)).await;
     assert_eq!(ws.login(&token).await["code"], 0);
+    // The same user's second session, on node 2, gets every push too.
+    let mut ws_other = Ws::connect(n(2)).await;
+    assert_eq!(ws_other.login(&token).await["code"], 0);
     let mut latencies = Vec::new();
     let mut after_answer = Vec::new();
     for i in 0..samples {
@@ -431,6 +434,12 @@ async fn three_nodes_on_one_database() {
         assert_eq!(
             push,
             json!({"protocol": "PushRecvMsg", "mobileNum": number, "msg": vcode})
+        );
+        let mut skipped = Vec::new();
+        assert_eq!(
+            ws_other.recv_protocol("PushRecvMsg", &mut skipped).await,
+            push,
+            "the session on another node"
         );
     }
     latencies.sort();
