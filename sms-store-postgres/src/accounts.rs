@@ -249,7 +249,7 @@ async fn load_limits(conn: &mut PgConnection, keys: &[&str]) -> Result2<Vec<Limi
         .collect())
 }
 
-/// Writes the limit states that differ from `before`.
+/// Writes the limit states that differ from `before`, in one statement.
 async fn store_limits(
     conn: &mut PgConnection,
     keys: &[&str],
@@ -261,6 +261,8 @@ async fn store_limits(
     for (i, k) in keys.iter().enumerate() {
         last.insert(*k, i);
     }
+    let mut changed_keys = Vec::new();
+    let mut bodies = Vec::new();
     for (i, k) in keys.iter().enumerate() {
         if last.get(k) != Some(&i) {
             continue;
@@ -271,8 +273,20 @@ async fn store_limits(
         if a == b {
             continue;
         }
-        put_limit(conn, k, a).await?;
+        changed_keys.push((*k).to_owned());
+        bodies.push(encode(LIMITS, a)?);
     }
+    if changed_keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO limits (key, body) SELECT * FROM unnest($1::text[], $2::text[]) \
+         ON CONFLICT (key) DO UPDATE SET body = excluded.body",
+    )
+    .bind(changed_keys)
+    .bind(bodies)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
