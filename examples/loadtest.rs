@@ -2,7 +2,7 @@
 //! server, in one process and one run, so the ratios are comparable.
 //!
 //! ```text
-//! cargo run --release --example loadtest -- [--secs 3] [--concurrency 32] [--json]
+//! cargo run --release --example loadtest -- [--secs 3] [--concurrency 32] [--json] [--postgres URL]
 //! ```
 //!
 //! Two servers run on a runtime of their own, on `127.0.0.1:0`:
@@ -13,6 +13,11 @@
 //!   in a temporary directory, with the production argon2 parameters, root
 //!   set up, `127.0.0.1` as trusted proxy, and one account per load
 //!   connection created before anything is measured.
+//!
+//! * with `--postgres URL` (env `SMS_LOADTEST_DATABASE_URL`), the platform on
+//!   PostgreSQL too: one node on a fresh schema, and three nodes sharing
+//!   another (scenario (a) only; connections spread over the three); the
+//!   schemas are dropped at the end.
 //!
 //! A closed-loop load generator on a second runtime then drives each
 //! scenario: `--concurrency` HTTP/1.1 keep-alive connections (hyper's
@@ -806,11 +811,12 @@ async fn bulk_send(core: sms_core::Core, addr: SocketAddr) -> String {
 
 /// The PostgreSQL platforms of `--postgres`: one node on a fresh schema,
 /// then three nodes on another (the first of them sets up root), each with
-/// the settings of the sled platform and one shared code secret.
+/// the settings of the sled platform and one shared code secret; with the
+/// schemas' tag.
 async fn postgres_nodes(
     url: &str,
     dir: &std::path::Path,
-) -> Result<Vec<sms_platform::RunningPlatform>, sms_platform::PlatformError> {
+) -> Result<(String, Vec<sms_platform::RunningPlatform>), sms_platform::PlatformError> {
     use sms_core::random::RandomSource;
     let mut tag = [0u8; 6];
     sms_core::random::OsRandom.fill(&mut tag);
@@ -843,9 +849,9 @@ async fn postgres_nodes(
         nodes.push(node);
     }
     eprintln!(
-        "PostgreSQL: one node on loadtest_{tag}_1, three on loadtest_{tag}_3 (drop the schemas when done)"
+        "PostgreSQL: one node on schema loadtest_{tag}_1, three on loadtest_{tag}_3 (dropped at the end)"
     );
-    Ok(nodes)
+    Ok((tag, nodes))
 }
 
 fn main() -> std::process::ExitCode {
@@ -913,9 +919,13 @@ fn main() -> std::process::ExitCode {
         );
         (baseline_addr, running, memory)
     });
+    let mut pg_tag = None;
     let postgres: Vec<sms_platform::RunningPlatform> = match &args.postgres {
         Some(url) => match servers.block_on(postgres_nodes(url, dir.path())) {
-            Ok(nodes) => nodes,
+            Ok((tag, nodes)) => {
+                pg_tag = Some(tag);
+                nodes
+            }
             Err(e) => {
                 eprintln!("--postgres: {e}");
                 return std::process::ExitCode::FAILURE;
@@ -985,6 +995,20 @@ fn main() -> std::process::ExitCode {
         let _ = tokio::time::timeout(Duration::from_secs(15), memory.shutdown()).await;
         for p in postgres {
             let _ = tokio::time::timeout(Duration::from_secs(15), p.shutdown()).await;
+        }
+        if let (Some(url), Some(tag)) = (&args.postgres, &pg_tag) {
+            for n in [1, 3] {
+                let schema = format!("loadtest_{tag}_{n}");
+                match sms_store_postgres::PgStore::connect_url(url, &schema).await {
+                    Ok(s) => {
+                        if let Err(e) = s.drop_schema().await {
+                            eprintln!("could not drop schema {schema}: {e}");
+                        }
+                        s.close().await;
+                    }
+                    Err(e) => eprintln!("could not drop schema {schema}: {e}"),
+                }
+            }
         }
     });
     clients.shutdown_background();
