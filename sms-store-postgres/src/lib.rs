@@ -86,6 +86,15 @@ impl fmt::Debug for PgOptions {
     }
 }
 
+/// A schema name used unquoted in `search_path` and quoted in DDL: both
+/// spell the same name only in lowercase.
+fn valid_schema(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 /// `scheme://user@host/db` with any password replaced by `***`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -132,7 +141,8 @@ impl PgOptions {
     }
 
     /// Puts every table in `schema` (created if missing): one deployment,
-    /// or one test, per schema. Letters, digits and `_` only.
+    /// or one test, per schema. 1–63 of lowercase ASCII letters, digits and
+    /// `_` (anything else is refused at connect).
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = schema.into();
         self
@@ -162,15 +172,9 @@ impl PgOptions {
     }
 
     fn connect_options(&self) -> Result<PgConnectOptions, StoreError> {
-        if self.schema.is_empty()
-            || self.schema.len() > 63
-            || !self
-                .schema
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
+        if !valid_schema(&self.schema) {
             return Err(StoreError::backend(Error::Config(
-                "schema: 1-63 of letters, digits and _".into(),
+                "schema: 1-63 of lowercase letters, digits and _".into(),
             )));
         }
         let opts = PgConnectOptions::from_str(&self.url).map_err(|_| {
@@ -416,4 +420,47 @@ impl PgStore {
 /// A query error as a [`StoreError`].
 pub(crate) fn db(e: sqlx::Error) -> StoreError {
     Error::from(e).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_password_and_parameters() {
+        assert_eq!(
+            redact_url("postgres://sms:hunter2@db:5432/sms?sslmode=disable"),
+            "postgres://sms:***@db:5432/sms"
+        );
+        assert_eq!(
+            redact_url("postgres://sms@db:5432/sms"),
+            "postgres://sms@db:5432/sms"
+        );
+        assert_eq!(redact_url("postgres://db/sms"), "postgres://db/sms");
+        assert_eq!(redact_url("hunter2"), "***");
+        let debug = format!("{:?}", PgOptions::new("postgres://u:hunter2@h/d"));
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn schema_names_are_checked_before_any_connection() {
+        for bad in ["", "Sms", "a-b", "a b", "x\"y", &"a".repeat(64)] {
+            assert!(!valid_schema(bad), "{bad:?}");
+            assert!(PgOptions::new("postgres://u@h/d")
+                .schema(bad)
+                .connect_options()
+                .is_err());
+        }
+        for good in ["public", "sms_1", "t_conf_0a1b"] {
+            assert!(valid_schema(good), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn unique_violations_name_their_field() {
+        assert_eq!(unique_field("users_username_key"), UniqueField::Username);
+        assert_eq!(unique_field("users_phone_key"), UniqueField::Phone);
+        assert_eq!(unique_field("users_email_key"), UniqueField::Email);
+        assert_eq!(unique_field("users_pkey"), UniqueField::Id);
+    }
 }
