@@ -81,10 +81,22 @@ impl Wire {
 #[derive(Debug, Deserialize)]
 struct Note {
     id: i64,
+    /// The row itself, unless it was too long for a notification (then it
+    /// is read from the table).
+    #[serde(flatten)]
+    row: Option<NoteRow>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NoteRow {
     node: String,
     user: String,
     body: String,
 }
+
+/// Longest event row a notification carries (PostgreSQL's payload limit
+/// is 8000 bytes; the row is escaped once more inside it).
+const NOTE_INLINE: i32 = 3000;
 
 #[derive(Debug, Default)]
 struct Seen {
@@ -193,12 +205,28 @@ impl Shared {
         self.local.publish(user, event);
     }
 
-    fn handle_note(&self, payload: &str) {
+    /// Handles a notification; one whose row was too long to travel in it
+    /// is read from the table.
+    async fn handle_note(&self, payload: &str) {
         let Ok(note) = serde_json::from_str::<Note>(payload) else {
             tracing::warn!("event hub: a notification that does not decode was ignored");
             return;
         };
-        self.handle_row(note.id, &note.node, note.user, &note.body);
+        match note.row {
+            Some(r) => self.handle_row(note.id, &r.node, r.user, &r.body),
+            None => {
+                let row: Result<Option<(String, String, String)>, _> =
+                    sqlx::query_as("SELECT node, user_id, body FROM events WHERE id = $1")
+                        .bind(note.id)
+                        .fetch_optional(self.store.pool())
+                        .await;
+                match row {
+                    Ok(Some((node, user, body))) => self.handle_row(note.id, &node, user, &body),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "event hub: events table unreadable"),
+                }
+            }
+        }
     }
 
     fn handle_row(&self, id: i64, node: &str, user: String, body: &str) {
@@ -261,12 +289,15 @@ async fn writer(
             "WITH e AS (INSERT INTO events (node, user_id, at_ms, body) \
              VALUES ($1, $2, (extract(epoch FROM clock_timestamp()) * 1000)::bigint, $3) \
              RETURNING id, node, user_id, body) \
-             SELECT pg_notify($4, json_build_object('id', id, 'node', node, 'user', user_id, 'body', body)::text) FROM e",
+             SELECT pg_notify($4, CASE WHEN octet_length(body) <= $5 \
+             THEN json_build_object('id', id, 'node', node, 'user', user_id, 'body', body)::text \
+             ELSE json_build_object('id', id)::text END) FROM e",
         )
         .bind(&shared.node)
         .bind(user.as_str())
         .bind(&body)
         .bind(&shared.channel)
+        .bind(NOTE_INLINE)
         .execute(shared.store.pool())
         .await;
         if let Err(e) = r {
@@ -312,7 +343,7 @@ async fn listen(
         tokio::select! {
             h = rx.recv() => match h {
                 Some(Heard::Note(p)) => {
-                    shared.handle_note(&p);
+                    shared.handle_note(&p).await;
                     if lost {
                         // Back after a reconnect: what came meanwhile is in
                         // the tables.

@@ -197,6 +197,31 @@ async fn events_cross_hubs_and_the_mailbox_is_the_truth() {
             push: push("111111")
         }
     );
+    // An event too long for a notification's payload still arrives (its
+    // notification carries only its id; the row is read from the table).
+    let long = "验".repeat(2_000);
+    let seq = a.mailbox_push(&user, push(&long)).await.unwrap();
+    hub_a.publish(
+        &user,
+        Event::Push {
+            seq,
+            push: push(&long),
+        },
+    );
+    assert_eq!(
+        next(&mut on_a).await,
+        Event::Push {
+            seq,
+            push: push(&long)
+        }
+    );
+    assert_eq!(
+        next(&mut on_b).await,
+        Event::Push {
+            seq,
+            push: push(&long)
+        }
+    );
     // A kickout published on a reaches b.
     hub_a.publish(
         &user,
