@@ -442,6 +442,11 @@ impl Platform {
             let _ = tokio::time::timeout(Duration::from_secs(5), ws.closed()).await;
             workers.stop().await;
             if let Some(pg) = postgres_for_stop {
+                pg.heartbeat.abort();
+                // The send tasks this node held go to the others at once.
+                if let Err(e) = pg.store.release_claims().await {
+                    tracing::warn!(error = %e, "could not release the send-task claims");
+                }
                 pg.events.stop();
                 pg.store.close().await;
             }
@@ -464,6 +469,8 @@ struct Postgres {
     store: PgStore,
     events: PgEventHub,
     secret: [u8; 32],
+    /// Keeps this node's send-task claims alive.
+    heartbeat: JoinHandle<()>,
 }
 
 /// Connects to the `--store` database. The code secret must come from the
@@ -519,10 +526,12 @@ async fn open_postgres(
         node = %events.node(),
         "PostgreSQL store ready"
     );
+    let heartbeat = store.spawn_heartbeat();
     Ok(Postgres {
         store,
         events,
         secret,
+        heartbeat,
     })
 }
 

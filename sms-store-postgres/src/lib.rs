@@ -285,6 +285,51 @@ impl PgStore {
         .map_err(db)
     }
 
+    /// Renews this node's claims on open send tasks now (the heartbeat that
+    /// [`spawn_heartbeat`](Self::spawn_heartbeat) repeats); returns how many.
+    pub async fn renew_claims(&self) -> Result<u64, StoreError> {
+        sqlx::query(
+            "UPDATE tasks SET claimed_until = extract(epoch FROM now())::bigint + $2 \
+             WHERE claimed_by = $1 AND open",
+        )
+        .bind(&self.node)
+        .bind(self.claim_secs)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(db)
+    }
+
+    /// Renews this node's claims every third of the claim's length while
+    /// the returned task runs (abort it, or let the runtime end, to stop):
+    /// a live node keeps its send tasks however long one batch takes, a dead
+    /// one stops renewing and its tasks are taken over.
+    pub fn spawn_heartbeat(&self) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        let every = Duration::from_secs(u64::try_from(self.claim_secs / 3).unwrap_or(1).max(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = store.renew_claims().await {
+                    tracing::warn!(error = %e, "send-task claim heartbeat failed");
+                }
+            }
+        })
+    }
+
+    /// Gives up this node's claims on send tasks (a graceful shutdown), so
+    /// another node takes them over at once; returns how many.
+    pub async fn release_claims(&self) -> Result<u64, StoreError> {
+        sqlx::query(
+            "UPDATE tasks SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1",
+        )
+        .bind(&self.node)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(db)
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;

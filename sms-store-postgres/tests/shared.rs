@@ -131,6 +131,9 @@ async fn send_tasks_are_claimed_per_node_and_taken_over() {
         .set_task_state("t1", TaskState::Queued, TaskState::Done, 5)
         .await
         .unwrap());
+    // The heartbeat renews only a's open claims.
+    assert_eq!(a.renew_claims().await.unwrap(), 1);
+    assert_eq!(b.renew_claims().await.unwrap(), 0);
     // a stops (dies): after its claim runs out, b takes the open task over.
     let mut took = Vec::new();
     for _ in 0..40 {
@@ -142,6 +145,11 @@ async fn send_tasks_are_claimed_per_node_and_taken_over() {
     }
     assert_eq!(took, ["t2"]);
     assert!(a.open_tasks().await.unwrap().is_empty(), "now b's");
+    // A node shutting down gracefully gives its claims up at once.
+    a.create_task(task("t3")).await.unwrap();
+    assert_eq!(b.open_tasks().await.unwrap(), ["t2", "t3"]);
+    assert_eq!(b.release_claims().await.unwrap(), 2);
+    assert_eq!(a.open_tasks().await.unwrap(), ["t2", "t3"]);
 }
 
 fn push(msg: &str) -> Push {
