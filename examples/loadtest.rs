@@ -2,7 +2,7 @@
 //! server, in one process and one run, so the ratios are comparable.
 //!
 //! ```text
-//! cargo run --release --example loadtest -- [--secs 3] [--concurrency 32] [--json]
+//! cargo run --release --example loadtest -- [--secs 3] [--concurrency 32] [--json] [--postgres URL]
 //! ```
 //!
 //! Two servers run on a runtime of their own, on `127.0.0.1:0`:
@@ -13,6 +13,11 @@
 //!   in a temporary directory, with the production argon2 parameters, root
 //!   set up, `127.0.0.1` as trusted proxy, and one account per load
 //!   connection created before anything is measured.
+//!
+//! * with `--postgres URL` (env `SMS_LOADTEST_DATABASE_URL`), the platform on
+//!   PostgreSQL too: one node on a fresh schema, and three nodes sharing
+//!   another (scenario (a) only; connections spread over the three); the
+//!   schemas are dropped at the end.
 //!
 //! A closed-loop load generator on a second runtime then drives each
 //! scenario: `--concurrency` HTTP/1.1 keep-alive connections (hyper's
@@ -95,6 +100,27 @@ struct Args {
     /// Internal: run a child server of flow (f) (`platform` or `baseline`).
     #[arg(long, hide = true)]
     serve_ws_child: Option<String>,
+    /// Also run (a) on PostgreSQL: one node, and three nodes on one database
+    /// (connections spread over them), each setup in a fresh schema of this
+    /// database (`postgres://USER@HOST:PORT/DB`). Env
+    /// `SMS_LOADTEST_DATABASE_URL`.
+    #[arg(long, env = "SMS_LOADTEST_DATABASE_URL", hide_env_values = true)]
+    postgres: Option<String>,
+}
+
+/// Which platform a scenario runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The bare hyper baseline.
+    Baseline,
+    /// The platform over sled.
+    Sled,
+    /// The platform over the in-memory store.
+    Memory,
+    /// One node on PostgreSQL (`--postgres`).
+    Postgres1,
+    /// Three nodes on one PostgreSQL database (`--postgres`).
+    Postgres3,
 }
 
 /// What a scenario sends.
@@ -124,8 +150,8 @@ struct Scenario {
     name: &'static str,
     what: &'static str,
     kind: Kind,
-    /// Against the platform over the in-memory store (else sled).
-    memory: bool,
+    /// Which platform answers.
+    target: Target,
     /// A successful answer's body contains this (empty: every answer).
     ok: &'static str,
 }
@@ -136,7 +162,11 @@ impl Scenario {
             name,
             what,
             kind,
-            memory: false,
+            target: if matches!(kind, Kind::Baseline) {
+                Target::Baseline
+            } else {
+                Target::Sled
+            },
             ok: "",
         }
     }
@@ -146,8 +176,12 @@ impl Scenario {
         self
     }
 
-    const fn memory(mut self) -> Self {
-        self.memory = true;
+    const fn memory(self) -> Self {
+        self.on(Target::Memory)
+    }
+
+    const fn on(mut self, target: Target) -> Self {
+        self.target = target;
         self
     }
 }
@@ -196,6 +230,20 @@ const SCENARIOS: &[Scenario] = &[
     )
     .ok("\"success\":true")
     .memory(),
+    Scenario::new(
+        "a-send-check-pg1",
+        "(a) on PostgreSQL, one node (--postgres)",
+        Kind::SendCheck,
+    )
+    .ok("\"success\":true")
+    .on(Target::Postgres1),
+    Scenario::new(
+        "a-send-check-pg3",
+        "(a) on PostgreSQL, three nodes on one database, connections spread over them (--postgres)",
+        Kind::SendCheck,
+    )
+    .ok("\"success\":true")
+    .on(Target::Postgres3),
     Scenario::new(
         "b-sendsms",
         "(b) account_v4 POST sendsms/<fresh number>?expect=0, own X-Forwarded-For per request; ok = code 200",
@@ -522,7 +570,7 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 
 async fn run_scenario(
     scenario: Scenario,
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     concurrency: usize,
     warmup: Duration,
     secs: Duration,
@@ -535,7 +583,7 @@ async fn run_scenario(
             tokio::spawn(drive(
                 scenario.kind,
                 scenario.ok,
-                addr,
+                addrs[c % addrs.len()],
                 c,
                 measure_from,
                 end,
@@ -770,6 +818,51 @@ async fn bulk_send(core: sms_core::Core, addr: SocketAddr) -> String {
     }
 }
 
+/// The PostgreSQL platforms of `--postgres`: one node on a fresh schema,
+/// then three nodes on another (the first of them sets up root), each with
+/// the settings of the sled platform and one shared code secret; with the
+/// schemas' tag.
+async fn postgres_nodes(
+    url: &str,
+    dir: &std::path::Path,
+) -> Result<(String, Vec<sms_platform::RunningPlatform>), sms_platform::PlatformError> {
+    use sms_core::random::RandomSource;
+    let mut tag = [0u8; 6];
+    sms_core::random::OsRandom.fill(&mut tag);
+    let tag = hex::encode(tag);
+    let mut secret = [0u8; 32];
+    sms_core::random::OsRandom.fill(&mut secret);
+    let mut nodes = Vec::new();
+    for (i, schema) in [
+        format!("loadtest_{tag}_1"),
+        format!("loadtest_{tag}_3"),
+        format!("loadtest_{tag}_3"),
+        format!("loadtest_{tag}_3"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut a = PlatformArgs::for_data_dir(dir.join(format!("pg-data-{i}")));
+        a.listen = "127.0.0.1:0".parse().expect("addr");
+        a.outbox = Some(dir.join(format!("pg-outbox-{i}.jsonl")));
+        a.root_password = Some(PASSWORD.into());
+        a.trusted_proxies = vec!["127.0.0.1".into()];
+        a.dev_code = Some(DEV_CODE.into());
+        a.store = Some(url.to_owned());
+        a.store_schema = schema;
+        a.code_secret = Some(hex::encode(secret));
+        let node = Platform::new(a)
+            .with_gateway(Arc::new(RecordingGateway::new()))
+            .start()
+            .await?;
+        nodes.push(node);
+    }
+    eprintln!(
+        "PostgreSQL: one node on schema loadtest_{tag}_1, three on loadtest_{tag}_3 (dropped at the end)"
+    );
+    Ok((tag, nodes))
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if let Some(kind) = &args.serve_ws_child {
@@ -838,6 +931,20 @@ fn main() -> std::process::ExitCode {
         );
         (baseline_addr, running, memory)
     });
+    let mut pg_tag = None;
+    let postgres: Vec<sms_platform::RunningPlatform> = match &args.postgres {
+        Some(url) => match servers.block_on(postgres_nodes(url, dir.path())) {
+            Ok((tag, nodes)) => {
+                pg_tag = Some(tag);
+                nodes
+            }
+            Err(e) => {
+                eprintln!("--postgres: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        None => Vec::new(),
+    };
     let platform_addr = platform.addr;
     let memory_addr = memory.addr;
     eprintln!(
@@ -846,26 +953,33 @@ fn main() -> std::process::ExitCode {
     );
 
     let wanted = |s: &Scenario| {
+        let on_postgres = matches!(s.target, Target::Postgres1 | Target::Postgres3);
+        if on_postgres && postgres.is_empty() {
+            return false;
+        }
         s.kind == Kind::Baseline
             || args.only.is_empty()
             || args.only.iter().any(|o| s.name.contains(o.as_str()))
     };
+    if postgres.is_empty() {
+        eprintln!("(the PostgreSQL scenarios need --postgres URL: skipped)");
+    }
     let mut outcomes = Vec::new();
     for s in SCENARIOS
         .iter()
         .chain(std::iter::once(&BASELINE_AGAIN))
         .filter(|s| wanted(s))
     {
-        let addr = if s.kind == Kind::Baseline {
-            baseline_addr
-        } else if s.memory {
-            memory_addr
-        } else {
-            platform_addr
+        let addrs = match s.target {
+            Target::Baseline => vec![baseline_addr],
+            Target::Memory => vec![memory_addr],
+            Target::Sled => vec![platform_addr],
+            Target::Postgres1 => vec![postgres[0].addr],
+            Target::Postgres3 => postgres[1..].iter().map(|p| p.addr).collect(),
         };
         let o = clients.block_on(run_scenario(
             *s,
-            addr,
+            addrs,
             args.concurrency,
             Duration::from_millis(args.warmup_ms),
             Duration::from_secs(args.secs),
@@ -891,6 +1005,23 @@ fn main() -> std::process::ExitCode {
     servers.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(15), platform.shutdown()).await;
         let _ = tokio::time::timeout(Duration::from_secs(15), memory.shutdown()).await;
+        for p in postgres {
+            let _ = tokio::time::timeout(Duration::from_secs(15), p.shutdown()).await;
+        }
+        if let (Some(url), Some(tag)) = (&args.postgres, &pg_tag) {
+            for n in [1, 3] {
+                let schema = format!("loadtest_{tag}_{n}");
+                match sms_store_postgres::PgStore::connect_url(url, &schema).await {
+                    Ok(s) => {
+                        if let Err(e) = s.drop_schema().await {
+                            eprintln!("could not drop schema {schema}: {e}");
+                        }
+                        s.close().await;
+                    }
+                    Err(e) => eprintln!("could not drop schema {schema}: {e}"),
+                }
+            }
+        }
     });
     let ws = (args.only.is_empty() || args.only.iter().any(|o| "f-ws".contains(o.as_str()))).then(
         || {

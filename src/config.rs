@@ -30,9 +30,29 @@ pub struct PlatformArgs {
     #[arg(long, env = "SMS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// sled data directory.
+    /// sled data directory (unused with a PostgreSQL `--store`).
     #[arg(long, env = "SMS_DATA", default_value = "./sms-data")]
     pub data: PathBuf,
+
+    /// The shared store of a deployment of several nodes:
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DB`. Without it, sled in
+    /// `--data`. A PostgreSQL node needs `--code-secret-file` (or env
+    /// `SMS_CODE_SECRET`), the same on every node.
+    #[arg(long, env = "SMS_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+
+    /// The PostgreSQL schema the tables live in (created if missing).
+    #[arg(long, env = "SMS_STORE_SCHEMA", default_value = "public")]
+    pub store_schema: String,
+
+    /// Connections to PostgreSQL per node.
+    #[arg(long, env = "SMS_STORE_CONNECTIONS", default_value_t = 16)]
+    pub store_connections: u32,
+
+    /// Seconds a node's claim on a send task lasts without a heartbeat: the
+    /// wait before a dead node's tasks are taken over.
+    #[arg(long, env = "SMS_STORE_CLAIM_SECS", default_value_t = 30)]
+    pub store_claim_secs: u32,
 
     /// Password of the administrator account `root` (created or updated at
     /// start). Without it no root account is set up.

@@ -21,6 +21,7 @@ use sms_http_hyper::{
     client_addr, ClientIpLayer, HttpConfig, ObserveLayer, PoolAuth, ServerConfig, SmsService,
     TrustedProxies,
 };
+use sms_store_postgres::{PgEventHub, PgOptions, PgStore};
 use sms_store_sled::SledStore;
 use sms_ws_tungstenite::{HubWs, WsConfig};
 use tokio::net::TcpListener;
@@ -29,9 +30,10 @@ use tokio::task::JoinHandle;
 
 use crate::carriers::{Carriers, ReceiptEvent};
 use crate::config::PlatformArgs;
+use crate::health::Health;
 use crate::outbox::{OutboxGateway, OutboxSender};
 use crate::router::PlatformService;
-use crate::secrets::{load_code_secret, SecretSources};
+use crate::secrets::{load_code_secret, SecretError, SecretSources};
 use crate::workers::BackgroundWorkers;
 
 /// Why the platform could not start. Each message names the path or
@@ -90,6 +92,14 @@ pub enum PlatformError {
     /// The core refused the setup (e.g. a root password outside the rules).
     #[error("core: {0}")]
     Core(#[from] sms_core::CoreError),
+    /// The PostgreSQL store could not be reached or set up.
+    #[error("cannot use the PostgreSQL store {url}: {source}; check --store (env SMS_STORE) and that the server is reachable")]
+    Database {
+        /// The URL, any password replaced by `***`.
+        url: String,
+        /// The failure.
+        source: sms_core::StoreError,
+    },
     /// The store failed while setting up (e.g. creating root).
     #[error("store: {0}")]
     StoreOp(#[from] sms_core::StoreError),
@@ -256,38 +266,51 @@ impl Platform {
         for p in &a.trusted_proxies {
             nets.push(client_addr::parse_net(p.trim()).map_err(PlatformError::Config)?);
         }
-        std::fs::create_dir_all(&a.data).map_err(|source| PlatformError::DataDir {
-            path: a.data.clone(),
-            source,
-        })?;
-        let dir_lock = DataDirLock::acquire(&a.data)?;
         let rng: Arc<dyn RandomSource> = Arc::new(OsRandom);
-        let secret = load_code_secret(
-            &SecretSources {
-                value: a.code_secret.clone(),
-                file: a.code_secret_file.clone(),
-                generated_file: Some(a.data.join("code-secret")),
-            },
-            rng.as_ref(),
-        )?;
         // The Prometheus recorder behind the library crates' metrics
         // (process-wide: installed by the first platform of the process).
         let _ = crate::metrics::handle();
-        let stores = match custom_stores {
-            Some(s) => s,
-            None => {
-                let db_path = a.data.join("db");
-                Arc::new(
-                    SledStore::open(&db_path).map_err(|source| PlatformError::Store {
-                        path: db_path.clone(),
-                        source,
-                    })?,
-                )
-                .stores()
+        let postgres = match &a.store {
+            Some(url) => Some(open_postgres(&a, url, rng.as_ref()).await?),
+            None => None,
+        };
+        let (secret, dir_lock, stores) = match &postgres {
+            Some(pg) => {
+                let stores = custom_stores.unwrap_or_else(|| Arc::new(pg.store.clone()).stores());
+                (pg.secret, None, stores)
             }
-        }
+            None => {
+                std::fs::create_dir_all(&a.data).map_err(|source| PlatformError::DataDir {
+                    path: a.data.clone(),
+                    source,
+                })?;
+                let dir_lock = DataDirLock::acquire(&a.data)?;
+                let secret = load_code_secret(
+                    &SecretSources {
+                        value: a.code_secret.clone(),
+                        file: a.code_secret_file.clone(),
+                        generated_file: Some(a.data.join("code-secret")),
+                    },
+                    rng.as_ref(),
+                )?;
+                let stores = match custom_stores {
+                    Some(s) => s,
+                    None => {
+                        let db_path = a.data.join("db");
+                        Arc::new(SledStore::open(&db_path).map_err(|source| {
+                            PlatformError::Store {
+                                path: db_path.clone(),
+                                source,
+                            }
+                        })?)
+                        .stores()
+                    }
+                };
+                (secret, Some(dir_lock), stores)
+            }
+        };
         // Every store call timed, every ledger movement counted.
-        .metered();
+        let stores = stores.metered();
         let outbox = Arc::new(match &a.outbox {
             Some(path) => {
                 OutboxSender::file(path)
@@ -302,9 +325,14 @@ impl Platform {
         let mut receipts = None;
         let carriers = match &a.carriers {
             Some(path) => {
-                let queue = Arc::new(sms_store_sled::delivery::SledDeliveryQueue::open(
-                    a.data.join("delivery"),
-                )?);
+                let queue: Arc<dyn sms_core::delivery::DeliveryQueue> = match &postgres {
+                    Some(pg) => {
+                        Arc::new(sms_store_postgres::PgDeliveryQueue::new(pg.store.clone()))
+                    }
+                    None => Arc::new(sms_store_sled::delivery::SledDeliveryQueue::open(
+                        a.data.join("delivery"),
+                    )?),
+                };
                 let (c, rx) = Carriers::load(
                     path,
                     Arc::new(SystemClock),
@@ -329,7 +357,11 @@ impl Platform {
         };
         // argon2id runs on its own threads, never on the async workers.
         let hasher = Argon2Hasher::with_params(rng.clone(), a.argon2_memory_kib, a.argon2_passes);
-        let core = Core::builder(stores, sender)
+        let mut builder = Core::builder(stores, sender);
+        if let Some(pg) = &postgres {
+            builder = builder.events(Arc::new(pg.events.clone()));
+        }
+        let core = builder
             .random(rng)
             .password_hasher(Arc::new(hasher))
             .code_secret(secret)
@@ -379,7 +411,8 @@ impl Platform {
             },
         );
         let ws = HubWs::new(core.clone(), WsConfig::default());
-        let mut platform = PlatformService::new(http, ws.clone());
+        let health = Health::new(core.stores.clone());
+        let mut platform = PlatformService::new(http, ws.clone()).with_health(health.clone());
         if let Some(c) = carriers {
             platform = platform.with_carriers(c);
         }
@@ -447,11 +480,15 @@ impl Platform {
         });
         let upkeep = crate::metrics::spawn_upkeep();
         let (tx, rx) = oneshot::channel::<()>();
+        let postgres_for_stop = postgres;
         let workers = BackgroundWorkers::spawn(core.clone());
+        health.set_workers(workers.health());
         let task = tokio::spawn(async move {
             let ws_for_stop = ws.clone();
             sms_http_hyper::serve(listener, service, server_config, async move {
                 let _ = rx.await;
+                // Load balancers stop sending new requests first.
+                health.shutting_down();
                 let _ = metrics_stop.send(true);
                 // WebSocket sessions are not tracked by hyper's graceful
                 // shutdown: tell them (PushKickout state 1) and close them.
@@ -470,6 +507,15 @@ impl Platform {
             if let Some(u) = upkeep {
                 u.abort();
             }
+            if let Some(pg) = postgres_for_stop {
+                pg.heartbeat.abort();
+                // The send tasks this node held go to the others at once.
+                if let Err(e) = pg.store.release_claims().await {
+                    tracing::warn!(error = %e, "could not release the send-task claims");
+                }
+                pg.events.stop();
+                pg.store.close().await;
+            }
             // Held until the server has stopped; the kernel drops it if
             // the process dies first.
             drop(dir_lock);
@@ -483,6 +529,77 @@ impl Platform {
             task,
         })
     }
+}
+
+/// A node's PostgreSQL side: the store, its event hub and the code secret.
+struct Postgres {
+    store: PgStore,
+    events: PgEventHub,
+    secret: [u8; 32],
+    /// Keeps this node's send-task claims alive.
+    heartbeat: JoinHandle<()>,
+}
+
+/// Connects to the `--store` database. The code secret must come from the
+/// flag or the environment: a PostgreSQL deployment has several nodes, and
+/// a secret generated on one machine would not be the others'.
+async fn open_postgres(
+    a: &PlatformArgs,
+    url: &str,
+    rng: &dyn RandomSource,
+) -> Result<Postgres, PlatformError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(PlatformError::Config(format!(
+            "--store {}: expected postgres://USER@HOST:PORT/DB",
+            sms_store_postgres::redact_url(url)
+        )));
+    }
+    let secret = load_code_secret(
+        &SecretSources {
+            value: a.code_secret.clone(),
+            file: a.code_secret_file.clone(),
+            generated_file: None,
+        },
+        rng,
+    )
+    .map_err(|e| match e {
+        SecretError::Missing => PlatformError::Config(
+            "a PostgreSQL node needs the code-hashing secret every node of the deployment shares: \
+             pass --code-secret-file FILE (env SMS_CODE_SECRET_FILE) or set SMS_CODE_SECRET \
+             (64 hex digits, e.g. `openssl rand -hex 32`); a secret generated per machine \
+             would differ between nodes"
+                .into(),
+        ),
+        other => PlatformError::Secret(other),
+    })?;
+    let db_err = |source| PlatformError::Database {
+        url: sms_store_postgres::redact_url(url),
+        source,
+    };
+    let store = PgStore::connect(
+        &PgOptions::new(url)
+            .schema(a.store_schema.clone())
+            .max_connections(a.store_connections)
+            .claim_secs(a.store_claim_secs),
+    )
+    .await
+    .map_err(db_err)?;
+    let events = PgEventHub::start(store.clone(), store.node().to_owned())
+        .await
+        .map_err(db_err)?;
+    tracing::info!(
+        store = %sms_store_postgres::redact_url(url),
+        schema = %a.store_schema,
+        node = %events.node(),
+        "PostgreSQL store ready"
+    );
+    let heartbeat = store.spawn_heartbeat();
+    Ok(Postgres {
+        store,
+        events,
+        secret,
+        heartbeat,
+    })
 }
 
 /// How often a receipt that matched no recipient is tried again, and the

@@ -20,6 +20,7 @@ pub struct PlatformService {
     ws: HubWs,
     carriers: Option<crate::carriers::Carriers>,
     metrics: bool,
+    health: Option<crate::health::Health>,
 }
 
 impl PlatformService {
@@ -30,6 +31,7 @@ impl PlatformService {
             ws,
             carriers: None,
             metrics: false,
+            health: None,
         }
     }
 
@@ -37,6 +39,12 @@ impl PlatformService {
     /// [`crate::metrics`]).
     pub fn with_metrics(mut self) -> Self {
         self.metrics = true;
+        self
+    }
+
+    /// Also serves `GET /livez` and `GET /readyz` ([`crate::health`]).
+    pub fn with_health(mut self, health: crate::health::Health) -> Self {
+        self.health = Some(health);
         self
     }
 
@@ -57,6 +65,21 @@ impl tower_service::Service<Request<Incoming>> for PlatformService {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        if let Some(health) = &self.health {
+            if crate::health::Health::is_health_path(req.uri().path()) {
+                let health = health.clone();
+                let http = self.http.clone();
+                return Box::pin(async move {
+                    match health.answer(req.method(), req.uri().path()).await {
+                        Some(resp) => Ok(resp),
+                        None => {
+                            let resp = sms_http_hyper::service::method_not_allowed("GET");
+                            Ok(http.refuse(req, resp).await)
+                        }
+                    }
+                });
+            }
+        }
         if let Some(carriers) = &self.carriers {
             let name = req
                 .uri()

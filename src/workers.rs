@@ -11,6 +11,17 @@ use std::time::Duration;
 use sms_core::Core;
 use tokio::task::JoinHandle;
 
+/// Whether the background workers still run (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct WorkersHealth(Vec<tokio::task::AbortHandle>);
+
+impl WorkersHealth {
+    /// True while every worker task runs.
+    pub fn running(&self) -> bool {
+        self.0.iter().all(|t| !t.is_finished())
+    }
+}
+
 /// The running background tasks; [`stop`](Self::stop) them on shutdown.
 ///
 /// Without them send tasks stay queued and ended leases keep their holds
@@ -83,6 +94,11 @@ impl BackgroundWorkers {
             stop: stop_tx,
             tasks: vec![sending, sweeper],
         }
+    }
+
+    /// A handle that tells whether the workers still run (for `/readyz`).
+    pub fn health(&self) -> WorkersHealth {
+        WorkersHealth(self.tasks.iter().map(JoinHandle::abort_handle).collect())
     }
 
     /// Stops both workers and waits for them. A send pass cut short leaves

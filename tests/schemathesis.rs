@@ -77,6 +77,8 @@ const ROUTES: [(&str, &[&str]); 5] = [
             "/v2/charge",
             "/v2/item",
             "/v2/ban",
+            "/v2/pool",
+            "/v2/reviews",
         ],
     ),
 ];

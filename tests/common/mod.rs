@@ -78,6 +78,20 @@ impl TestPlatform {
         }
     }
 
+    /// A client of a platform another process runs at `addr`, whose outbox
+    /// is `outbox` (no server of its own: `core`, `restart` and `stop` do
+    /// not apply).
+    pub fn attach(addr: SocketAddr, outbox: PathBuf) -> Self {
+        Self {
+            addr,
+            dir: tempfile::tempdir().unwrap(),
+            outbox,
+            running: None,
+            carriers: None,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
     /// Stops the server and starts it again on the same data.
     pub async fn restart(&mut self) {
         self.restart_with_gateway(None).await

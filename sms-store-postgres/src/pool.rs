@@ -1,0 +1,592 @@
+//! [`PhonePool`], [`ItemStore`] and [`QueueStore`].
+//!
+//! Every change to the numbers (intake, hand-outs, leases) runs under the
+//! pool's advisory lock, so the scan in upload order, the core's
+//! eligibility test and the claim are one step across every node; the
+//! ledger's lock of the leaser's balance is taken after it (one global
+//! order: pool, then balance).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+
+use sms_core::events::Push;
+use sms_core::ledger::LedgerOutcome;
+use sms_core::phone::PhoneNumber;
+use sms_core::pool::{
+    DeviceMessage, Intake, IntakeTally, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo,
+    PoolNumber, PoolStats, ReceivedSms,
+};
+use sms_core::receive::{ReceiveOutcome, ReceiveRequest, ReceiveState, Received};
+use sms_core::store::{ItemStore, PhonePool, Purged, QueueStore, StoreResult, DEFAULT_POOL_SIZE};
+use sms_core::user::UserId;
+
+use crate::money::{apply_ledger, balance_lock};
+use crate::{db, decode, decode_opt, encode, in_tx, lock_keys, to_i64, to_u64, PgStore, Result2};
+
+const NUMBERS: &str = "pool_numbers";
+const LEASES: &str = "leases";
+const ITEMS: &str = "items";
+const SMS: &str = "sms_queue";
+const DEVICE: &str = "device_queue";
+const MAILBOX: &str = "mailbox";
+const POOL_LOCK: &str = "pool";
+/// Numbers read per round trip while scanning in upload order.
+const SCAN_BATCH: i64 = 256;
+
+fn mailbox_lock(user: &UserId) -> String {
+    format!("mailbox:{}", user.as_str())
+}
+
+async fn pool_size(conn: &mut PgConnection) -> Result2<u32> {
+    let v: Option<i64> = sqlx::query_scalar("SELECT value FROM pool_meta WHERE key = 'size'")
+        .fetch_optional(conn)
+        .await?;
+    Ok(v.and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(DEFAULT_POOL_SIZE))
+}
+
+async fn put_number(conn: &mut PgConnection, seq: i64, n: &PoolNumber) -> Result2<()> {
+    sqlx::query("UPDATE pool_numbers SET body = $2 WHERE seq = $1")
+        .bind(seq)
+        .bind(encode(NUMBERS, n)?)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Scans the numbers in upload order and gives each that passes
+/// `eligible` to `take` (which changes it) until `take` returns `None` or
+/// `want` were taken; stores the changed numbers. Runs under the pool lock.
+async fn claim<T>(
+    conn: &mut PgConnection,
+    want: usize,
+    eligible: impl Fn(&PoolNumber) -> bool,
+    mut take: impl FnMut(&mut PoolNumber) -> Option<T>,
+) -> Result2<Vec<T>> {
+    let mut out = Vec::new();
+    let mut after = 0i64;
+    'scan: while out.len() < want {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, body FROM pool_numbers WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(SCAN_BATCH)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some((last, _)) = rows.last() else {
+            break;
+        };
+        after = *last;
+        for (seq, body) in rows {
+            if out.len() >= want {
+                break 'scan;
+            }
+            let mut n: PoolNumber = decode(NUMBERS, &body)?;
+            if !eligible(&n) {
+                continue;
+            }
+            let Some(got) = take(&mut n) else {
+                break 'scan;
+            };
+            put_number(conn, seq, &n).await?;
+            out.push(got);
+        }
+    }
+    Ok(out)
+}
+
+async fn put_lease(conn: &mut PgConnection, lease: &Lease) -> Result2<()> {
+    sqlx::query(
+        "INSERT INTO leases (id, until, settled, body) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (id) DO UPDATE SET until = $2, settled = $3, body = $4",
+    )
+    .bind(&lease.id)
+    .bind(lease.until)
+    .bind(lease.settled)
+    .bind(encode(LEASES, lease)?)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn lock_lease(conn: &mut PgConnection, id: &str) -> Result2<Option<Lease>> {
+    let body: Option<String> =
+        sqlx::query_scalar("SELECT body FROM leases WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    decode_opt(LEASES, body)
+}
+
+#[async_trait]
+impl PhonePool for PgStore {
+    async fn pool_stats(&self) -> StoreResult<PoolStats> {
+        // One snapshot (a single statement) of the size and both counts.
+        let (size, numbers, open): (Option<i64>, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT value FROM pool_meta WHERE key = 'size'), \
+             (SELECT count(*) FROM pool_numbers), \
+             (SELECT count(*) FROM leases WHERE NOT settled)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(PoolStats {
+            size: size.map_or(DEFAULT_POOL_SIZE, |s| u32::try_from(s).unwrap_or(u32::MAX)),
+            numbers: to_u64(numbers),
+            open_leases: to_u64(open),
+        })
+    }
+
+    async fn set_pool_size(&self, size: u32) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO pool_meta (key, value) VALUES ('size', $1) \
+             ON CONFLICT (key) DO UPDATE SET value = $1",
+        )
+        .bind(i64::from(size))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn intake(&self, entries: Vec<NumberInfo>, now: i64) -> StoreResult<Intake> {
+        in_tx!(self, |tx| {
+            async {
+                lock_keys(&mut tx, vec![POOL_LOCK.into()]).await?;
+                let size = pool_size(&mut tx).await?;
+                let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM pool_numbers")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let open: i64 = sqlx::query_scalar("SELECT count(*) FROM leases WHERE NOT settled")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let mut tally = IntakeTally::new(size, to_u64(stored), to_u64(open));
+                for info in &entries {
+                    let row: Option<(i64, String)> =
+                        sqlx::query_as("SELECT seq, body FROM pool_numbers WHERE phone = $1")
+                            .bind(info.mobile.as_e164())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if let Some((seq, body)) = row {
+                        let mut n: PoolNumber = decode(NUMBERS, &body)?;
+                        tally.refresh(&mut n, info);
+                        put_number(&mut tx, seq, &n).await?;
+                        continue;
+                    }
+                    if let Some(n) = tally.admit(info, now) {
+                        sqlx::query("INSERT INTO pool_numbers (phone, body) VALUES ($1, $2)")
+                            .bind(info.mobile.as_e164())
+                            .bind(encode(NUMBERS, &n)?)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                Ok(tally.finish())
+            }
+            .await
+        })
+    }
+
+    async fn number(&self, mobile: &PhoneNumber) -> StoreResult<Option<PoolNumber>> {
+        let body: Option<String> =
+            sqlx::query_scalar("SELECT body FROM pool_numbers WHERE phone = $1")
+                .bind(mobile.as_e164())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(decode_opt(NUMBERS, body)?)
+    }
+
+    async fn hand_out(&self, app: &str, n: usize, now: i64) -> StoreResult<Vec<NumberInfo>> {
+        in_tx!(self, |tx| {
+            async {
+                lock_keys(&mut tx, vec![POOL_LOCK.into()]).await?;
+                claim(
+                    &mut tx,
+                    n,
+                    |num| num.available_for(app, now),
+                    |num| Some(num.hand_out(app)),
+                )
+                .await
+            }
+            .await
+        })
+    }
+
+    async fn lease(&self, req: LeaseRequest) -> StoreResult<LeaseOutcome> {
+        in_tx!(self, |tx| {
+            async {
+                lock_keys(&mut tx, vec![POOL_LOCK.into()]).await?;
+                lock_keys(&mut tx, vec![balance_lock(&req.user)]).await?;
+                if let Some(hold) = req.hold_request() {
+                    if let LedgerOutcome::Refused(r) = apply_ledger(&mut tx, &hold).await? {
+                        return Ok(LeaseOutcome::Refused(r));
+                    }
+                }
+                let mut ids = req.lease_ids.iter();
+                let leases = claim(
+                    &mut tx,
+                    req.lease_ids.len(),
+                    |num| req.eligible(num),
+                    |num| ids.next().map(|id| num.lease_to(&req, id)),
+                )
+                .await?;
+                for l in &leases {
+                    put_lease(&mut tx, l).await?;
+                }
+                if let Some(release) = req.release_request(leases.len()) {
+                    apply_ledger(&mut tx, &release).await?;
+                }
+                Ok(LeaseOutcome::Leased(leases))
+            }
+            .await
+        })
+    }
+
+    async fn lease_record(&self, id: &str) -> StoreResult<Option<Lease>> {
+        let body: Option<String> = sqlx::query_scalar("SELECT body FROM leases WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(decode_opt(LEASES, body)?)
+    }
+
+    async fn receive(&self, req: ReceiveRequest) -> StoreResult<ReceiveOutcome> {
+        in_tx!(self, |tx| {
+            async {
+                // The pool lock first (as every change of pool numbers and
+                // `lease` take it), then the numbers' rows, then each
+                // lessee's balance and mailbox.
+                lock_keys(&mut tx, vec![POOL_LOCK.into()]).await?;
+                let mut phones: Vec<&str> = req.batch.iter().map(|s| s.mobile.as_e164()).collect();
+                phones.sort_unstable();
+                phones.dedup();
+                let mut numbers: HashMap<String, PoolNumber> = HashMap::new();
+                for phone in phones {
+                    let body: Option<String> = sqlx::query_scalar(
+                        "SELECT body FROM pool_numbers WHERE phone = $1 FOR UPDATE",
+                    )
+                    .bind(phone)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(n) = decode_opt::<PoolNumber>(NUMBERS, body)? {
+                        numbers.insert(phone.to_owned(), n);
+                    }
+                }
+                let mut users: Vec<UserId> = numbers
+                    .values()
+                    .filter_map(|n| n.lease.as_ref().map(|l| l.user.clone()))
+                    .collect();
+                users.sort();
+                users.dedup();
+                let mut keys = Vec::new();
+                for u in &users {
+                    keys.push(balance_lock(u));
+                    keys.push(mailbox_lock(u));
+                }
+                lock_keys(&mut tx, keys).await?;
+                let mut held: HashMap<UserId, usize> = HashMap::new();
+                for u in &users {
+                    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM mailbox WHERE user_id = $1")
+                        .bind(u.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    held.insert(u.clone(), usize::try_from(n).unwrap_or(usize::MAX));
+                }
+                let mut states = Vec::with_capacity(req.batch.len());
+                for sms in &req.batch {
+                    let number = numbers.get(sms.mobile.as_e164()).cloned();
+                    let lease = match number.as_ref().and_then(|n| n.lease.as_ref()) {
+                        Some(l) => lock_lease(&mut tx, &l.lease_id).await?,
+                        None => None,
+                    };
+                    let mut items = Vec::new();
+                    for id in ReceiveRequest::item_ids(sms, number.as_ref()) {
+                        let body: Option<String> =
+                            sqlx::query_scalar("SELECT body FROM items WHERE id = $1")
+                                .bind(&id)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        if let Some(item) = decode_opt::<Item>(ITEMS, body)? {
+                            items.push(item);
+                        }
+                    }
+                    let mailbox_len = lease
+                        .as_ref()
+                        .and_then(|l| held.get(&l.user).copied())
+                        .unwrap_or(0);
+                    states.push(ReceiveState {
+                        number,
+                        lease,
+                        items,
+                        mailbox_len,
+                    });
+                }
+                let fx = match req.decide(&states) {
+                    Ok(fx) => fx,
+                    Err(refused) => return Ok(ReceiveOutcome::Refused(refused)),
+                };
+                let mut done = Received::default();
+                for (app, sms) in &fx.queue {
+                    sqlx::query("INSERT INTO sms_queue (app, at, body) VALUES ($1, $2, $3)")
+                        .bind(app)
+                        .bind(sms.at)
+                        .bind(encode(SMS, sms)?)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for capture in &fx.captures {
+                    apply_ledger(&mut tx, capture).await?;
+                }
+                done.captured = fx.captures.len();
+                for id in &fx.charge_leases {
+                    if let Some(mut lease) = lock_lease(&mut tx, id).await? {
+                        lease.charged = true;
+                        put_lease(&mut tx, &lease).await?;
+                    }
+                }
+                for (user, n) in &fx.trims {
+                    let r = sqlx::query(
+                        "DELETE FROM mailbox WHERE user_id = $1 AND seq IN (SELECT seq FROM mailbox \
+                         WHERE user_id = $1 ORDER BY seq LIMIT $2)",
+                    )
+                    .bind(user.as_str())
+                    .bind(limit(*n))
+                    .execute(&mut *tx)
+                    .await?;
+                    done.dropped.push((user.clone(), r.rows_affected()));
+                }
+                for (user, push) in &fx.pushes {
+                    let seq: i64 = sqlx::query_scalar(
+                        "INSERT INTO mailbox (user_id, seq, at, body) \
+                         VALUES ($1, nextval('mailbox_seq'), $2, $3) RETURNING seq",
+                    )
+                    .bind(user.as_str())
+                    .bind(push.at())
+                    .bind(encode(MAILBOX, push)?)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    done.pushed.push((user.clone(), to_u64(seq), push.clone()));
+                }
+                Ok(ReceiveOutcome::Received(done))
+            }
+            .await
+        })
+    }
+
+    async fn due_leases(&self, now: i64, limit: usize) -> StoreResult<Vec<Lease>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT body FROM leases WHERE NOT settled AND until <= $1 ORDER BY until, id LIMIT $2",
+        )
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|b| decode(LEASES, b))
+            .collect::<Result2<_>>()?)
+    }
+
+    async fn mark_settled(&self, id: &str) -> StoreResult<bool> {
+        in_tx!(self, |tx| {
+            async {
+                let Some(mut lease) = lock_lease(&mut tx, id).await? else {
+                    return Ok(false);
+                };
+                if lease.settled {
+                    return Ok(false);
+                }
+                lease.settled = true;
+                put_lease(&mut tx, &lease).await?;
+                Ok(true)
+            }
+            .await
+        })
+    }
+}
+
+#[async_trait]
+impl ItemStore for PgStore {
+    async fn put_item(&self, item: Item) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO items (id, body) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET body = $2",
+        )
+        .bind(&item.id)
+        .bind(encode(ITEMS, &item)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn item(&self, id: &str) -> StoreResult<Option<Item>> {
+        let body: Option<String> = sqlx::query_scalar("SELECT body FROM items WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(decode_opt(ITEMS, body)?)
+    }
+
+    async fn items(&self) -> StoreResult<Vec<Item>> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT body FROM items ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|b| decode(ITEMS, b))
+            .collect::<Result2<_>>()?)
+    }
+}
+
+fn limit(max: usize) -> i64 {
+    i64::try_from(max).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl QueueStore for PgStore {
+    async fn push_sms(&self, app: &str, sms: ReceivedSms) -> StoreResult<()> {
+        sqlx::query("INSERT INTO sms_queue (app, at, body) VALUES ($1, $2, $3)")
+            .bind(app)
+            .bind(sms.at)
+            .bind(encode(SMS, &sms)?)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn take_sms(&self, app: &str, max: usize) -> StoreResult<Vec<ReceivedSms>> {
+        // One statement: the oldest entries nobody else is taking, removed.
+        let mut rows: Vec<(i64, String)> = sqlx::query_as(
+            "DELETE FROM sms_queue WHERE seq IN (SELECT seq FROM sms_queue WHERE app = $1 \
+             ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING seq, body",
+        )
+        .bind(app)
+        .bind(limit(max))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.sort_by_key(|(s, _)| *s);
+        Ok(rows
+            .iter()
+            .map(|(_, b)| decode(SMS, b))
+            .collect::<Result2<_>>()?)
+    }
+
+    async fn push_device_message(&self, cid: &str, message: DeviceMessage) -> StoreResult<()> {
+        sqlx::query("INSERT INTO device_queue (cid, at, body) VALUES ($1, $2, $3)")
+            .bind(cid)
+            .bind(message.at)
+            .bind(encode(DEVICE, &message)?)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn take_device_messages(&self, cid: &str, max: usize) -> StoreResult<Vec<DeviceMessage>> {
+        let mut rows: Vec<(i64, String)> = sqlx::query_as(
+            "DELETE FROM device_queue WHERE seq IN (SELECT seq FROM device_queue WHERE cid = $1 \
+             ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING seq, body",
+        )
+        .bind(cid)
+        .bind(limit(max))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.sort_by_key(|(s, _)| *s);
+        Ok(rows
+            .iter()
+            .map(|(_, b)| decode(DEVICE, b))
+            .collect::<Result2<_>>()?)
+    }
+
+    async fn mailbox_push(&self, user: &UserId, push: Push) -> StoreResult<u64> {
+        in_tx!(self, |tx| {
+            async {
+                // Per user, sequence numbers are drawn and committed in one
+                // order, so a reader paging after N never misses an entry
+                // that commits later with a smaller number.
+                lock_keys(&mut tx, vec![mailbox_lock(user)]).await?;
+                let seq: i64 = sqlx::query_scalar(
+                    "INSERT INTO mailbox (user_id, seq, at, body) \
+                     VALUES ($1, nextval('mailbox_seq'), $2, $3) RETURNING seq",
+                )
+                .bind(user.as_str())
+                .bind(push.at())
+                .bind(encode(MAILBOX, &push)?)
+                .fetch_one(&mut *tx)
+                .await?;
+                Ok(to_u64(seq))
+            }
+            .await
+        })
+    }
+
+    async fn mailbox(
+        &self,
+        user: &UserId,
+        after: Option<u64>,
+        max: usize,
+    ) -> StoreResult<Vec<(u64, Push)>> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, body FROM mailbox WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(user.as_str())
+        .bind(after.map_or(-1, to_i64))
+        .bind(limit(max))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|(s, b)| Ok((to_u64(*s), decode(MAILBOX, b)?)))
+            .collect::<Result2<_>>()?)
+    }
+
+    async fn mailbox_ack(&self, user: &UserId, seq: u64) -> StoreResult<()> {
+        sqlx::query("DELETE FROM mailbox WHERE user_id = $1 AND seq = $2")
+            .bind(user.as_str())
+            .bind(to_i64(seq))
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn purge_before(&self, before: i64) -> StoreResult<Purged> {
+        in_tx!(self, |tx| {
+            async {
+                let sms = sqlx::query("DELETE FROM sms_queue WHERE at < $1")
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let device_messages = sqlx::query("DELETE FROM device_queue WHERE at < $1")
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                // `at` 0 is "unknown" (Push::at): such entries stay.
+                let mailbox = sqlx::query("DELETE FROM mailbox WHERE at <> 0 AND at < $1")
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                Ok(Purged {
+                    sms,
+                    device_messages,
+                    mailbox,
+                })
+            }
+            .await
+        })
+    }
+}
