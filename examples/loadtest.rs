@@ -400,8 +400,12 @@ fn request(kind: Kind, addr: SocketAddr, conn: usize, i: u64) -> Request<Full<By
                 Kind::HubLogin => username(conn),
                 _ => unknown_user(conn, i),
             };
+            // Each request from its own client address: the per-IP budget of
+            // failed password checks must not turn the measured verify
+            // into a refusal.
             b.method(Method::POST)
                 .uri("/login")
+                .header("x-forwarded-for", fresh_ip(serial(conn, i)))
                 .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .body(Full::new(Bytes::from(format!(
                     "user={user}&password={PASSWORD}"
@@ -415,6 +419,7 @@ fn request(kind: Kind, addr: SocketAddr, conn: usize, i: u64) -> Request<Full<By
             let token =
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{PASSWORD}"));
             b.uri("/v1/signature")
+                .header("x-forwarded-for", fresh_ip(serial(conn, i)))
                 .header(header::AUTHORIZATION, format!("Basic {token}"))
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(empty)

@@ -360,10 +360,41 @@ impl PhonePool for SledStore {
                     }
                 }
             }
+            // The state the decision needs, read here too: only this thread
+            // writes, so nothing changes before the transaction, and a
+            // refused batch (an upload of unknown numbers) costs no
+            // transaction at all.
+            let mut states = Vec::with_capacity(req.batch.len());
+            for sms in &req.batch {
+                let number = t.pool_number(phone_key(&sms.mobile))?;
+                let lease: Option<Lease> = match number.as_ref().and_then(|n| n.lease.as_ref()) {
+                    Some(l) => decode_opt(LEASES, t.leases.get(l.lease_id.as_bytes())?)?,
+                    None => None,
+                };
+                let mut found = Vec::new();
+                for id in ReceiveRequest::item_ids(sms, number.as_ref()) {
+                    if let Some(item) = decode_opt::<Item>(ITEMS, t.items.get(id.as_bytes())?)? {
+                        found.push(item);
+                    }
+                }
+                let mailbox_len = lease
+                    .as_ref()
+                    .and_then(|l| mailboxes.get(&l.user))
+                    .map_or(0, Vec::len);
+                states.push(ReceiveState {
+                    number,
+                    lease,
+                    items: found,
+                    mailbox_len,
+                });
+            }
+            let fx = match req.decide(&states) {
+                Ok(fx) => fx,
+                Err(refused) => return Ok((ReceiveOutcome::Refused(refused), false)),
+            };
+            // Every effect in one transaction: all durable, or none.
             let trees = (
-                &t.pool_numbers,
                 &t.leases,
-                &t.items,
                 &t.sms_queue,
                 &t.mailbox,
                 &t.balances,
@@ -373,41 +404,7 @@ impl PhonePool for SledStore {
                 &t.holds_expiring,
             );
             let outcome = trees.transaction(|trees| {
-                let (numbers, leases, items, queue, mailbox, b, h, e, u, x) = trees;
-                let mut states = Vec::with_capacity(req.batch.len());
-                for sms in &req.batch {
-                    let number: Option<PoolNumber> = tx(decode_opt(
-                        POOL_NUMBERS,
-                        numbers.get(phone_key(&sms.mobile))?,
-                    ))?;
-                    let lease: Option<Lease> = match number.as_ref().and_then(|n| n.lease.as_ref())
-                    {
-                        Some(l) => tx(decode_opt(LEASES, leases.get(l.lease_id.as_bytes())?))?,
-                        None => None,
-                    };
-                    let mut found = Vec::new();
-                    for id in ReceiveRequest::item_ids(sms, number.as_ref()) {
-                        if let Some(item) =
-                            tx(decode_opt::<Item>(ITEMS, items.get(id.as_bytes())?))?
-                        {
-                            found.push(item);
-                        }
-                    }
-                    let mailbox_len = lease
-                        .as_ref()
-                        .and_then(|l| mailboxes.get(&l.user))
-                        .map_or(0, Vec::len);
-                    states.push(ReceiveState {
-                        number,
-                        lease,
-                        items: found,
-                        mailbox_len,
-                    });
-                }
-                let fx = match req.decide(&states) {
-                    Ok(fx) => fx,
-                    Err(refused) => return Ok(ReceiveOutcome::Refused(refused)),
-                };
+                let (leases, queue, mailbox, b, h, e, u, x) = trees;
                 let mut done = Received::default();
                 for (app, sms) in &fx.queue {
                     let seq = queue.generate_id()? + 1;
