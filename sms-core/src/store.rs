@@ -478,8 +478,10 @@ pub const DEFAULT_POOL_SIZE: u32 = 100;
 ///   [`LeaseRequest::hold_request`] (as [`LedgerStore::apply`] would; a
 ///   refusal leases nothing and changes nothing), claims the numbers, and
 ///   applies [`LeaseRequest::release_request`] for those not found.
-/// * [`mark_charged`](Self::mark_charged) and
-///   [`mark_settled`](Self::mark_settled) return true exactly once per lease.
+/// * [`receive`](Self::receive) is one atomic decision (see there): a
+///   lease's price is captured once, however many SMS reach it.
+/// * [`mark_settled`](Self::mark_settled) returns true exactly once per
+///   lease.
 /// * Writes are durable when the call returns `Ok`.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
