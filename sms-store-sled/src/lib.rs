@@ -81,6 +81,7 @@
 //! | `task_seq`          | task uuid                             | big-endian creation sequence |
 //! | `tasks_open`        | big-endian creation sequence          | task uuid      |
 //! | `task_gateway_ids`  | carrier name, `0x00`, gateway id      | task uuid, `0x00`, big-endian recipient index |
+//! | `task_counts`       | task uuid                             | big-endian recipient count (tasks whose statuses are kept sparse) |
 //!
 //! Sequences come from [`sled::Db::generate_id`], which never repeats or goes
 //! back, across restarts included; they are drawn inside the transaction that
@@ -324,6 +325,7 @@ const TASK_STATUSES: &str = "task_statuses";
 const TASK_SEQ: &str = "task_seq";
 const TASKS_OPEN: &str = "tasks_open";
 const TASK_GATEWAY_IDS: &str = "task_gateway_ids";
+const TASK_COUNTS: &str = "task_counts";
 
 /// How many times an optimistic claim starts over after losing a candidate
 /// before it settles for what it can still claim.
@@ -513,6 +515,7 @@ struct Trees {
     task_seq: sled::Tree,
     tasks_open: sled::Tree,
     task_gateway_ids: sled::Tree,
+    task_counts: sled::Tree,
 }
 
 impl Trees {
@@ -560,6 +563,7 @@ impl Trees {
             task_seq: db.open_tree(TASK_SEQ)?,
             tasks_open: db.open_tree(TASKS_OPEN)?,
             task_gateway_ids: db.open_tree(TASK_GATEWAY_IDS)?,
+            task_counts: db.open_tree(TASK_COUNTS)?,
             db,
         })
     }

@@ -17,7 +17,12 @@
 //!   transactions cannot iterate).
 //! * `tasks`: uuid → [`SendTask`] (recipients included); `task_statuses`:
 //!   uuid, 0 byte, big-endian recipient index → [`RecipientStatus`], so a
-//!   prefix scan lists them in recipient order; `task_seq`: uuid → creation
+//!   prefix scan lists them in recipient order. Statuses are sparse: a
+//!   recipient without a key is `Pending`, and `task_counts` (uuid →
+//!   big-endian recipient count, written with the task) says how many there
+//!   are, so accepting a task of 10,000 recipients writes three keys, not
+//!   10,001. (Tasks written before `task_counts` existed have one key per
+//!   recipient and no count; both layouts read alike.) `task_seq`: uuid → creation
 //!   sequence (big-endian, drawn inside the creating transaction, so it is
 //!   commit order); `tasks_open`: sequence → uuid of every task in `Created`
 //!   or `Queued`, kept in the transactions that create tasks and change their
@@ -46,9 +51,9 @@ use sms_core::store::{DeleteOutcome, SendStore, StoreResult};
 use sms_core::user::UserId;
 
 use crate::{
-    decode, decode_opt, encode, ledger, seq_entries, seq_key, seq_of, seq_prefix, tx, Error,
-    SledStore, Trees, TxResult, SEND_META, SIGNATURES, TASKS, TASKS_OPEN, TASK_SEQ, TASK_STATUSES,
-    TEMPLATES, TEMPLATE_COUNTS,
+    decode, decode_opt, encode, ledger, seq_entries, seq_entries_after, seq_key, seq_of,
+    seq_prefix, tx, Error, SledStore, Trees, TxResult, SEND_META, SIGNATURES, TASKS, TASKS_OPEN,
+    TASK_COUNTS, TASK_SEQ, TASK_STATUSES, TEMPLATES, TEMPLATE_COUNTS,
 };
 
 /// `send_meta` key of the last signature or template id handed out.
@@ -104,6 +109,42 @@ fn split_status_key(key: &[u8]) -> Option<(String, usize)> {
         String::from_utf8(uuid.to_vec()).ok()?,
         usize::try_from(index).ok()?,
     ))
+}
+
+/// The recipient count of a task with sparse statuses (`None`: no such
+/// task, or one written with a key per recipient).
+fn recipient_count(counts: &sled::Tree, uuid: &str) -> Result<Option<usize>, Error> {
+    let Some(raw) = counts.get(uuid.as_bytes())? else {
+        return Ok(None);
+    };
+    let n = <[u8; 8]>::try_from(raw.as_ref()).map_err(|_| Error::Malformed {
+        tree: TASK_COUNTS,
+        what: "recipient count is not 8 bytes",
+    })?;
+    Ok(usize::try_from(u64::from_be_bytes(n)).ok())
+}
+
+/// The status under `key` (a [`status_key`]) in a transaction: its value,
+/// else `Pending` when the task keeps sparse statuses and the index is one
+/// of its `count` recipients, else `None` (no such recipient).
+fn status_in_tx(
+    statuses: &TransactionalTree,
+    key: &[u8],
+    count: Option<usize>,
+) -> TxResult<Option<RecipientStatus>> {
+    if let Some(raw) = statuses.get(key)? {
+        return Ok(Some(tx(decode(TASK_STATUSES, &raw))?));
+    }
+    let index = key
+        .len()
+        .checked_sub(8)
+        .and_then(|at| <[u8; 8]>::try_from(&key[at..]).ok())
+        .map(u64::from_be_bytes)
+        .and_then(|i| usize::try_from(i).ok());
+    Ok(match (count, index) {
+        (Some(n), Some(i)) if i < n => Some(RecipientStatus::Pending),
+        _ => None,
+    })
 }
 
 /// States listed by [`SendStore::open_tasks`].
@@ -392,19 +433,16 @@ impl SendStore for SledStore {
         self.write(move |t| {
             let uuid = task.uuid.as_bytes();
             let record = encode(TASKS, &task)?;
-            let pending = sled::IVec::from(encode(TASK_STATUSES, &RecipientStatus::Pending)?);
-            let mut statuses = sled::Batch::default();
-            for i in 0..task.recipients.len() {
-                statuses.insert(status_key(&task.uuid, i), pending.clone());
-            }
+            let count = (task.recipients.len() as u64).to_be_bytes();
             let open = is_open(task.state);
-            let trees = (&t.tasks, &t.task_statuses, &t.task_seq, &t.tasks_open);
-            trees.transaction(|(tasks, task_statuses, seqs, open_tasks)| {
+            let trees = (&t.tasks, &t.task_counts, &t.task_seq, &t.tasks_open);
+            trees.transaction(|(tasks, counts, seqs, open_tasks)| {
                 if tasks.get(uuid)?.is_some() {
                     return abort(Error::Conflict(UniqueField::Id));
                 }
                 tasks.insert(uuid, record.as_slice())?;
-                task_statuses.apply_batch(&statuses)?;
+                // Every recipient starts `Pending`: no status key yet.
+                counts.insert(uuid, &count[..])?;
                 // Drawn inside the transaction: sequence order is commit
                 // order.
                 let seq = seqs.generate_id()?.to_be_bytes();
@@ -468,10 +506,21 @@ impl SendStore for SledStore {
     async fn recipient_statuses(&self, uuid: &str) -> StoreResult<Vec<RecipientStatus>> {
         let uuid = uuid.to_owned();
         self.run(move |t| {
-            seq_entries(&t.task_statuses, uuid.as_bytes(), usize::MAX)?
-                .into_iter()
-                .map(|(_, raw)| decode(TASK_STATUSES, &raw))
-                .collect()
+            let kept = seq_entries_after(&t.task_statuses, uuid.as_bytes(), None, usize::MAX)?;
+            let Some(count) = recipient_count(&t.task_counts, &uuid)? else {
+                // Written before sparse statuses: one key per recipient.
+                return kept
+                    .into_iter()
+                    .map(|(_, _, raw)| decode(TASK_STATUSES, &raw))
+                    .collect();
+            };
+            let mut all = vec![RecipientStatus::Pending; count];
+            for (index, _, raw) in kept {
+                if let Some(slot) = usize::try_from(index).ok().and_then(|i| all.get_mut(i)) {
+                    *slot = decode(TASK_STATUSES, &raw)?;
+                }
+            }
+            Ok(all)
         })
         .await
     }
@@ -505,14 +554,16 @@ impl SendStore for SledStore {
             if updates.is_empty() {
                 return Ok(());
             }
+            // Read on the writer thread, which is the only one to write it.
+            let count = recipient_count(&t.task_counts, &uuid)?;
             let trees = (&t.task_statuses, &t.task_gateway_ids);
             trees.transaction(|(statuses, gateway_ids)| {
                 for (key, encoded, index) in &updates {
-                    // No key: no such task, or an index past its recipients.
-                    let Some(raw) = statuses.get(key)? else {
+                    // No status: no such task, or an index past its
+                    // recipients.
+                    let Some(cur) = status_in_tx(statuses, key, count)? else {
                         continue;
                     };
-                    let cur: RecipientStatus = tx(decode(TASK_STATUSES, &raw))?;
                     if cur == RecipientStatus::Pending {
                         statuses.insert(key.as_slice(), encoded.as_slice())?;
                         if let Some((gw_key, at)) = index {
@@ -573,6 +624,7 @@ impl SendStore for SledStore {
         let uuid = uuid.to_owned();
         self.write_if(move |t| {
             let key = status_key(&uuid, index);
+            let count = recipient_count(&t.task_counts, &uuid)?;
             let trees = (
                 &t.tasks,
                 &t.task_statuses,
@@ -587,10 +639,9 @@ impl SendStore for SledStore {
                 else {
                     return Ok(ReceiptOutcome::Unknown);
                 };
-                let Some(raw) = statuses.get(&key)? else {
+                let Some(current) = status_in_tx(statuses, &key, count)? else {
                     return Ok(ReceiptOutcome::Unknown);
                 };
-                let current: RecipientStatus = tx(decode(TASK_STATUSES, &raw))?;
                 let Some((next, refund)) = receipt_transition(&task, index, &current, &update)
                 else {
                     return Ok(ReceiptOutcome::Unchanged(current));
@@ -657,6 +708,69 @@ mod tests {
             created_at: 1,
             updated_at: 1,
         }
+    }
+
+    fn sent(i: usize) -> RecipientStatus {
+        RecipientStatus::Sent {
+            gateway_id: format!("g{i}"),
+            at: 1,
+            carrier: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn sparse_statuses_read_as_pending_and_old_full_layouts_still_read() {
+        let s = store();
+        let phone = |n: u32| {
+            sms_core::phone::PhoneNumber::parse_cn_mobile(&format!("1380000{n:04}")).unwrap()
+        };
+        let task = |uuid: &str| SendTask {
+            uuid: uuid.into(),
+            owner: UserId::from_string("u1".into()),
+            sign_id: 1,
+            temp_id: 1,
+            recipients: (0..3).map(phone).collect(),
+            text: "【x】y".into(),
+            segments: 1,
+            unit_price: 1,
+            state: TaskState::Queued,
+            created_at: 1,
+            finished_at: None,
+            params: Vec::new(),
+        };
+        s.create_task(task("new")).await.unwrap();
+        // Three recipients, no status key: all pending.
+        assert_eq!(s.trees.task_statuses.scan_prefix(b"new").count(), 0);
+        assert_eq!(
+            s.recipient_statuses("new").await.unwrap(),
+            vec![RecipientStatus::Pending; 3]
+        );
+        // Index 3 is past the recipients: ignored.
+        s.record_statuses("new", vec![(1, sent(1)), (3, sent(3))])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.recipient_statuses("new").await.unwrap(),
+            vec![RecipientStatus::Pending, sent(1), RecipientStatus::Pending]
+        );
+        // The layout before sparse statuses: a key per recipient, no count.
+        s.create_task(task("old")).await.unwrap();
+        s.trees.task_counts.remove(b"old").unwrap();
+        for i in 0..3 {
+            s.trees
+                .task_statuses
+                .insert(
+                    status_key("old", i),
+                    encode(TASK_STATUSES, &RecipientStatus::Pending).unwrap(),
+                )
+                .unwrap();
+        }
+        s.record_statuses("old", vec![(2, sent(2))]).await.unwrap();
+        assert_eq!(
+            s.recipient_statuses("old").await.unwrap(),
+            vec![RecipientStatus::Pending, RecipientStatus::Pending, sent(2)]
+        );
+        assert!(s.recipient_statuses("none").await.unwrap().is_empty());
     }
 
     #[tokio::test]
