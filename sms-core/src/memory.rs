@@ -123,6 +123,17 @@ impl Inner {
         Ok(())
     }
 
+    /// Appends `push` to `user`'s mailbox under the next sequence.
+    fn push_mailbox(&mut self, user: &UserId, push: Push) -> u64 {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.mailboxes
+            .entry(user.clone())
+            .or_default()
+            .insert(seq, push);
+        seq
+    }
+
     /// Applies [`transition`] for `request` with its balance, hold and entry.
     fn apply_ledger(&mut self, request: LedgerRequest) -> LedgerOutcome {
         let balance = self
@@ -559,12 +570,7 @@ impl PhonePool for MemoryStore {
             done.dropped.push((user, n as u64));
         }
         for (user, push) in fx.pushes {
-            g.next_seq += 1;
-            let seq = g.next_seq;
-            g.mailboxes
-                .entry(user.clone())
-                .or_default()
-                .insert(seq, push.clone());
+            let seq = g.push_mailbox(&user, push.clone());
             done.pushed.push((user, seq, push));
         }
         Ok(ReceiveOutcome::Received(done))
@@ -656,14 +662,7 @@ impl QueueStore for MemoryStore {
     }
 
     async fn mailbox_push(&self, user: &UserId, push: Push) -> StoreResult<u64> {
-        let mut g = self.lock();
-        g.next_seq += 1;
-        let seq = g.next_seq;
-        g.mailboxes
-            .entry(user.clone())
-            .or_default()
-            .insert(seq, push);
-        Ok(seq)
+        Ok(self.lock().push_mailbox(user, push))
     }
 
     async fn mailbox(

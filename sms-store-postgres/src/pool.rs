@@ -331,12 +331,7 @@ impl PhonePool for PgStore {
                 };
                 let mut done = Received::default();
                 for (app, sms) in &fx.queue {
-                    sqlx::query("INSERT INTO sms_queue (app, at, body) VALUES ($1, $2, $3)")
-                        .bind(app)
-                        .bind(sms.at)
-                        .bind(encode(SMS, sms)?)
-                        .execute(&mut *tx)
-                        .await?;
+                    insert_sms(&mut tx, app, sms).await?;
                 }
                 for capture in &fx.captures {
                     apply_ledger(&mut tx, capture).await?;
@@ -360,16 +355,8 @@ impl PhonePool for PgStore {
                     done.dropped.push((user.clone(), r.rows_affected()));
                 }
                 for (user, push) in &fx.pushes {
-                    let seq: i64 = sqlx::query_scalar(
-                        "INSERT INTO mailbox (user_id, seq, at, body) \
-                         VALUES ($1, nextval('mailbox_seq'), $2, $3) RETURNING seq",
-                    )
-                    .bind(user.as_str())
-                    .bind(push.at())
-                    .bind(encode(MAILBOX, push)?)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    done.pushed.push((user.clone(), to_u64(seq), push.clone()));
+                    let seq = insert_mailbox(&mut tx, user, push).await?;
+                    done.pushed.push((user.clone(), seq, push.clone()));
                 }
                 Ok(ReceiveOutcome::Received(done))
             }
@@ -449,35 +436,67 @@ fn limit(max: usize) -> i64 {
     i64::try_from(max).unwrap_or(i64::MAX)
 }
 
+/// Appends `sms` to `app`'s queue.
+async fn insert_sms(conn: &mut PgConnection, app: &str, sms: &ReceivedSms) -> Result2<()> {
+    sqlx::query("INSERT INTO sms_queue (app, at, body) VALUES ($1, $2, $3)")
+        .bind(app)
+        .bind(sms.at)
+        .bind(encode(SMS, sms)?)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Appends `push` to `user`'s mailbox under the next sequence; the caller
+/// holds the user's mailbox lock (see [`QueueStore::mailbox_push`]).
+async fn insert_mailbox(conn: &mut PgConnection, user: &UserId, push: &Push) -> Result2<u64> {
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO mailbox (user_id, seq, at, body) \
+         VALUES ($1, nextval('mailbox_seq'), $2, $3) RETURNING seq",
+    )
+    .bind(user.as_str())
+    .bind(push.at())
+    .bind(encode(MAILBOX, push)?)
+    .fetch_one(conn)
+    .await?;
+    Ok(to_u64(seq))
+}
+
+/// Removes and returns up to `max` of the oldest rows of `table` whose
+/// `owner` column is `key`, in one statement (rows another caller is taking
+/// right now are skipped), oldest first.
+async fn take_oldest<T: serde::de::DeserializeOwned>(
+    store: &PgStore,
+    table: &'static str,
+    owner: &'static str,
+    key: &str,
+    max: usize,
+) -> StoreResult<Vec<T>> {
+    let mut rows: Vec<(i64, String)> = sqlx::query_as(&format!(
+        "DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} WHERE {owner} = $1 \
+         ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING seq, body"
+    ))
+    .bind(key)
+    .bind(limit(max))
+    .fetch_all(&store.pool)
+    .await
+    .map_err(db)?;
+    rows.sort_by_key(|(s, _)| *s);
+    Ok(rows
+        .iter()
+        .map(|(_, b)| decode(table, b))
+        .collect::<Result2<_>>()?)
+}
+
 #[async_trait]
 impl QueueStore for PgStore {
     async fn push_sms(&self, app: &str, sms: ReceivedSms) -> StoreResult<()> {
-        sqlx::query("INSERT INTO sms_queue (app, at, body) VALUES ($1, $2, $3)")
-            .bind(app)
-            .bind(sms.at)
-            .bind(encode(SMS, &sms)?)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(())
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        Ok(insert_sms(&mut conn, app, &sms).await?)
     }
 
     async fn take_sms(&self, app: &str, max: usize) -> StoreResult<Vec<ReceivedSms>> {
-        // One statement: the oldest entries nobody else is taking, removed.
-        let mut rows: Vec<(i64, String)> = sqlx::query_as(
-            "DELETE FROM sms_queue WHERE seq IN (SELECT seq FROM sms_queue WHERE app = $1 \
-             ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING seq, body",
-        )
-        .bind(app)
-        .bind(limit(max))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        rows.sort_by_key(|(s, _)| *s);
-        Ok(rows
-            .iter()
-            .map(|(_, b)| decode(SMS, b))
-            .collect::<Result2<_>>()?)
+        take_oldest(self, SMS, "app", app, max).await
     }
 
     async fn push_device_message(&self, cid: &str, message: DeviceMessage) -> StoreResult<()> {
@@ -492,20 +511,7 @@ impl QueueStore for PgStore {
     }
 
     async fn take_device_messages(&self, cid: &str, max: usize) -> StoreResult<Vec<DeviceMessage>> {
-        let mut rows: Vec<(i64, String)> = sqlx::query_as(
-            "DELETE FROM device_queue WHERE seq IN (SELECT seq FROM device_queue WHERE cid = $1 \
-             ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING seq, body",
-        )
-        .bind(cid)
-        .bind(limit(max))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        rows.sort_by_key(|(s, _)| *s);
-        Ok(rows
-            .iter()
-            .map(|(_, b)| decode(DEVICE, b))
-            .collect::<Result2<_>>()?)
+        take_oldest(self, DEVICE, "cid", cid, max).await
     }
 
     async fn mailbox_push(&self, user: &UserId, push: Push) -> StoreResult<u64> {
@@ -515,16 +521,7 @@ impl QueueStore for PgStore {
                 // order, so a reader paging after N never misses an entry
                 // that commits later with a smaller number.
                 lock_keys(&mut tx, vec![mailbox_lock(user)]).await?;
-                let seq: i64 = sqlx::query_scalar(
-                    "INSERT INTO mailbox (user_id, seq, at, body) \
-                     VALUES ($1, nextval('mailbox_seq'), $2, $3) RETURNING seq",
-                )
-                .bind(user.as_str())
-                .bind(push.at())
-                .bind(encode(MAILBOX, &push)?)
-                .fetch_one(&mut *tx)
-                .await?;
-                Ok(to_u64(seq))
+                insert_mailbox(&mut tx, user, &push).await
             }
             .await
         })

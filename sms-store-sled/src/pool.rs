@@ -22,8 +22,8 @@ use sms_core::store::{ItemStore, PhonePool, StoreResult, DEFAULT_POOL_SIZE};
 use sms_core::user::UserId;
 
 use crate::{
-    decode, decode_opt, encode, ledger, seq_entries, seq_key, tx, Error, SledStore, Trees,
-    TxResult, CLAIM_RETRIES, ITEMS, LEASES, MAILBOX, POOL_META, POOL_NUMBERS, SMS_QUEUE,
+    decode, decode_opt, encode, ledger, queues::tx_append, seq_entries, tx, Error, SledStore,
+    Trees, TxResult, CLAIM_RETRIES, ITEMS, LEASES, MAILBOX, POOL_META, POOL_NUMBERS, SMS_QUEUE,
 };
 
 /// `pool_meta` key of the pool size (absent: [`DEFAULT_POOL_SIZE`]).
@@ -341,29 +341,12 @@ impl PhonePool for SledStore {
 
     async fn receive(&self, req: ReceiveRequest) -> StoreResult<ReceiveOutcome> {
         self.write_if(move |t| {
-            // Mailbox sizes and their oldest keys, read on the writer thread
-            // (every write runs there, so they cannot change before the
-            // transaction below; sled's transactions cannot iterate).
+            // The state the decision needs, read on the writer thread: only
+            // this thread writes, so nothing changes before the transaction
+            // below, and a refused batch (an upload of unknown numbers)
+            // costs no transaction at all. Each lessee's mailbox keys are
+            // listed once (sled's transactions cannot iterate).
             let mut mailboxes: HashMap<UserId, Vec<sled::IVec>> = HashMap::new();
-            for sms in &req.batch {
-                let Some(number) = t.pool_number(phone_key(&sms.mobile))? else {
-                    continue;
-                };
-                if let Some(l) = number.lease {
-                    if let std::collections::hash_map::Entry::Vacant(e) = mailboxes.entry(l.user) {
-                        let keys =
-                            seq_entries(&t.mailbox, e.key().as_str().as_bytes(), usize::MAX)?
-                                .into_iter()
-                                .map(|(key, _)| key)
-                                .collect();
-                        e.insert(keys);
-                    }
-                }
-            }
-            // The state the decision needs, read here too: only this thread
-            // writes, so nothing changes before the transaction, and a
-            // refused batch (an upload of unknown numbers) costs no
-            // transaction at all.
             let mut states = Vec::with_capacity(req.batch.len());
             for sms in &req.batch {
                 let number = t.pool_number(phone_key(&sms.mobile))?;
@@ -377,10 +360,20 @@ impl PhonePool for SledStore {
                         found.push(item);
                     }
                 }
-                let mailbox_len = lease
-                    .as_ref()
-                    .and_then(|l| mailboxes.get(&l.user))
-                    .map_or(0, Vec::len);
+                let mailbox_len = match &lease {
+                    Some(l) => {
+                        if !mailboxes.contains_key(&l.user) {
+                            let keys =
+                                seq_entries(&t.mailbox, l.user.as_str().as_bytes(), usize::MAX)?
+                                    .into_iter()
+                                    .map(|(key, _)| key)
+                                    .collect();
+                            mailboxes.insert(l.user.clone(), keys);
+                        }
+                        mailboxes.get(&l.user).map_or(0, Vec::len)
+                    }
+                    None => 0,
+                };
                 states.push(ReceiveState {
                     number,
                     lease,
@@ -407,8 +400,7 @@ impl PhonePool for SledStore {
                 let (leases, queue, mailbox, b, h, e, u, x) = trees;
                 let mut done = Received::default();
                 for (app, sms) in &fx.queue {
-                    let seq = queue.generate_id()? + 1;
-                    queue.insert(seq_key(app.as_bytes(), seq), tx(encode(SMS_QUEUE, sms))?)?;
+                    tx_append(queue, app.as_bytes(), &tx(encode(SMS_QUEUE, sms))?)?;
                 }
                 for capture in &fx.captures {
                     ledger::tx_apply([b, h, e, u, x], capture)?;
@@ -429,10 +421,10 @@ impl PhonePool for SledStore {
                     done.dropped.push((user.clone(), *n as u64));
                 }
                 for (user, push) in &fx.pushes {
-                    let seq = mailbox.generate_id()? + 1;
-                    mailbox.insert(
-                        seq_key(user.as_str().as_bytes(), seq),
-                        tx(encode(MAILBOX, push))?,
+                    let seq = tx_append(
+                        mailbox,
+                        user.as_str().as_bytes(),
+                        &tx(encode(MAILBOX, push))?,
                     )?;
                     done.pushed.push((user.clone(), seq, push.clone()));
                 }

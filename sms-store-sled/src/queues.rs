@@ -28,12 +28,18 @@ fn append<T: Serialize>(
     value: &T,
 ) -> Result<u64, Error> {
     let encoded = encode(name, value)?;
-    let seq = tree.transaction(|t| -> TxResult<u64> {
-        // Start at 1 (never 0), like the reference.
-        let seq = t.generate_id()? + 1;
-        t.insert(seq_key(owner, seq), encoded.as_slice())?;
-        Ok(seq)
-    })?;
+    Ok(tree.transaction(|t| tx_append(t, owner, &encoded))?)
+}
+
+/// [`append`] inside a caller's transaction, of a value already encoded:
+/// draws the sequence (from 1, never 0) and writes the key.
+pub(crate) fn tx_append(
+    tree: &sled::transaction::TransactionalTree,
+    owner: &[u8],
+    encoded: &[u8],
+) -> TxResult<u64> {
+    let seq = tree.generate_id()? + 1;
+    tree.insert(seq_key(owner, seq), encoded)?;
     Ok(seq)
 }
 
