@@ -17,7 +17,9 @@ use sms_core::store::{
 };
 use sms_core::user::{User, UserChange, UserId};
 
-use crate::{db, decode, decode_opt, encode, in_tx, lock_keys, to_u64, Error, PgStore, Result2};
+use crate::{
+    db, decode, decode_all, decode_opt, encode, in_tx, lock_keys, to_u64, Error, PgStore, Result2,
+};
 
 const USERS: &str = "users";
 const SESSIONS: &str = "sessions";
@@ -122,7 +124,7 @@ async fn sessions_of(conn: &mut PgConnection, user: &UserId) -> Result2<Vec<Sess
         .bind(user.as_str())
         .fetch_all(conn)
         .await?;
-    rows.iter().map(|b| decode(SESSIONS, b)).collect()
+    decode_all(SESSIONS, &rows)
 }
 
 #[async_trait]

@@ -394,6 +394,14 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, s: &str) -> Result
     serde_json::from_str(s).map_err(|e| Error::Codec(what, e))
 }
 
+/// Every row's body decoded, in order.
+pub(crate) fn decode_all<T: DeserializeOwned>(
+    what: &'static str,
+    rows: &[String],
+) -> Result2<Vec<T>> {
+    rows.iter().map(|s| decode(what, s)).collect()
+}
+
 pub(crate) fn decode_opt<T: DeserializeOwned>(
     what: &'static str,
     s: Option<String>,

@@ -14,7 +14,7 @@ use sms_core::sending::{
 use sms_core::store::{DeleteOutcome, LedgerStore, SendStore, StoreResult};
 use sms_core::user::UserId;
 
-use crate::{db, decode, decode_opt, encode, in_tx, lock_keys, PgStore, Result2};
+use crate::{db, decode, decode_all, decode_opt, encode, in_tx, lock_keys, PgStore, Result2};
 
 const BALANCES: &str = "balances";
 const HOLDS: &str = "holds";
@@ -131,10 +131,7 @@ impl LedgerStore for PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db)?;
-        Ok(rows
-            .iter()
-            .map(|b| decode(ENTRIES, b))
-            .collect::<Result2<_>>()?)
+        Ok(decode_all(ENTRIES, &rows)?)
     }
 
     async fn hold(&self, hold_id: &str) -> StoreResult<Option<Hold>> {
@@ -156,10 +153,7 @@ impl LedgerStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        Ok(rows
-            .iter()
-            .map(|b| decode(HOLDS, b))
-            .collect::<Result2<_>>()?)
+        Ok(decode_all(HOLDS, &rows)?)
     }
 }
 
@@ -214,10 +208,7 @@ impl SendStore for PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db)?;
-        Ok(rows
-            .iter()
-            .map(|b| decode(SIGNATURES, b))
-            .collect::<Result2<_>>()?)
+        Ok(decode_all(SIGNATURES, &rows)?)
     }
 
     async fn replace_signature(&self, old: &Signature, new: Signature) -> StoreResult<bool> {
@@ -321,10 +312,7 @@ impl SendStore for PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db)?;
-        Ok(rows
-            .iter()
-            .map(|b| decode(TEMPLATES, b))
-            .collect::<Result2<_>>()?)
+        Ok(decode_all(TEMPLATES, &rows)?)
     }
 
     async fn replace_template(&self, old: &Template, new: Template) -> StoreResult<bool> {
@@ -504,20 +492,16 @@ impl SendStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        let mut out_s = Vec::new();
-        for b in &sigs {
-            let s: Signature = decode(SIGNATURES, b)?;
-            if s.audit == AuditStatus::Pending && out_s.len() < max {
-                out_s.push(s);
-            }
-        }
-        let mut out_t = Vec::new();
-        for b in &temps {
-            let t: Template = decode(TEMPLATES, b)?;
-            if t.audit == AuditStatus::Pending && out_t.len() < max {
-                out_t.push(t);
-            }
-        }
+        let out_s = decode_all::<Signature>(SIGNATURES, &sigs)?
+            .into_iter()
+            .filter(|s| s.audit == AuditStatus::Pending)
+            .take(max)
+            .collect();
+        let out_t = decode_all::<Template>(TEMPLATES, &temps)?
+            .into_iter()
+            .filter(|t| t.audit == AuditStatus::Pending)
+            .take(max)
+            .collect();
         Ok((out_s, out_t))
     }
 

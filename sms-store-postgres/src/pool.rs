@@ -23,7 +23,9 @@ use sms_core::store::{ItemStore, PhonePool, Purged, QueueStore, StoreResult, DEF
 use sms_core::user::UserId;
 
 use crate::money::{apply_ledger, balance_lock};
-use crate::{db, decode, decode_opt, encode, in_tx, lock_keys, to_i64, to_u64, PgStore, Result2};
+use crate::{
+    db, decode, decode_all, decode_opt, encode, in_tx, lock_keys, to_i64, to_u64, PgStore, Result2,
+};
 
 const NUMBERS: &str = "pool_numbers";
 const LEASES: &str = "leases";
@@ -373,10 +375,7 @@ impl PhonePool for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        Ok(rows
-            .iter()
-            .map(|b| decode(LEASES, b))
-            .collect::<Result2<_>>()?)
+        Ok(decode_all(LEASES, &rows)?)
     }
 
     async fn mark_settled(&self, id: &str) -> StoreResult<bool> {
@@ -425,10 +424,7 @@ impl ItemStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        Ok(rows
-            .iter()
-            .map(|b| decode(ITEMS, b))
-            .collect::<Result2<_>>()?)
+        Ok(decode_all(ITEMS, &rows)?)
     }
 }
 
