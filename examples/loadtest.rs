@@ -565,9 +565,11 @@ struct Outcome {
     sample: String,
 }
 
-fn percentile(sorted: &[u32], p: f64) -> u32 {
+/// The nearest-rank `p`th percentile (`p` in percent) of `sorted`; the
+/// default (0) when empty.
+fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
-        return 0;
+        return T::default();
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]

@@ -276,11 +276,6 @@ impl Child {
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-/// A fresh client address for `X-Forwarded-For` (never contacted).
-fn forwarded(i: usize) -> String {
-    format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
-}
-
 async fn call(
     http: &HttpClient,
     base: &str,
@@ -294,7 +289,7 @@ async fn call(
         .method(method)
         .uri(format!("{base}{path}"))
         .header("content-type", "application/json")
-        .header("x-forwarded-for", forwarded(from));
+        .header("x-forwarded-for", super::fresh_ip(from as u64));
     if let Some((u, p)) = basic {
         use base64::Engine;
         let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
@@ -332,7 +327,7 @@ async fn ws_connect(
     let stream = TcpStream::connect(addr).await?;
     let mut req = format!("ws://{addr}/ws").into_client_request()?;
     req.headers_mut()
-        .insert("x-forwarded-for", forwarded(from).parse()?);
+        .insert("x-forwarded-for", super::fresh_ip(from as u64).parse()?);
     let mut config = WebSocketConfig::default();
     config.read_buffer_size = 4096;
     config.write_buffer_size = 4096;
@@ -469,14 +464,6 @@ async fn await_kicked(rx: &mut mpsc::UnboundedReceiver<Report>, n: usize) -> Ins
         .expect("every session kicked in time");
     assert_eq!(kicked, n, "every session must be kicked out");
     last
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Runs flow (f) with `sessions` sessions (rounded down to whole users).
@@ -695,9 +682,9 @@ pub async fn run(sessions: usize) -> WsFigures {
         sessions,
         platform_kib_per_session: (rss_after - rss_before) / sessions as f64,
         baseline_kib_per_connection: (after - before) / sessions as f64,
-        push_p50_ms: percentile(&all_ms, 0.50),
-        push_p99_ms: percentile(&all_ms, 0.99),
-        push_first_p50_ms: percentile(&first_ms, 0.50),
+        push_p50_ms: super::percentile(&all_ms, 50.0),
+        push_p99_ms: super::percentile(&all_ms, 99.0),
+        push_first_p50_ms: super::percentile(&first_ms, 50.0),
         push_samples: all_ms.len(),
         kick_all_ms,
         baseline_broadcast_ms,
