@@ -36,7 +36,7 @@ fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
 impl SledDeliveryQueue {
     /// Opens (or creates) the queue in directory `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let db = sled::open(path).map_err(backend)?;
+        let db = crate::open_waiting(path.as_ref()).map_err(backend)?;
         let tree = db.open_tree("delivery").map_err(backend)?;
         Ok(Self { db, tree })
     }

@@ -698,6 +698,21 @@ fn tx_put_limit_state(t: &TransactionalTree, key: &str, state: &LimitState) -> T
     Ok(())
 }
 
+/// Opens the sled database in `path`, waiting up to [`LOCK_WAIT`] for a lock
+/// that a handle dropped a moment ago (in this process or a finished one)
+/// still holds from one of sled's background threads.
+pub(crate) fn open_waiting(path: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::open(path) {
+            Err(e) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Every store port of `sms-core`, backed by one sled database.
 ///
 /// Cheap to share: hold it in an [`Arc`] and hand it out with
@@ -723,18 +738,7 @@ impl SledStore {
     /// instance because another process still holds it after that wait) or
     /// it holds another layout version.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let path = path.as_ref();
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        let db = loop {
-            match sled::open(path) {
-                Ok(db) => break db,
-                Err(e) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => return Err(Error::from(e).into()),
-            }
-        };
-        Self::from_db(db)
+        Self::from_db(open_waiting(path.as_ref()).map_err(|e| StoreError::from(Error::from(e)))?)
     }
 
     /// Uses an already opened sled database (e.g. one built with a custom
