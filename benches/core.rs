@@ -8,6 +8,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use sms_core::limits::{LimitCheck, LimitRule};
 use sms_core::prelude::*;
+use sms_core::store::LimitMode;
 use sms_core::store::{LimitStore, Stores};
 use sms_store_sled::SledStore;
 
@@ -85,7 +86,8 @@ fn limits(c: &mut Criterion) {
     c.bench_function("limits/acquire/memory", |b| {
         b.iter(|| {
             now += 100;
-            rt.block_on(store.acquire(&checks, now)).expect("acquire")
+            rt.block_on(store.check(&checks, now, LimitMode::Acquire))
+                .expect("acquire")
         })
     });
 }

@@ -25,6 +25,7 @@ use sms_core::pool::{LeaseFilter, LeaseRequest, NumberInfo, ReceivedSms};
 use sms_core::prelude::*;
 use sms_core::secret::CodeHasher;
 use sms_core::store::{CodeKey, CodeRecord, Purpose, RedeemOutcome};
+use sms_core::store::{LimitMode, UserKey};
 use sms_store_sled::SledStore;
 use tokio::runtime::Runtime;
 
@@ -113,7 +114,7 @@ fn users(c: &mut Criterion) {
         let key = Username::parse(&name).expect("username");
         g.bench_function(format!("user_by_username/{}", kind.name()), |bench| {
             bench.iter(|| {
-                rt.block_on(b.stores.users.user_by_username(&key))
+                rt.block_on(b.stores.users.user(&UserKey::Username(key.clone())))
                     .expect("lookup")
                     .expect("found")
             })
@@ -196,8 +197,12 @@ fn limits(c: &mut Criterion) {
                         ]
                     },
                     |checks| {
-                        rt.block_on(b.stores.limits.acquire(&checks, 1_700_000_000))
-                            .expect("acquire")
+                        rt.block_on(b.stores.limits.check(
+                            &checks,
+                            1_700_000_000,
+                            LimitMode::Acquire,
+                        ))
+                        .expect("acquire")
                     },
                     BatchSize::SmallInput,
                 )

@@ -20,6 +20,7 @@ use std::time::Duration;
 use common::TestPlatform;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
+use sms_core::store::EntryQuery;
 
 const PW: &str = "secret1";
 
@@ -252,7 +253,12 @@ async fn alice_entries(t: &TestPlatform) -> Vec<sms_core::ledger::LedgerEntry> {
         .await
         .unwrap()
         .unwrap();
-    t.core().stores.ledger.entries(&u.id).await.unwrap()
+    t.core()
+        .stores
+        .ledger
+        .entries(&EntryQuery::User(u.id.clone()))
+        .await
+        .unwrap()
 }
 
 /// Twilio's status callback for the message Twilio's fake saw for `to`:

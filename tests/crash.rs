@@ -54,6 +54,7 @@ use sms_core::ledger::{Hold, LedgerOp};
 use sms_core::phone::PhoneNumber;
 use sms_core::pool::{Lease, PoolNumber};
 use sms_core::sending::{RecipientStatus, TaskState};
+use sms_core::store::{EntryQuery, UserKey};
 use sms_core::user::UserId;
 use sms_platform::{Platform, PlatformArgs};
 use tokio_tungstenite::tungstenite::Message;
@@ -1026,7 +1027,7 @@ async fn sigkill_never_loses_an_acknowledged_write() {
         let users = stores.users.clone();
         async move {
             users
-                .user_by_username(&Username::parse(&name).unwrap())
+                .user(&UserKey::Username(Username::parse(&name).unwrap()))
                 .await
                 .unwrap()
                 .unwrap_or_else(|| panic!("acknowledged user {name} missing from the store"))
@@ -1041,9 +1042,11 @@ async fn sigkill_never_loses_an_acknowledged_write() {
     for (op, (user, amount)) in &rec.charges {
         let e = stores
             .ledger
-            .entry(&format!("charge:{op}"))
+            .entries(&EntryQuery::Op(format!("charge:{op}")))
             .await
             .unwrap()
+            .into_iter()
+            .next()
             .unwrap_or_else(|| panic!("acknowledged charge {op} missing from the ledger"));
         assert_eq!(e.request.user, user_id(user.clone()).await, "{op}");
         assert_eq!(e.request.op, LedgerOp::Charge { amount: *amount }, "{op}");
@@ -1066,7 +1069,11 @@ async fn sigkill_never_loses_an_acknowledged_write() {
         let (k, _) = kv.unwrap();
         let user = UserId::from_string(String::from_utf8(k.to_vec()).unwrap());
         let b = stores.ledger.balance(&user).await.unwrap();
-        let entries = stores.ledger.entries(&user).await.unwrap();
+        let entries = stores
+            .ledger
+            .entries(&EntryQuery::User(user.clone()))
+            .await
+            .unwrap();
         let sum: i64 = entries.iter().map(|e| e.request.op.total_delta()).sum();
         assert_eq!(b.total, sum, "{user:?}: total is not the sum of entries");
         assert!(
@@ -1126,9 +1133,11 @@ async fn sigkill_never_loses_an_acknowledged_write() {
         if !l.charged && l.price > 0 {
             let r = stores
                 .ledger
-                .entry(&format!("release:{}", l.id))
+                .entries(&EntryQuery::Op(format!("release:{}", l.id)))
                 .await
-                .unwrap();
+                .unwrap()
+                .into_iter()
+                .next();
             assert!(r.is_some(), "settled lease never released: {l:?}");
         }
     }
@@ -1217,9 +1226,11 @@ async fn sigkill_never_loses_an_acknowledged_write() {
         }
         let charge = stores
             .ledger
-            .entry(&task.charge_op())
+            .entries(&EntryQuery::Op(task.charge_op()))
             .await
             .unwrap()
+            .into_iter()
+            .next()
             .unwrap_or_else(|| panic!("acknowledged task {} never charged", t.uuid));
         assert_eq!(
             charge.request.op,
@@ -1276,15 +1287,19 @@ async fn sigkill_never_loses_an_acknowledged_write() {
         let ls = all_leases.iter().filter(|l| l.hold_id == h.hold_id).count();
         let at = stores
             .ledger
-            .entry(&h.hold_id)
+            .entries(&EntryQuery::Op(h.hold_id.clone()))
             .await
             .unwrap()
+            .into_iter()
+            .next()
             .map(|e| e.request.at);
         let unused = stores
             .ledger
-            .entry(&format!("{}:unused", h.hold_id))
+            .entries(&EntryQuery::Op(format!("{}:unused", h.hold_id)))
             .await
             .unwrap()
+            .into_iter()
+            .next()
             .is_some();
         let near_kill = at.is_some_and(|at| kills.iter().any(|k| (k - at).abs() <= 1));
         println!(

@@ -11,6 +11,7 @@ use common::{test_args, TestPlatform};
 use http::{Method, StatusCode};
 use sms_core::memory::MemoryStore;
 use sms_core::store::Stores;
+use sms_core::store::UserKey;
 use sms_core::Core;
 use sms_platform::health::Health;
 use sms_platform::{BackgroundWorkers, Platform, PlatformError};
@@ -150,7 +151,9 @@ async fn a_postgres_node_serves_and_is_ready() {
     let stores = Arc::new(store.clone()).stores();
     let alice = stores
         .users
-        .user_by_username(&sms_core::identity::Username::parse("alice").unwrap())
+        .user(&UserKey::Username(
+            sms_core::identity::Username::parse("alice").unwrap(),
+        ))
         .await
         .unwrap();
     assert!(alice.is_some());

@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use sms_core::gateway::{DeliveryError, GatewayMessage, MessageGateway};
 use sms_core::identity::Username;
 use sms_core::store::Stores;
+use sms_core::store::UserKey;
 use sms_platform::Platform;
 use sms_store_postgres::{PgOptions, PgStore};
 
@@ -194,7 +195,7 @@ async fn upload(t: &TestPlatform, numbers: &[String]) {
 async fn balance(stores: &Stores, user: &str) -> (i64, i64) {
     let u = stores
         .users
-        .user_by_username(&Username::parse(user).expect("username"))
+        .user(&UserKey::Username(Username::parse(user).expect("username")))
         .await
         .expect("store")
         .expect("user");

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{TestPlatform, Ws};
 use serde_json::json;
+use sms_core::store::UserKey;
 
 /// Every log line of this test binary, with the platform's own filter asked
 /// for `trace` everywhere.
@@ -523,7 +524,9 @@ async fn banned_users_cannot_recover_their_account() {
         .core()
         .stores
         .users
-        .user_by_phone(&sms_core::phone::PhoneNumber::parse_cn_mobile(tel).unwrap())
+        .user(&UserKey::Phone(
+            sms_core::phone::PhoneNumber::parse_cn_mobile(tel).unwrap(),
+        ))
         .await
         .unwrap()
         .unwrap();

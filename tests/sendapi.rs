@@ -14,6 +14,7 @@ use sms_core::gateway::{
     DeliveryError, FailingGateway, GatewayMessage, MessageGateway, RecordingGateway,
 };
 use sms_core::phone::PhoneNumber;
+use sms_core::store::EntryQuery;
 
 const PW: &str = "secret1";
 
@@ -716,7 +717,13 @@ async fn ten_thousand_recipients_with_injected_failures() {
         .await
         .unwrap()
         .unwrap();
-    let entries = t.core().stores.ledger.entries(&u.id).await.unwrap();
+    let entries = t
+        .core()
+        .stores
+        .ledger
+        .entries(&EntryQuery::User(u.id.clone()))
+        .await
+        .unwrap();
     assert_eq!(
         entries
             .iter()

@@ -23,7 +23,9 @@ use crate::random::RandomSource;
 use crate::secret::{Token, TokenHash};
 use crate::session_decision::OpenSession;
 pub use crate::store::SessionOrigin;
-use crate::store::{ConsumeOutcome, Grant, GrantKind, Purpose, Session, Stores};
+use crate::store::{
+    ConsumeOutcome, Grant, GrantKind, LimitMode, Purpose, RevokeScope, Session, Stores, UserKey,
+};
 use crate::user::{User, UserChange, UserId};
 
 /// Account rules; every number is configuration with these defaults.
@@ -252,7 +254,7 @@ impl Accounts {
         let user = self
             .stores
             .users
-            .user(&session.user_id)
+            .user(&UserKey::Id(session.user_id.clone()))
             .await?
             .ok_or(CoreError::TokenInvalid)?;
         if user.banned {
@@ -280,7 +282,10 @@ impl Accounts {
 
     /// Revokes this token.
     pub async fn logout(&self, token: &Token) -> Result<(), CoreError> {
-        self.stores.sessions.revoke_session(&token.hash()).await?;
+        self.stores
+            .sessions
+            .revoke(RevokeScope::Session(token.hash()))
+            .await?;
         Ok(())
     }
 
@@ -336,7 +341,7 @@ impl Accounts {
             if let LimitDecision::Denied { retry_at, .. } = self
                 .stores
                 .limits
-                .peek(std::slice::from_ref(b), self.clock.unix())
+                .check(std::slice::from_ref(b), self.clock.unix(), LimitMode::Peek)
                 .await?
             {
                 crate::metrics::limit_refused(crate::metrics::Limit::PasswordBudget);
@@ -380,7 +385,10 @@ impl Accounts {
             let limits = s.stores.limits.clone();
             let now = s.clock.unix();
             async move {
-                match limits.peek(std::slice::from_ref(&check), now).await? {
+                match limits
+                    .check(std::slice::from_ref(&check), now, LimitMode::Peek)
+                    .await?
+                {
                     LimitDecision::Denied { retry_at, .. } => {
                         crate::metrics::limit_refused(crate::metrics::Limit::LoginLockout);
                         Err(CoreError::AccountLocked { until: retry_at })
@@ -450,7 +458,7 @@ impl Accounts {
         if self
             .stores
             .users
-            .user_by_username(&username)
+            .user(&UserKey::Username(username.clone()))
             .await?
             .is_some()
         {
@@ -521,7 +529,7 @@ impl Accounts {
     /// [`check_password`](Self::check_password).
     async fn username_password(&self, username: &str, password: &str) -> Result<User, CoreError> {
         let user = match Username::parse(username) {
-            Ok(u) => self.stores.users.user_by_username(&u).await?,
+            Ok(u) => self.stores.users.user(&UserKey::Username(u)).await?,
             Err(_) => None,
         };
         let Some(user) = user else {
@@ -556,7 +564,12 @@ impl Accounts {
     ) -> Result<LoginOutcome, CoreError> {
         let user = self
             .client_password_check(client_ip, async {
-                let Some(user) = self.stores.users.user_by_phone(phone).await? else {
+                let Some(user) = self
+                    .stores
+                    .users
+                    .user(&UserKey::Phone(phone.clone()))
+                    .await?
+                else {
                     self.verify_dummy(password).await?;
                     return Err(CoreError::WrongPassword);
                 };
@@ -599,7 +612,10 @@ impl Accounts {
             .await?;
         self.stores
             .sessions
-            .revoke_user_sessions(&user.id, None)
+            .revoke(RevokeScope::User {
+                user_id: user.id.clone(),
+                keep: None,
+            })
             .await?;
         self.stores
             .limits
@@ -612,7 +628,12 @@ impl Accounts {
     pub async fn ensure_root(&self, password: &str) -> Result<User, CoreError> {
         let password = Password::parse(password, PasswordPolicy::STANDARD)?;
         let name = Username::parse(ROOT_USERNAME)?;
-        if let Some(root) = self.stores.users.user_by_username(&name).await? {
+        if let Some(root) = self
+            .stores
+            .users
+            .user(&UserKey::Username(name.clone()))
+            .await?
+        {
             if !self
                 .hasher
                 .verify(password.expose(), &root.password_hash)
@@ -680,7 +701,7 @@ impl Accounts {
         let user = self
             .stores
             .users
-            .user_by_username(&name)
+            .user(&UserKey::Username(name.clone()))
             .await?
             .ok_or(CoreError::UserNotFound)?;
         let mut user = self
@@ -692,7 +713,10 @@ impl Accounts {
         if banned {
             self.stores
                 .sessions
-                .revoke_user_sessions(&user.id, None)
+                .revoke(RevokeScope::User {
+                    user_id: user.id.clone(),
+                    keep: None,
+                })
                 .await?;
             self.events.publish(
                 &user.id,
@@ -727,7 +751,7 @@ impl Accounts {
             if let LimitDecision::Denied { retry_at, .. } = self
                 .stores
                 .limits
-                .acquire(&checks, self.clock.unix())
+                .check(&checks, self.clock.unix(), LimitMode::Acquire)
                 .await?
             {
                 crate::metrics::limit_refused(crate::metrics::Limit::Probe);
@@ -745,7 +769,12 @@ impl Accounts {
         client_ip: Option<IpAddr>,
     ) -> Result<bool, CoreError> {
         self.count_probe(client_ip).await?;
-        Ok(self.stores.users.user_by_phone(phone).await?.is_some())
+        Ok(self
+            .stores
+            .users
+            .user(&UserKey::Phone(phone.clone()))
+            .await?
+            .is_some())
     }
 
     /// `account_v4` `sendsms`: checks the expectation
@@ -763,7 +792,12 @@ impl Accounts {
         expect_registered: bool,
         client_ip: Option<IpAddr>,
     ) -> Result<Issued, CoreError> {
-        let registered = self.stores.users.user_by_phone(phone).await?.is_some();
+        let registered = self
+            .stores
+            .users
+            .user(&UserKey::Phone(phone.clone()))
+            .await?
+            .is_some();
         if expect_registered != registered {
             self.count_probe(client_ip).await?;
             return Err(if registered {
@@ -792,7 +826,13 @@ impl Accounts {
         device: Option<&str>,
         code: &str,
     ) -> Result<LoginOutcome, CoreError> {
-        if self.stores.users.user_by_phone(phone).await?.is_some() {
+        if self
+            .stores
+            .users
+            .user(&UserKey::Phone(phone.clone()))
+            .await?
+            .is_some()
+        {
             return Err(CoreError::PhoneTaken);
         }
         self.codes
@@ -848,7 +888,7 @@ impl Accounts {
         let user = self
             .stores
             .users
-            .user_by_phone(phone)
+            .user(&UserKey::Phone(phone.clone()))
             .await?
             .ok_or(CoreError::NotValidated)?;
         // A banned user cannot take the account back by recovery; the
@@ -956,13 +996,19 @@ impl Accounts {
             || self
                 .stores
                 .users
-                .user_by_username(&username)
+                .user(&UserKey::Username(username.clone()))
                 .await?
                 .is_some()
         {
             return Err(CoreError::UsernameTaken);
         }
-        if self.stores.users.user_by_phone(&phone).await?.is_some() {
+        if self
+            .stores
+            .users
+            .user(&UserKey::Phone(phone.clone()))
+            .await?
+            .is_some()
+        {
             return Err(CoreError::PhoneTaken);
         }
         let outcome = self
@@ -987,7 +1033,7 @@ impl Accounts {
     /// ([`CoreError::EmailMismatch`]).
     async fn recovery_user(&self, username: &str, email: &str) -> Result<(User, Email), CoreError> {
         let user = match Username::parse(username) {
-            Ok(u) => self.stores.users.user_by_username(&u).await?,
+            Ok(u) => self.stores.users.user(&UserKey::Username(u)).await?,
             Err(_) => None,
         }
         .ok_or(CoreError::UserNotFound)?;
@@ -995,7 +1041,7 @@ impl Accounts {
         let owner = self
             .stores
             .users
-            .user_by_email(&email)
+            .user(&UserKey::Email(email.clone()))
             .await?
             .ok_or(CoreError::EmailNotFound)?;
         if owner.id != user.id {
@@ -1063,7 +1109,10 @@ impl Accounts {
             .await?;
         self.stores
             .sessions
-            .revoke_user_sessions(&user.id, None)
+            .revoke(RevokeScope::User {
+                user_id: user.id.clone(),
+                keep: None,
+            })
             .await?;
         self.stores
             .limits
@@ -1096,7 +1145,12 @@ impl Accounts {
     }
 
     async fn email_free_for(&self, user: &User, email: &Email) -> Result<(), CoreError> {
-        match self.stores.users.user_by_email(email).await? {
+        match self
+            .stores
+            .users
+            .user(&UserKey::Email(email.clone()))
+            .await?
+        {
             Some(owner) if owner.id != user.id => Err(CoreError::EmailTaken),
             _ => Ok(()),
         }
@@ -1144,13 +1198,13 @@ impl Accounts {
 
     /// The user with this id.
     pub async fn user(&self, id: &UserId) -> Result<Option<User>, CoreError> {
-        Ok(self.stores.users.user(id).await?)
+        Ok(self.stores.users.user(&UserKey::Id(id.clone())).await?)
     }
 
     /// The user with this username.
     pub async fn user_by_username(&self, username: &str) -> Result<Option<User>, CoreError> {
         match Username::parse(username) {
-            Ok(u) => Ok(self.stores.users.user_by_username(&u).await?),
+            Ok(u) => Ok(self.stores.users.user(&UserKey::Username(u)).await?),
             Err(_) => Ok(None),
         }
     }

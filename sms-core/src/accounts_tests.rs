@@ -13,7 +13,7 @@ use crate::memory::MemoryStore;
 use crate::password::Argon2Hasher;
 use crate::random::SeededRandom;
 use crate::sender::{Channel, RecordingSender};
-use crate::store::CodeKey;
+use crate::store::{CodeKey, UserKey};
 
 const WEEK: i64 = 7 * 86_400;
 
@@ -182,7 +182,11 @@ impl Fx {
     /// users by username).
     async fn ban_phone_user(&self, tel: &str) {
         let users = &self.core.stores.users;
-        let user = users.user_by_phone(&phone(tel)).await.unwrap().unwrap();
+        let user = users
+            .user(&UserKey::Phone(phone(tel)))
+            .await
+            .unwrap()
+            .unwrap();
         users
             .update_user(&user.id, UserChange::SetBanned(true))
             .await
@@ -1882,7 +1886,7 @@ async fn bind_email_sends_a_code_by_email_and_binds_on_check() {
         .core
         .stores
         .users
-        .user_by_email(&Email::parse("alice@example.com").unwrap())
+        .user(&UserKey::Email(Email::parse("alice@example.com").unwrap()))
         .await
         .unwrap()
         .unwrap();

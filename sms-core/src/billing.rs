@@ -8,7 +8,7 @@ use crate::clock::Clock;
 use crate::error::CoreError;
 use crate::ledger::{Amount, Balance, LedgerOp, LedgerOutcome, LedgerRequest, Refusal};
 use crate::random::{random_hex, RandomSource};
-use crate::store::Stores;
+use crate::store::{Stores, UserKey};
 use crate::user::UserId;
 
 /// Balances and movements.
@@ -72,7 +72,7 @@ impl Billing {
         let user = self
             .stores
             .users
-            .user_by_username(&name)
+            .user(&UserKey::Username(name.clone()))
             .await?
             .ok_or(CoreError::UserNotFound)?;
         let op_id = match op_id {

@@ -946,22 +946,14 @@ struct YieldingLimits(Arc<MemoryStore>);
 
 #[async_trait::async_trait]
 impl crate::store::LimitStore for YieldingLimits {
-    async fn acquire(
+    async fn check(
         &self,
         checks: &[LimitCheck],
         now: i64,
+        mode: crate::store::LimitMode,
     ) -> crate::store::StoreResult<LimitDecision> {
         tokio::task::yield_now().await;
-        self.0.acquire(checks, now).await
-    }
-
-    async fn peek(
-        &self,
-        checks: &[LimitCheck],
-        now: i64,
-    ) -> crate::store::StoreResult<LimitDecision> {
-        tokio::task::yield_now().await;
-        self.0.peek(checks, now).await
+        self.0.check(checks, now, mode).await
     }
 
     async fn record(&self, check: &LimitCheck, now: i64) -> crate::store::StoreResult<()> {

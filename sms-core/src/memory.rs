@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use crate::code_decision::{CodeDecision, CodeState, CodeVerdict};
 use crate::error::{StoreError, UniqueField};
 use crate::events::Push;
-use crate::identity::{Email, Username};
+use crate::identity::Email;
 use crate::ledger::{transition, Balance, Hold, LedgerEntry, LedgerOutcome, LedgerRequest};
 use crate::limits::{evaluate, LimitCheck, LimitDecision, LimitState};
 use crate::phone::PhoneNumber;
@@ -27,9 +27,10 @@ use crate::sending::{
 };
 use crate::session_decision::OpenSession;
 use crate::store::{
-    CodeKey, CodeRecord, CodeStore, ConsumeOutcome, DeleteOutcome, Grant, GrantKind, GrantStore,
-    ItemStore, LedgerStore, LimitStore, PhonePool, Purged, QueueStore, SendStore, Session,
-    SessionStore, StoreResult, UserStore, DEFAULT_POOL_SIZE,
+    CodeKey, CodeRecord, CodeStore, ConsumeOutcome, EntryQuery, Grant, GrantKind, GrantStore,
+    ItemStore, LedgerStore, LimitMode, LimitStore, PhonePool, Purged, QueueStore, RevokeScope,
+    SendStore, Session, SessionStore, SignatureWrite, StoreResult, TemplateWrite, UserKey,
+    UserStore, WriteOutcome, DEFAULT_POOL_SIZE,
 };
 use crate::user::{User, UserChange, UserId};
 
@@ -196,23 +197,14 @@ impl UserStore for MemoryStore {
         Ok(())
     }
 
-    async fn user(&self, id: &UserId) -> StoreResult<Option<User>> {
-        Ok(self.lock().users.get(id).cloned())
-    }
-
-    async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>> {
+    async fn user(&self, key: &UserKey) -> StoreResult<Option<User>> {
         let g = self.lock();
-        Ok(g.lookup(g.by_username.get(&username.key())))
-    }
-
-    async fn user_by_phone(&self, phone: &PhoneNumber) -> StoreResult<Option<User>> {
-        let g = self.lock();
-        Ok(g.lookup(g.by_phone.get(phone)))
-    }
-
-    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
-        let g = self.lock();
-        Ok(g.lookup(g.by_email.get(email)))
+        Ok(g.lookup(match key {
+            UserKey::Id(id) => Some(id),
+            UserKey::Username(username) => g.by_username.get(&username.key()),
+            UserKey::Phone(phone) => g.by_phone.get(phone),
+            UserKey::Email(email) => g.by_email.get(email),
+        }))
     }
 
     async fn update_user(&self, id: &UserId, change: UserChange) -> StoreResult<User> {
@@ -280,19 +272,17 @@ impl SessionStore for MemoryStore {
         }))
     }
 
-    async fn revoke_session(&self, token_hash: &TokenHash) -> StoreResult<bool> {
-        Ok(self.lock().sessions.remove(token_hash).is_some())
-    }
-
-    async fn revoke_user_sessions(
-        &self,
-        user_id: &UserId,
-        keep: Option<TokenHash>,
-    ) -> StoreResult<usize> {
+    async fn revoke(&self, scope: RevokeScope) -> StoreResult<usize> {
         let mut g = self.lock();
         let before = g.sessions.len();
-        g.sessions
-            .retain(|h, s| &s.user_id != user_id || Some(*h) == keep);
+        match scope {
+            RevokeScope::Session(hash) => {
+                g.sessions.remove(&hash);
+            }
+            RevokeScope::User { user_id, keep } => g
+                .sessions
+                .retain(|h, s| s.user_id != user_id || Some(*h) == keep),
+        }
         Ok(before - g.sessions.len())
     }
 
@@ -379,29 +369,25 @@ impl GrantStore for MemoryStore {
 
 #[async_trait]
 impl LimitStore for MemoryStore {
-    async fn acquire(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision> {
+    async fn check(
+        &self,
+        checks: &[LimitCheck],
+        now: i64,
+        mode: LimitMode,
+    ) -> StoreResult<LimitDecision> {
         let mut g = self.lock();
         let states: Vec<LimitState> = checks
             .iter()
             .map(|c| g.limits.get(&c.key).cloned().unwrap_or_default())
             .collect();
         let decision = evaluate(&states, checks, now);
-        if decision.is_allowed() {
+        if mode == LimitMode::Acquire && decision.is_allowed() {
             for (mut s, c) in states.into_iter().zip(checks) {
                 s.record(&c.rule, now);
                 g.limits.insert(c.key.clone(), s);
             }
         }
         Ok(decision)
-    }
-
-    async fn peek(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision> {
-        let g = self.lock();
-        let states: Vec<LimitState> = checks
-            .iter()
-            .map(|c| g.limits.get(&c.key).cloned().unwrap_or_default())
-            .collect();
-        Ok(evaluate(&states, checks, now))
     }
 
     async fn record(&self, check: &LimitCheck, now: i64) -> StoreResult<()> {
@@ -730,20 +716,20 @@ impl LedgerStore for MemoryStore {
         Ok(self.lock().balances.get(user).copied().unwrap_or_default())
     }
 
-    async fn entry(&self, op_id: &str) -> StoreResult<Option<LedgerEntry>> {
-        Ok(self.lock().entries.get(op_id).cloned())
-    }
-
-    async fn entries(&self, user: &UserId) -> StoreResult<Vec<LedgerEntry>> {
+    async fn entries(&self, query: &EntryQuery) -> StoreResult<Vec<LedgerEntry>> {
         let g = self.lock();
-        Ok(g.user_entries
-            .get(user)
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|id| g.entries.get(id).cloned())
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(match query {
+            EntryQuery::Op(op_id) => g.entries.get(op_id).cloned().into_iter().collect(),
+            EntryQuery::User(user) => g
+                .user_entries
+                .get(user)
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|id| g.entries.get(id).cloned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
     }
 
     async fn hold(&self, hold_id: &str) -> StoreResult<Option<Hold>> {
@@ -766,12 +752,33 @@ impl LedgerStore for MemoryStore {
 
 #[async_trait]
 impl SendStore for MemoryStore {
-    async fn create_signature(&self, mut sig: Signature) -> StoreResult<Signature> {
+    async fn write_signature(&self, write: SignatureWrite) -> StoreResult<WriteOutcome<Signature>> {
         let mut g = self.lock();
-        g.next_sign_id += 1;
-        sig.id = g.next_sign_id;
-        g.signatures.insert(sig.id, sig.clone());
-        Ok(sig)
+        Ok(match write {
+            SignatureWrite::Create(mut sig) => {
+                g.next_sign_id += 1;
+                sig.id = g.next_sign_id;
+                g.signatures.insert(sig.id, sig.clone());
+                WriteOutcome::Created(sig)
+            }
+            SignatureWrite::Replace { old, new } => match g.signatures.get(&old.id) {
+                Some(cur) if *cur == old => {
+                    g.signatures.insert(old.id, new);
+                    WriteOutcome::Replaced
+                }
+                _ => WriteOutcome::Stale,
+            },
+            SignatureWrite::Delete(id) => {
+                if !g.signatures.contains_key(&id) {
+                    WriteOutcome::Missing
+                } else if g.templates.values().any(|t| t.sign_id == id) {
+                    WriteOutcome::InUse
+                } else {
+                    g.signatures.remove(&id);
+                    WriteOutcome::Deleted
+                }
+            }
+        })
     }
 
     async fn signature(&self, id: i64) -> StoreResult<Option<Signature>> {
@@ -788,38 +795,33 @@ impl SendStore for MemoryStore {
             .collect())
     }
 
-    async fn replace_signature(&self, old: &Signature, new: Signature) -> StoreResult<bool> {
+    async fn write_template(&self, write: TemplateWrite) -> StoreResult<WriteOutcome<Template>> {
         let mut g = self.lock();
-        match g.signatures.get(&old.id) {
-            Some(cur) if cur == old => {
-                g.signatures.insert(old.id, new);
-                Ok(true)
+        Ok(match write {
+            TemplateWrite::Create(mut template) => {
+                if !g.signatures.contains_key(&template.sign_id) {
+                    return Ok(WriteOutcome::Missing);
+                }
+                g.next_temp_id += 1;
+                template.id = g.next_temp_id;
+                g.templates.insert(template.id, template.clone());
+                WriteOutcome::Created(template)
             }
-            _ => Ok(false),
-        }
-    }
-
-    async fn delete_signature(&self, id: i64) -> StoreResult<DeleteOutcome> {
-        let mut g = self.lock();
-        if !g.signatures.contains_key(&id) {
-            return Ok(DeleteOutcome::Missing);
-        }
-        if g.templates.values().any(|t| t.sign_id == id) {
-            return Ok(DeleteOutcome::InUse);
-        }
-        g.signatures.remove(&id);
-        Ok(DeleteOutcome::Deleted)
-    }
-
-    async fn create_template(&self, mut template: Template) -> StoreResult<Option<Template>> {
-        let mut g = self.lock();
-        if !g.signatures.contains_key(&template.sign_id) {
-            return Ok(None);
-        }
-        g.next_temp_id += 1;
-        template.id = g.next_temp_id;
-        g.templates.insert(template.id, template.clone());
-        Ok(Some(template))
+            TemplateWrite::Replace { old, new } => {
+                let sign_ok = g.signatures.contains_key(&new.sign_id);
+                match g.templates.get(&old.id) {
+                    Some(cur) if *cur == old && sign_ok => {
+                        g.templates.insert(old.id, new);
+                        WriteOutcome::Replaced
+                    }
+                    _ => WriteOutcome::Stale,
+                }
+            }
+            TemplateWrite::Delete(id) => match g.templates.remove(&id) {
+                Some(_) => WriteOutcome::Deleted,
+                None => WriteOutcome::Missing,
+            },
+        })
     }
 
     async fn template(&self, id: i64) -> StoreResult<Option<Template>> {
@@ -834,22 +836,6 @@ impl SendStore for MemoryStore {
             .filter(|t| &t.owner == owner)
             .cloned()
             .collect())
-    }
-
-    async fn replace_template(&self, old: &Template, new: Template) -> StoreResult<bool> {
-        let mut g = self.lock();
-        let sign_ok = g.signatures.contains_key(&new.sign_id);
-        match g.templates.get(&old.id) {
-            Some(cur) if cur == old && sign_ok => {
-                g.templates.insert(old.id, new);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    async fn delete_template(&self, id: i64) -> StoreResult<bool> {
-        Ok(self.lock().templates.remove(&id).is_some())
     }
 
     async fn create_task(&self, task: SendTask) -> StoreResult<()> {

@@ -3,6 +3,13 @@
 //! e.g. `codes.decide_code`) and counts ledger movements
 //! (`sms_ledger_operations_total{kind,outcome}`), whatever the backend.
 //!
+//! A method that takes one of several kinds of request is labelled by the
+//! kind, with the name of the method that served that kind before the
+//! ports were merged (so the label values did not change): e.g.
+//! [`UserStore::user`] by phone is `users.user_by_phone`,
+//! [`SessionStore::revoke`] of one session `sessions.revoke_session`,
+//! [`SendStore::write_template`] with a `Replace` `sending.replace_template`.
+//!
 //! [`Stores::metered`] wraps every port of a [`Stores`]; the platform does
 //! it once at start. Through the [`metrics`] facade: without a recorder the
 //! timing costs one clock read per call and nothing is kept.
@@ -15,7 +22,6 @@ use async_trait::async_trait;
 
 use crate::code_decision::{CodeDecision, CodeVerdict};
 use crate::events::Push;
-use crate::identity::{Email, Username};
 use crate::ledger::{Balance, Hold, LedgerEntry, LedgerOp, LedgerOutcome, LedgerRequest};
 use crate::limits::{LimitCheck, LimitDecision};
 use crate::metrics::{LEDGER_OPERATIONS, STORE_OPERATION_DURATION};
@@ -89,21 +95,14 @@ impl UserStore for Metered<dyn UserStore> {
     async fn create_user(&self, user: User) -> StoreResult<()> {
         timed("users.create_user", self.inner.create_user(user)).await
     }
-    async fn user(&self, id: &UserId) -> StoreResult<Option<User>> {
-        timed("users.user", self.inner.user(id)).await
-    }
-    async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>> {
-        timed(
-            "users.user_by_username",
-            self.inner.user_by_username(username),
-        )
-        .await
-    }
-    async fn user_by_phone(&self, phone: &PhoneNumber) -> StoreResult<Option<User>> {
-        timed("users.user_by_phone", self.inner.user_by_phone(phone)).await
-    }
-    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
-        timed("users.user_by_email", self.inner.user_by_email(email)).await
+    async fn user(&self, key: &UserKey) -> StoreResult<Option<User>> {
+        let op = match key {
+            UserKey::Id(_) => "users.user",
+            UserKey::Username(_) => "users.user_by_username",
+            UserKey::Phone(_) => "users.user_by_phone",
+            UserKey::Email(_) => "users.user_by_email",
+        };
+        timed(op, self.inner.user(key)).await
     }
     async fn update_user(&self, id: &UserId, change: UserChange) -> StoreResult<User> {
         timed("users.update_user", self.inner.update_user(id, change)).await
@@ -129,23 +128,12 @@ impl SessionStore for Metered<dyn SessionStore> {
         )
         .await
     }
-    async fn revoke_session(&self, token_hash: &TokenHash) -> StoreResult<bool> {
-        timed(
-            "sessions.revoke_session",
-            self.inner.revoke_session(token_hash),
-        )
-        .await
-    }
-    async fn revoke_user_sessions(
-        &self,
-        user_id: &UserId,
-        keep: Option<TokenHash>,
-    ) -> StoreResult<usize> {
-        timed(
-            "sessions.revoke_user_sessions",
-            self.inner.revoke_user_sessions(user_id, keep),
-        )
-        .await
+    async fn revoke(&self, scope: RevokeScope) -> StoreResult<usize> {
+        let op = match scope {
+            RevokeScope::Session(_) => "sessions.revoke_session",
+            RevokeScope::User { .. } => "sessions.revoke_user_sessions",
+        };
+        timed(op, self.inner.revoke(scope)).await
     }
     async fn user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<Session>> {
         timed("sessions.user_sessions", self.inner.user_sessions(user_id)).await
@@ -187,11 +175,17 @@ impl GrantStore for Metered<dyn GrantStore> {
 
 #[async_trait]
 impl LimitStore for Metered<dyn LimitStore> {
-    async fn acquire(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision> {
-        timed("limits.acquire", self.inner.acquire(checks, now)).await
-    }
-    async fn peek(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision> {
-        timed("limits.peek", self.inner.peek(checks, now)).await
+    async fn check(
+        &self,
+        checks: &[LimitCheck],
+        now: i64,
+        mode: LimitMode,
+    ) -> StoreResult<LimitDecision> {
+        let op = match mode {
+            LimitMode::Acquire => "limits.acquire",
+            LimitMode::Peek => "limits.peek",
+        };
+        timed(op, self.inner.check(checks, now, mode)).await
     }
     async fn record(&self, check: &LimitCheck, now: i64) -> StoreResult<()> {
         timed("limits.record", self.inner.record(check, now)).await
@@ -335,11 +329,12 @@ impl LedgerStore for Metered<dyn LedgerStore> {
     async fn balance(&self, user: &UserId) -> StoreResult<Balance> {
         timed("ledger.balance", self.inner.balance(user)).await
     }
-    async fn entry(&self, op_id: &str) -> StoreResult<Option<LedgerEntry>> {
-        timed("ledger.entry", self.inner.entry(op_id)).await
-    }
-    async fn entries(&self, user: &UserId) -> StoreResult<Vec<LedgerEntry>> {
-        timed("ledger.entries", self.inner.entries(user)).await
+    async fn entries(&self, query: &EntryQuery) -> StoreResult<Vec<LedgerEntry>> {
+        let op = match query {
+            EntryQuery::Op(_) => "ledger.entry",
+            EntryQuery::User(_) => "ledger.entries",
+        };
+        timed(op, self.inner.entries(query)).await
     }
     async fn hold(&self, hold_id: &str) -> StoreResult<Option<Hold>> {
         timed("ledger.hold", self.inner.hold(hold_id)).await
@@ -351,8 +346,13 @@ impl LedgerStore for Metered<dyn LedgerStore> {
 
 #[async_trait]
 impl SendStore for Metered<dyn SendStore> {
-    async fn create_signature(&self, sig: Signature) -> StoreResult<Signature> {
-        timed("sending.create_signature", self.inner.create_signature(sig)).await
+    async fn write_signature(&self, write: SignatureWrite) -> StoreResult<WriteOutcome<Signature>> {
+        let op = match write {
+            SignatureWrite::Create(_) => "sending.create_signature",
+            SignatureWrite::Replace { .. } => "sending.replace_signature",
+            SignatureWrite::Delete(_) => "sending.delete_signature",
+        };
+        timed(op, self.inner.write_signature(write)).await
     }
     async fn signature(&self, id: i64) -> StoreResult<Option<Signature>> {
         timed("sending.signature", self.inner.signature(id)).await
@@ -360,38 +360,19 @@ impl SendStore for Metered<dyn SendStore> {
     async fn signatures_of(&self, owner: &UserId) -> StoreResult<Vec<Signature>> {
         timed("sending.signatures_of", self.inner.signatures_of(owner)).await
     }
-    async fn replace_signature(&self, old: &Signature, new: Signature) -> StoreResult<bool> {
-        timed(
-            "sending.replace_signature",
-            self.inner.replace_signature(old, new),
-        )
-        .await
-    }
-    async fn delete_signature(&self, id: i64) -> StoreResult<DeleteOutcome> {
-        timed("sending.delete_signature", self.inner.delete_signature(id)).await
-    }
-    async fn create_template(&self, template: Template) -> StoreResult<Option<Template>> {
-        timed(
-            "sending.create_template",
-            self.inner.create_template(template),
-        )
-        .await
+    async fn write_template(&self, write: TemplateWrite) -> StoreResult<WriteOutcome<Template>> {
+        let op = match write {
+            TemplateWrite::Create(_) => "sending.create_template",
+            TemplateWrite::Replace { .. } => "sending.replace_template",
+            TemplateWrite::Delete(_) => "sending.delete_template",
+        };
+        timed(op, self.inner.write_template(write)).await
     }
     async fn template(&self, id: i64) -> StoreResult<Option<Template>> {
         timed("sending.template", self.inner.template(id)).await
     }
     async fn templates_of(&self, owner: &UserId) -> StoreResult<Vec<Template>> {
         timed("sending.templates_of", self.inner.templates_of(owner)).await
-    }
-    async fn replace_template(&self, old: &Template, new: Template) -> StoreResult<bool> {
-        timed(
-            "sending.replace_template",
-            self.inner.replace_template(old, new),
-        )
-        .await
-    }
-    async fn delete_template(&self, id: i64) -> StoreResult<bool> {
-        timed("sending.delete_template", self.inner.delete_template(id)).await
     }
     async fn create_task(&self, task: SendTask) -> StoreResult<()> {
         timed("sending.create_task", self.inner.create_task(task)).await

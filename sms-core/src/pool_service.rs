@@ -17,7 +17,7 @@ use crate::pool::{
 };
 use crate::random::{random_hex, RandomSource};
 use crate::receive::{ReceiveOutcome, ReceiveRequest};
-use crate::store::{Purged, Stores};
+use crate::store::{EntryQuery, Purged, Stores};
 use crate::user::UserId;
 
 /// Which device channels (`cid`s) a device credential may act for.
@@ -511,12 +511,12 @@ impl PoolService {
     }
 
     async fn settle(&self, lease: &Lease) -> Result<(), CoreError> {
-        let captured = self
+        let captured = !self
             .stores
             .ledger
-            .entry(&format!("capture:{}", lease.id))
+            .entries(&EntryQuery::Op(format!("capture:{}", lease.id)))
             .await?
-            .is_some();
+            .is_empty();
         if !captured && lease.price > 0 {
             let released = self
                 .billing

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use crate::billing::Billing;
 use crate::carrier::Receipt;
 use crate::clock::Clock;
-use crate::error::CoreError;
+use crate::error::{CoreError, StoreError};
 use crate::gateway::{DeliveryError, GatewayAccepted, GatewayMessage, MessageGateway};
 use crate::ledger::{Amount, LedgerOp};
 use crate::phone::PhoneNumber;
@@ -22,7 +22,7 @@ use crate::sending::{
     render_send, segments, template_params, AuditStatus, ReceiptOutcome, ReceiptUpdate,
     RecipientStatus, SendTask, Signature, TaskState, Template, TemplateType,
 };
-use crate::store::{DeleteOutcome, Stores};
+use crate::store::{EntryQuery, SignatureWrite, Stores, TemplateWrite, WriteOutcome};
 use crate::user::UserId;
 
 /// Sending rules; every number is configuration with these defaults.
@@ -260,10 +260,10 @@ impl SendService {
     ) -> Result<Signature, CoreError> {
         self.check_signature(&input)?;
         let now = self.clock.unix();
-        Ok(self
+        let created = self
             .stores
             .sending
-            .create_signature(Signature {
+            .write_signature(SignatureWrite::Create(Signature {
                 id: 0,
                 owner: owner.clone(),
                 text: input.text,
@@ -273,8 +273,15 @@ impl SendService {
                 reject_reason: String::new(),
                 created_at: now,
                 updated_at: now,
-            })
-            .await?)
+            }))
+            .await?;
+        match created {
+            WriteOutcome::Created(sig) => Ok(sig),
+            _ => Err(StoreError::Backend(
+                "a signature create answered without the signature".into(),
+            )
+            .into()),
+        }
     }
 
     /// The owner's signatures.
@@ -313,12 +320,11 @@ impl SendService {
                 updated_at: self.clock.unix(),
                 ..old.clone()
             };
-            if self
-                .stores
-                .sending
-                .replace_signature(&old, new.clone())
-                .await?
-            {
+            let write = SignatureWrite::Replace {
+                old,
+                new: new.clone(),
+            };
+            if self.stores.sending.write_signature(write).await? == WriteOutcome::Replaced {
                 return Ok(new);
             }
         }
@@ -327,10 +333,15 @@ impl SendService {
     /// Deletes a signature without templates.
     pub async fn delete_signature(&self, owner: &UserId, id: i64) -> Result<(), CoreError> {
         self.owned_signature(owner, id).await?;
-        match self.stores.sending.delete_signature(id).await? {
-            DeleteOutcome::Deleted => Ok(()),
-            DeleteOutcome::Missing => Err(CoreError::SignatureNotOwned),
-            DeleteOutcome::InUse => Err(CoreError::SignatureInUse),
+        match self
+            .stores
+            .sending
+            .write_signature(SignatureWrite::Delete(id))
+            .await?
+        {
+            WriteOutcome::Deleted => Ok(()),
+            WriteOutcome::InUse => Err(CoreError::SignatureInUse),
+            _ => Err(CoreError::SignatureNotOwned),
         }
     }
 
@@ -367,7 +378,8 @@ impl SendService {
                 updated_at: self.clock.unix(),
                 ..old.clone()
             };
-            if self.stores.sending.replace_signature(&old, new).await? {
+            let write = SignatureWrite::Replace { old, new };
+            if self.stores.sending.write_signature(write).await? == WriteOutcome::Replaced {
                 return Ok(());
             }
         }
@@ -384,9 +396,10 @@ impl SendService {
         let kind = self.check_template(&input)?;
         let sig = self.owned_signature(owner, input.sign_id).await?;
         let now = self.clock.unix();
-        self.stores
+        let created = self
+            .stores
             .sending
-            .create_template(Template {
+            .write_template(TemplateWrite::Create(Template {
                 id: 0,
                 owner: owner.clone(),
                 sign_id: sig.id,
@@ -398,9 +411,12 @@ impl SendService {
                 reject_reason: String::new(),
                 created_at: now,
                 updated_at: now,
-            })
-            .await?
-            .ok_or(CoreError::SignatureNotOwned)
+            }))
+            .await?;
+        match created {
+            WriteOutcome::Created(template) => Ok(template),
+            _ => Err(CoreError::SignatureNotOwned),
+        }
     }
 
     /// The owner's templates.
@@ -449,12 +465,11 @@ impl SendService {
                 updated_at: self.clock.unix(),
                 ..old.clone()
             };
-            if self
-                .stores
-                .sending
-                .replace_template(&old, new.clone())
-                .await?
-            {
+            let write = TemplateWrite::Replace {
+                old,
+                new: new.clone(),
+            };
+            if self.stores.sending.write_template(write).await? == WriteOutcome::Replaced {
                 return Ok(new);
             }
             // The signature may have been deleted meanwhile.
@@ -471,10 +486,14 @@ impl SendService {
     ) -> Result<(), CoreError> {
         let sig = self.owned_signature(owner, sign_id).await?;
         self.template_of(&sig, temp_id).await?;
-        if self.stores.sending.delete_template(temp_id).await? {
-            Ok(())
-        } else {
-            Err(CoreError::TemplateNotOfSignature)
+        match self
+            .stores
+            .sending
+            .write_template(TemplateWrite::Delete(temp_id))
+            .await?
+        {
+            WriteOutcome::Deleted => Ok(()),
+            _ => Err(CoreError::TemplateNotOfSignature),
         }
     }
 
@@ -502,7 +521,8 @@ impl SendService {
                 updated_at: self.clock.unix(),
                 ..old.clone()
             };
-            if self.stores.sending.replace_template(&old, new).await? {
+            let write = TemplateWrite::Replace { old, new };
+            if self.stores.sending.write_template(write).await? == WriteOutcome::Replaced {
                 return Ok(());
             }
         }
@@ -643,8 +663,13 @@ impl SendService {
         {
             return Ok(()); // a send() may still be charging it
         }
-        let charged =
-            task.cost() == 0 || self.stores.ledger.entry(&task.charge_op()).await?.is_some();
+        let charged = task.cost() == 0
+            || !self
+                .stores
+                .ledger
+                .entries(&EntryQuery::Op(task.charge_op()))
+                .await?
+                .is_empty();
         let to = if charged {
             TaskState::Queued
         } else {

@@ -9,7 +9,7 @@ use crate::memory::MemoryStore;
 use crate::password::Argon2Hasher;
 use crate::random::SeededRandom;
 use crate::sender::RecordingSender;
-use crate::store::Stores;
+use crate::store::{EntryQuery, Stores};
 
 struct Fx {
     core: Core,
@@ -307,7 +307,13 @@ async fn ten_thousand_recipients_with_failures_are_exact() {
     assert_eq!(gw.accepted().len() as i64, 10_000 - n_fail);
     let b = f.core.billing.balance(&f.alice).await.unwrap();
     assert_eq!(b.total, 90_000 + n_fail, "failures refunded");
-    let entries = f.core.stores.ledger.entries(&f.alice).await.unwrap();
+    let entries = f
+        .core
+        .stores
+        .ledger
+        .entries(&EntryQuery::User(f.alice.clone()))
+        .await
+        .unwrap();
     assert_eq!(
         entries
             .iter()
@@ -652,7 +658,7 @@ async fn receipts_finish_recipients_and_every_failure_is_refunded_once() {
         .core
         .stores
         .ledger
-        .entries(&f.alice)
+        .entries(&EntryQuery::User(f.alice.clone()))
         .await
         .unwrap()
         .into_iter()

@@ -35,12 +35,27 @@ use crate::user::{User, UserChange, UserId};
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A unique key a user is found by ([`UserStore::user`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserKey {
+    /// The user's id.
+    Id(UserId),
+    /// The username, compared by [`Username::key`] (case-insensitive).
+    Username(Username),
+    /// The phone.
+    Phone(PhoneNumber),
+    /// The email.
+    Email(Email),
+}
+
 /// Accounts and their unique indexes.
 ///
 /// # Contract
 /// * Username (by [`Username::key`]), phone and email are each unique across
 ///   all users; a write that would break that fails with
 ///   [`StoreError::Conflict`] naming the field, and changes nothing.
+/// * [`user`](Self::user) finds a user by any of its unique keys (id,
+///   username, phone, email) and by nothing else.
 /// * [`create_user`](Self::create_user) and
 ///   [`update_user`](Self::update_user) are atomic: concurrent callers racing
 ///   for one username, phone or email see exactly one winner.
@@ -50,14 +65,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait UserStore: Debug + Send + Sync + 'static {
     /// Inserts a new user.
     async fn create_user(&self, user: User) -> StoreResult<()>;
-    /// The user with this id.
-    async fn user(&self, id: &UserId) -> StoreResult<Option<User>>;
-    /// The user with this username (case-insensitive).
-    async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>>;
-    /// The user with this phone.
-    async fn user_by_phone(&self, phone: &PhoneNumber) -> StoreResult<Option<User>>;
-    /// The user with this email.
-    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<User>>;
+    /// The user with this id, username (case-insensitive), phone or email.
+    async fn user(&self, key: &UserKey) -> StoreResult<Option<User>>;
     /// Applies `change` atomically and returns the record as it was before.
     /// [`StoreError::NotFound`] if there is no such user.
     async fn update_user(&self, id: &UserId, change: UserChange) -> StoreResult<User>;
@@ -101,6 +110,20 @@ pub struct Session {
     pub seq: u64,
 }
 
+/// Which sessions [`SessionStore::revoke`] deletes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeScope {
+    /// The one session with this token hash.
+    Session(TokenHash),
+    /// Every session of a user, except `keep`.
+    User {
+        /// Whose sessions.
+        user_id: UserId,
+        /// The session to spare, if any.
+        keep: Option<TokenHash>,
+    },
+}
+
 /// Session tokens.
 ///
 /// # Contract
@@ -114,9 +137,8 @@ pub struct Session {
 /// * Sessions are found only by the hash of their token.
 /// * [`mark_session_used`](Self::mark_session_used) sets `first_used_at` once:
 ///   of concurrent callers exactly one sees the session before it was set.
-/// * After [`revoke_session`](Self::revoke_session) or
-///   [`revoke_user_sessions`](Self::revoke_user_sessions) returns, the revoked
-///   sessions are not returned by any call.
+/// * After [`revoke`](Self::revoke) returns, the sessions it revoked are
+///   not returned by any call.
 /// * Writes are durable when the call returns `Ok`.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
@@ -133,14 +155,9 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
         token_hash: &TokenHash,
         now: i64,
     ) -> StoreResult<Option<Session>>;
-    /// Deletes one session; true if it existed.
-    async fn revoke_session(&self, token_hash: &TokenHash) -> StoreResult<bool>;
-    /// Deletes every session of `user_id` except `keep`; returns how many.
-    async fn revoke_user_sessions(
-        &self,
-        user_id: &UserId,
-        keep: Option<TokenHash>,
-    ) -> StoreResult<usize>;
+    /// Deletes the sessions `scope` names; returns how many existed (0 or
+    /// 1 for [`RevokeScope::Session`]).
+    async fn revoke(&self, scope: RevokeScope) -> StoreResult<usize>;
     /// Every session of a user, any order.
     async fn user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<Session>>;
 }
@@ -436,24 +453,38 @@ pub trait GrantStore: Debug + Send + Sync + 'static {
     ) -> StoreResult<ConsumeOutcome>;
 }
 
+/// What [`LimitStore::check`] does besides evaluating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitMode {
+    /// Check-and-record, all or nothing: a hit on every key only if every
+    /// check passes.
+    Acquire,
+    /// Check only; records nothing.
+    Peek,
+}
+
 /// State of the keyed-limit engine ([`crate::limits`]).
 ///
 /// # Contract
-/// * [`acquire`](Self::acquire) evaluates every check with
-///   [`crate::limits::evaluate`] and, only if all pass, records a hit on every
-///   key, all in one atomic step: concurrent callers never get more hits
-///   allowed than a rule's `max`.
-/// * [`peek`](Self::peek) evaluates without recording.
+/// * [`check`](Self::check) evaluates every check with
+///   [`crate::limits::evaluate`]; with [`LimitMode::Acquire`] it records,
+///   only if all pass, a hit on every key, all in one atomic step:
+///   concurrent callers never get more hits allowed than a rule's `max`.
+///   With [`LimitMode::Peek`] it records nothing.
 /// * [`record`](Self::record) records a hit unconditionally
 ///   ([`crate::limits::LimitState::record`]).
 /// * [`reset`](Self::reset) forgets a key.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait LimitStore: Debug + Send + Sync + 'static {
-    /// Check-and-record, all or nothing.
-    async fn acquire(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision>;
-    /// Check only.
-    async fn peek(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision>;
+    /// Evaluates `checks` at `now`, recording as `mode` says (see the
+    /// contract).
+    async fn check(
+        &self,
+        checks: &[LimitCheck],
+        now: i64,
+        mode: LimitMode,
+    ) -> StoreResult<LimitDecision>;
     /// Record a hit.
     async fn record(&self, check: &LimitCheck, now: i64) -> StoreResult<()>;
     /// Forget a key.
@@ -599,6 +630,15 @@ pub struct Purged {
     pub mailbox: u64,
 }
 
+/// Which entries [`LedgerStore::entries`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryQuery {
+    /// The entry recorded for this operation id, if any.
+    Op(String),
+    /// Every entry of this user, oldest first.
+    User(UserId),
+}
+
 /// The balance ledger ([`crate::ledger`]).
 ///
 /// # Contract
@@ -616,10 +656,9 @@ pub trait LedgerStore: Debug + Send + Sync + 'static {
     async fn apply(&self, request: LedgerRequest) -> StoreResult<LedgerOutcome>;
     /// The user's balance (zero if none).
     async fn balance(&self, user: &UserId) -> StoreResult<Balance>;
-    /// The entry recorded for an operation id.
-    async fn entry(&self, op_id: &str) -> StoreResult<Option<LedgerEntry>>;
-    /// Every entry of a user, oldest first.
-    async fn entries(&self, user: &UserId) -> StoreResult<Vec<LedgerEntry>>;
+    /// The entries `query` names: the one recorded for an operation id
+    /// (none or one), or every entry of a user, oldest first.
+    async fn entries(&self, query: &EntryQuery) -> StoreResult<Vec<LedgerEntry>>;
     /// A hold by id.
     async fn hold(&self, hold_id: &str) -> StoreResult<Option<Hold>>;
     /// Up to `limit` holds that still reserve something and whose
@@ -627,14 +666,63 @@ pub trait LedgerStore: Debug + Send + Sync + 'static {
     async fn expired_holds(&self, now: i64, limit: usize) -> StoreResult<Vec<Hold>>;
 }
 
-/// The outcome of deleting a signature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeleteOutcome {
+/// A write of a signature ([`SendStore::write_signature`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureWrite {
+    /// Stores a new signature with a fresh id (the given id is ignored):
+    /// [`WriteOutcome::Created`].
+    Create(Signature),
+    /// Compare-and-set: writes `new` only if the stored record equals `old`
+    /// ([`WriteOutcome::Replaced`], else [`WriteOutcome::Stale`]).
+    Replace {
+        /// The record as the caller read it.
+        old: Signature,
+        /// The record to store under `old.id`.
+        new: Signature,
+    },
+    /// Deletes a signature that has no templates: [`WriteOutcome::Deleted`],
+    /// [`WriteOutcome::Missing`] or [`WriteOutcome::InUse`].
+    Delete(i64),
+}
+
+/// A write of a template ([`SendStore::write_template`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateWrite {
+    /// Stores a new template with a fresh id (the given id is ignored), if
+    /// its signature exists: [`WriteOutcome::Created`], else
+    /// [`WriteOutcome::Missing`].
+    Create(Template),
+    /// Compare-and-set: writes `new` only if the stored record equals `old`
+    /// and `new`'s signature exists ([`WriteOutcome::Replaced`], else
+    /// [`WriteOutcome::Stale`]).
+    Replace {
+        /// The record as the caller read it.
+        old: Template,
+        /// The record to store under `old.id`.
+        new: Template,
+    },
+    /// Deletes a template: [`WriteOutcome::Deleted`] or
+    /// [`WriteOutcome::Missing`].
+    Delete(i64),
+}
+
+/// What a [`SignatureWrite`] or [`TemplateWrite`] did; each write names
+/// the outcomes it can have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome<T> {
+    /// Created, as stored (with its fresh id).
+    Created(T),
+    /// Replaced.
+    Replaced,
+    /// Not replaced: the stored record was not `old` (or, for a template,
+    /// `new`'s signature does not exist). Nothing written.
+    Stale,
     /// Deleted.
     Deleted,
-    /// No such record.
+    /// No such record to delete, or no signature to create a template on.
+    /// Nothing written.
     Missing,
-    /// Still has templates: not deleted.
+    /// A signature that still has templates: not deleted.
     InUse,
 }
 
@@ -644,12 +732,15 @@ pub enum DeleteOutcome {
 /// * Ids are assigned by the store, increasing, never reused; signatures and
 ///   templates count separately (each from 1 in a fresh store, as tables
 ///   with their own auto-increment would).
-/// * `replace_*` writes only if the stored record equals `old`
+/// * [`write_signature`](Self::write_signature) and
+///   [`write_template`](Self::write_template) are each one atomic step.
+///   A `Replace` writes only if the stored record equals `old`
 ///   (compare-and-set): of concurrent writers from one state, one wins.
-/// * [`delete_signature`](Self::delete_signature) and
-///   [`create_template`](Self::create_template) are atomic with respect to
-///   each other: a signature with templates is never deleted, and a template
-///   is never created on a deleted signature.
+/// * [`SignatureWrite::Delete`] and [`TemplateWrite::Create`] (and a
+///   [`TemplateWrite::Replace`] moving a template to another signature) are
+///   atomic with respect to each other: a signature with templates is never
+///   deleted, and a template is never created on (or moved to) a deleted
+///   signature.
 /// * A task's recipients start `Pending`; [`record_statuses`](Self::record_statuses)
 ///   only moves `Pending` to a final status (never overwrites a final one).
 ///   A `Sent` status it writes is found again by
@@ -668,26 +759,20 @@ pub enum DeleteOutcome {
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait SendStore: Debug + Send + Sync + 'static {
-    /// Stores a new signature with a fresh id (the given id is ignored).
-    async fn create_signature(&self, sig: Signature) -> StoreResult<Signature>;
+    /// Creates, replaces (compare-and-set) or deletes a signature (see
+    /// [`SignatureWrite`] for the outcomes of each).
+    async fn write_signature(&self, write: SignatureWrite) -> StoreResult<WriteOutcome<Signature>>;
     /// A signature by id.
     async fn signature(&self, id: i64) -> StoreResult<Option<Signature>>;
     /// The owner's signatures, by id.
     async fn signatures_of(&self, owner: &UserId) -> StoreResult<Vec<Signature>>;
-    /// Compare-and-set.
-    async fn replace_signature(&self, old: &Signature, new: Signature) -> StoreResult<bool>;
-    /// Deletes a signature that has no templates.
-    async fn delete_signature(&self, id: i64) -> StoreResult<DeleteOutcome>;
-    /// Stores a new template with a fresh id, if its signature exists.
-    async fn create_template(&self, template: Template) -> StoreResult<Option<Template>>;
+    /// Creates, replaces (compare-and-set) or deletes a template (see
+    /// [`TemplateWrite`] for the outcomes of each).
+    async fn write_template(&self, write: TemplateWrite) -> StoreResult<WriteOutcome<Template>>;
     /// A template by id.
     async fn template(&self, id: i64) -> StoreResult<Option<Template>>;
     /// The owner's templates, by id.
     async fn templates_of(&self, owner: &UserId) -> StoreResult<Vec<Template>>;
-    /// Compare-and-set.
-    async fn replace_template(&self, old: &Template, new: Template) -> StoreResult<bool>;
-    /// Deletes a template; true if it existed.
-    async fn delete_template(&self, id: i64) -> StoreResult<bool>;
     /// Stores a new task, every recipient `Pending`.
     async fn create_task(&self, task: SendTask) -> StoreResult<()>;
     /// A task by uuid.

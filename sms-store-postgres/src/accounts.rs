@@ -6,14 +6,13 @@ use sqlx::PgConnection;
 
 use sms_core::code_decision::{CodeDecision, CodeState, CodeVerdict};
 use sms_core::error::StoreError;
-use sms_core::identity::{Email, Username};
 use sms_core::limits::{evaluate, LimitCheck, LimitDecision, LimitState};
 use sms_core::phone::PhoneNumber;
 use sms_core::secret::TokenHash;
 use sms_core::session_decision::OpenSession;
 use sms_core::store::{
-    CodeKey, CodeRecord, CodeStore, ConsumeOutcome, Grant, GrantKind, GrantStore, LimitStore,
-    Session, SessionStore, StoreResult, UserStore,
+    CodeKey, CodeRecord, CodeStore, ConsumeOutcome, Grant, GrantKind, GrantStore, LimitMode,
+    LimitStore, RevokeScope, Session, SessionStore, StoreResult, UserKey, UserStore,
 };
 use sms_core::user::{User, UserChange, UserId};
 
@@ -72,20 +71,13 @@ impl UserStore for PgStore {
         in_tx!(self, |tx| insert_user(&mut tx, &user).await)
     }
 
-    async fn user(&self, id: &UserId) -> StoreResult<Option<User>> {
-        user_where(self, "id", id.as_str()).await
-    }
-
-    async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>> {
-        user_where(self, "username", &username.key()).await
-    }
-
-    async fn user_by_phone(&self, phone: &PhoneNumber) -> StoreResult<Option<User>> {
-        user_where(self, "phone", phone.as_e164()).await
-    }
-
-    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
-        user_where(self, "email", email.as_str()).await
+    async fn user(&self, key: &UserKey) -> StoreResult<Option<User>> {
+        match key {
+            UserKey::Id(id) => user_where(self, "id", id.as_str()).await,
+            UserKey::Username(username) => user_where(self, "username", &username.key()).await,
+            UserKey::Phone(phone) => user_where(self, "phone", phone.as_e164()).await,
+            UserKey::Email(email) => user_where(self, "email", email.as_str()).await,
+        }
     }
 
     async fn update_user(&self, id: &UserId, change: UserChange) -> StoreResult<User> {
@@ -203,27 +195,19 @@ impl SessionStore for PgStore {
         })
     }
 
-    async fn revoke_session(&self, token_hash: &TokenHash) -> StoreResult<bool> {
-        let r = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
-            .bind(token_hash.to_hex())
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(r.rows_affected() > 0)
-    }
-
-    async fn revoke_user_sessions(
-        &self,
-        user_id: &UserId,
-        keep: Option<TokenHash>,
-    ) -> StoreResult<usize> {
-        let keep = keep.map(|k| k.to_hex()).unwrap_or_default();
-        let r = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
-            .bind(user_id.as_str())
-            .bind(keep)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
+    async fn revoke(&self, scope: RevokeScope) -> StoreResult<usize> {
+        let query = match scope {
+            RevokeScope::Session(hash) => {
+                sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(hash.to_hex())
+            }
+            RevokeScope::User { user_id, keep } => {
+                let keep = keep.map(|k| k.to_hex()).unwrap_or_default();
+                sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
+                    .bind(user_id.as_str().to_owned())
+                    .bind(keep)
+            }
+        };
+        let r = query.execute(&self.pool).await.map_err(db)?;
         Ok(usize::try_from(r.rows_affected()).unwrap_or(usize::MAX))
     }
 
@@ -423,7 +407,18 @@ impl GrantStore for PgStore {
 
 #[async_trait]
 impl LimitStore for PgStore {
-    async fn acquire(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision> {
+    async fn check(
+        &self,
+        checks: &[LimitCheck],
+        now: i64,
+        mode: LimitMode,
+    ) -> StoreResult<LimitDecision> {
+        if mode == LimitMode::Peek {
+            let mut conn = self.pool.acquire().await.map_err(db)?;
+            let keys: Vec<&str> = checks.iter().map(|c| c.key.as_str()).collect();
+            let states = load_limits(&mut conn, &keys).await?;
+            return Ok(evaluate(&states, checks, now));
+        }
         in_tx!(self, |tx| {
             async {
                 lock_keys(&mut tx, checks.iter().map(|c| limit_lock(&c.key)).collect()).await?;
@@ -441,13 +436,6 @@ impl LimitStore for PgStore {
             }
             .await
         })
-    }
-
-    async fn peek(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        let keys: Vec<&str> = checks.iter().map(|c| c.key.as_str()).collect();
-        let states = load_limits(&mut conn, &keys).await?;
-        Ok(evaluate(&states, checks, now))
     }
 
     async fn record(&self, check: &LimitCheck, now: i64) -> StoreResult<()> {

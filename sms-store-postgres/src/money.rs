@@ -11,7 +11,9 @@ use sms_core::sending::{
     receipt_transition, AuditStatus, ReceiptOutcome, ReceiptUpdate, RecipientStatus, SendTask,
     Signature, TaskState, Template,
 };
-use sms_core::store::{DeleteOutcome, LedgerStore, SendStore, StoreResult};
+use sms_core::store::{
+    EntryQuery, LedgerStore, SendStore, SignatureWrite, StoreResult, TemplateWrite, WriteOutcome,
+};
 use sms_core::user::UserId;
 
 use crate::{db, decode, decode_all, decode_opt, encode, in_tx, lock_keys, PgStore, Result2};
@@ -114,23 +116,24 @@ impl LedgerStore for PgStore {
         Ok(load_balance(&mut conn, user).await?)
     }
 
-    async fn entry(&self, op_id: &str) -> StoreResult<Option<LedgerEntry>> {
-        let body: Option<String> =
-            sqlx::query_scalar("SELECT body FROM ledger_entries WHERE op_id = $1")
-                .bind(op_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db)?;
-        Ok(decode_opt(ENTRIES, body)?)
-    }
-
-    async fn entries(&self, user: &UserId) -> StoreResult<Vec<LedgerEntry>> {
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT body FROM ledger_entries WHERE user_id = $1 ORDER BY seq")
+    async fn entries(&self, query: &EntryQuery) -> StoreResult<Vec<LedgerEntry>> {
+        let rows: Vec<String> = match query {
+            EntryQuery::Op(op_id) => {
+                sqlx::query_scalar("SELECT body FROM ledger_entries WHERE op_id = $1")
+                    .bind(op_id)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            EntryQuery::User(user) => {
+                sqlx::query_scalar(
+                    "SELECT body FROM ledger_entries WHERE user_id = $1 ORDER BY seq",
+                )
                 .bind(user.as_str())
                 .fetch_all(&self.pool)
                 .await
-                .map_err(db)?;
+            }
+        }
+        .map_err(db)?;
         Ok(decode_all(ENTRIES, &rows)?)
     }
 
@@ -170,9 +173,9 @@ async fn lock_task(conn: &mut PgConnection, uuid: &str) -> Result2<Option<(SendT
     row.map(|(b, s)| Ok((decode(TASKS, &b)?, s))).transpose()
 }
 
-#[async_trait]
-impl SendStore for PgStore {
-    async fn create_signature(&self, sig: Signature) -> StoreResult<Signature> {
+impl PgStore {
+    /// [`SignatureWrite::Create`].
+    async fn create_signature(&self, sig: Signature) -> StoreResult<WriteOutcome<Signature>> {
         in_tx!(self, |tx| {
             async {
                 let id: i64 = sqlx::query_scalar("SELECT nextval('signatures_id_seq')")
@@ -186,10 +189,164 @@ impl SendStore for PgStore {
                     .bind(encode(SIGNATURES, &sig)?)
                     .execute(&mut *tx)
                     .await?;
-                Ok(sig)
+                Ok(WriteOutcome::Created(sig))
             }
             .await
         })
+    }
+
+    /// [`SignatureWrite::Replace`].
+    async fn replace_signature(
+        &self,
+        old: &Signature,
+        new: Signature,
+    ) -> StoreResult<WriteOutcome<Signature>> {
+        in_tx!(self, |tx| {
+            async {
+                let body: Option<String> =
+                    sqlx::query_scalar("SELECT body FROM signatures WHERE id = $1 FOR UPDATE")
+                        .bind(old.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let cur: Option<Signature> = decode_opt(SIGNATURES, body)?;
+                if cur.as_ref() != Some(old) {
+                    return Ok(WriteOutcome::Stale);
+                }
+                sqlx::query("UPDATE signatures SET owner = $2, body = $3 WHERE id = $1")
+                    .bind(old.id)
+                    .bind(new.owner.as_str())
+                    .bind(encode(SIGNATURES, &new)?)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(WriteOutcome::Replaced)
+            }
+            .await
+        })
+    }
+
+    /// [`SignatureWrite::Delete`].
+    async fn delete_signature(&self, id: i64) -> StoreResult<WriteOutcome<Signature>> {
+        in_tx!(self, |tx| {
+            async {
+                let found: Option<i64> =
+                    sqlx::query_scalar("SELECT id FROM signatures WHERE id = $1 FOR UPDATE")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if found.is_none() {
+                    return Ok(WriteOutcome::Missing);
+                }
+                let used: Option<i64> =
+                    sqlx::query_scalar("SELECT id FROM templates WHERE sign_id = $1 LIMIT 1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if used.is_some() {
+                    return Ok(WriteOutcome::InUse);
+                }
+                sqlx::query("DELETE FROM signatures WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(WriteOutcome::Deleted)
+            }
+            .await
+        })
+    }
+
+    /// [`TemplateWrite::Create`].
+    async fn create_template(&self, template: Template) -> StoreResult<WriteOutcome<Template>> {
+        in_tx!(self, |tx| {
+            async {
+                // The signature's row lock orders this against its deletion.
+                let found: Option<i64> =
+                    sqlx::query_scalar("SELECT id FROM signatures WHERE id = $1 FOR SHARE")
+                        .bind(template.sign_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if found.is_none() {
+                    return Ok(WriteOutcome::Missing);
+                }
+                let id: i64 = sqlx::query_scalar("SELECT nextval('templates_id_seq')")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let mut t = template.clone();
+                t.id = id;
+                sqlx::query(
+                    "INSERT INTO templates (id, sign_id, owner, body) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(id)
+                .bind(t.sign_id)
+                .bind(t.owner.as_str())
+                .bind(encode(TEMPLATES, &t)?)
+                .execute(&mut *tx)
+                .await?;
+                Ok(WriteOutcome::Created(t))
+            }
+            .await
+        })
+    }
+
+    /// [`TemplateWrite::Replace`].
+    async fn replace_template(
+        &self,
+        old: &Template,
+        new: Template,
+    ) -> StoreResult<WriteOutcome<Template>> {
+        in_tx!(self, |tx| {
+            async {
+                let sign: Option<i64> =
+                    sqlx::query_scalar("SELECT id FROM signatures WHERE id = $1 FOR SHARE")
+                        .bind(new.sign_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let body: Option<String> =
+                    sqlx::query_scalar("SELECT body FROM templates WHERE id = $1 FOR UPDATE")
+                        .bind(old.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let cur: Option<Template> = decode_opt(TEMPLATES, body)?;
+                if cur.as_ref() != Some(old) || sign.is_none() {
+                    return Ok(WriteOutcome::Stale);
+                }
+                sqlx::query(
+                    "UPDATE templates SET sign_id = $2, owner = $3, body = $4 WHERE id = $1",
+                )
+                .bind(old.id)
+                .bind(new.sign_id)
+                .bind(new.owner.as_str())
+                .bind(encode(TEMPLATES, &new)?)
+                .execute(&mut *tx)
+                .await?;
+                Ok(WriteOutcome::Replaced)
+            }
+            .await
+        })
+    }
+
+    /// [`TemplateWrite::Delete`].
+    async fn delete_template(&self, id: i64) -> StoreResult<WriteOutcome<Template>> {
+        let r = sqlx::query("DELETE FROM templates WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(if r.rows_affected() > 0 {
+            WriteOutcome::Deleted
+        } else {
+            WriteOutcome::Missing
+        })
+    }
+}
+
+#[async_trait]
+impl SendStore for PgStore {
+    async fn write_signature(&self, write: SignatureWrite) -> StoreResult<WriteOutcome<Signature>> {
+        match write {
+            SignatureWrite::Create(sig) => self.create_signature(sig).await,
+            SignatureWrite::Replace { old, new } => self.replace_signature(&old, new).await,
+            SignatureWrite::Delete(id) => self.delete_signature(id).await,
+        }
     }
 
     async fn signature(&self, id: i64) -> StoreResult<Option<Signature>> {
@@ -211,89 +368,12 @@ impl SendStore for PgStore {
         Ok(decode_all(SIGNATURES, &rows)?)
     }
 
-    async fn replace_signature(&self, old: &Signature, new: Signature) -> StoreResult<bool> {
-        in_tx!(self, |tx| {
-            async {
-                let body: Option<String> =
-                    sqlx::query_scalar("SELECT body FROM signatures WHERE id = $1 FOR UPDATE")
-                        .bind(old.id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let cur: Option<Signature> = decode_opt(SIGNATURES, body)?;
-                if cur.as_ref() != Some(old) {
-                    return Ok(false);
-                }
-                sqlx::query("UPDATE signatures SET owner = $2, body = $3 WHERE id = $1")
-                    .bind(old.id)
-                    .bind(new.owner.as_str())
-                    .bind(encode(SIGNATURES, &new)?)
-                    .execute(&mut *tx)
-                    .await?;
-                Ok(true)
-            }
-            .await
-        })
-    }
-
-    async fn delete_signature(&self, id: i64) -> StoreResult<DeleteOutcome> {
-        in_tx!(self, |tx| {
-            async {
-                let found: Option<i64> =
-                    sqlx::query_scalar("SELECT id FROM signatures WHERE id = $1 FOR UPDATE")
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if found.is_none() {
-                    return Ok(DeleteOutcome::Missing);
-                }
-                let used: Option<i64> =
-                    sqlx::query_scalar("SELECT id FROM templates WHERE sign_id = $1 LIMIT 1")
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if used.is_some() {
-                    return Ok(DeleteOutcome::InUse);
-                }
-                sqlx::query("DELETE FROM signatures WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                Ok(DeleteOutcome::Deleted)
-            }
-            .await
-        })
-    }
-
-    async fn create_template(&self, template: Template) -> StoreResult<Option<Template>> {
-        in_tx!(self, |tx| {
-            async {
-                // The signature's row lock orders this against its deletion.
-                let found: Option<i64> =
-                    sqlx::query_scalar("SELECT id FROM signatures WHERE id = $1 FOR SHARE")
-                        .bind(template.sign_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if found.is_none() {
-                    return Ok(None);
-                }
-                let id: i64 = sqlx::query_scalar("SELECT nextval('templates_id_seq')")
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let mut t = template.clone();
-                t.id = id;
-                sqlx::query(
-                    "INSERT INTO templates (id, sign_id, owner, body) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(id)
-                .bind(t.sign_id)
-                .bind(t.owner.as_str())
-                .bind(encode(TEMPLATES, &t)?)
-                .execute(&mut *tx)
-                .await?;
-                Ok(Some(t))
-            }
-            .await
-        })
+    async fn write_template(&self, write: TemplateWrite) -> StoreResult<WriteOutcome<Template>> {
+        match write {
+            TemplateWrite::Create(template) => self.create_template(template).await,
+            TemplateWrite::Replace { old, new } => self.replace_template(&old, new).await,
+            TemplateWrite::Delete(id) => self.delete_template(id).await,
+        }
     }
 
     async fn template(&self, id: i64) -> StoreResult<Option<Template>> {
@@ -313,47 +393,6 @@ impl SendStore for PgStore {
                 .await
                 .map_err(db)?;
         Ok(decode_all(TEMPLATES, &rows)?)
-    }
-
-    async fn replace_template(&self, old: &Template, new: Template) -> StoreResult<bool> {
-        in_tx!(self, |tx| {
-            async {
-                let sign: Option<i64> =
-                    sqlx::query_scalar("SELECT id FROM signatures WHERE id = $1 FOR SHARE")
-                        .bind(new.sign_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let body: Option<String> =
-                    sqlx::query_scalar("SELECT body FROM templates WHERE id = $1 FOR UPDATE")
-                        .bind(old.id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let cur: Option<Template> = decode_opt(TEMPLATES, body)?;
-                if cur.as_ref() != Some(old) || sign.is_none() {
-                    return Ok(false);
-                }
-                sqlx::query(
-                    "UPDATE templates SET sign_id = $2, owner = $3, body = $4 WHERE id = $1",
-                )
-                .bind(old.id)
-                .bind(new.sign_id)
-                .bind(new.owner.as_str())
-                .bind(encode(TEMPLATES, &new)?)
-                .execute(&mut *tx)
-                .await?;
-                Ok(true)
-            }
-            .await
-        })
-    }
-
-    async fn delete_template(&self, id: i64) -> StoreResult<bool> {
-        let r = sqlx::query("DELETE FROM templates WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(r.rows_affected() > 0)
     }
 
     async fn create_task(&self, task: SendTask) -> StoreResult<()> {

@@ -14,6 +14,7 @@ use sms_core::delivery::{DeliveryQueue, QueueDecision, QueueState};
 use sms_core::events::{Event, EventHub, KickoutReason, Push};
 use sms_core::sender::Channel;
 use sms_core::sending::{SendTask, TaskState};
+use sms_core::store::EntryQuery;
 use sms_core::store::{QueueStore, SendStore};
 use sms_core::user::UserId;
 use sms_store_postgres::{PgDeliveryQueue, PgEventHub, PgOptions, PgStore};
@@ -371,7 +372,12 @@ async fn ended_leases_are_settled_once_whichever_nodes_sweep() {
         (100, 0),
         "every hold released once"
     );
-    let entries = node_b.stores.ledger.entries(&alice).await.unwrap();
+    let entries = node_b
+        .stores
+        .ledger
+        .entries(&EntryQuery::User(alice.clone()))
+        .await
+        .unwrap();
     for l in &leases {
         let releases = entries
             .iter()

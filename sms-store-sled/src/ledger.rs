@@ -8,7 +8,7 @@ use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
 use sms_core::ledger::{transition, Balance, Hold, LedgerEntry, LedgerOutcome, LedgerRequest};
-use sms_core::store::{LedgerStore, StoreResult};
+use sms_core::store::{EntryQuery, LedgerStore, StoreResult};
 use sms_core::user::UserId;
 
 use crate::{
@@ -46,23 +46,23 @@ impl LedgerStore for SledStore {
         .await
     }
 
-    async fn entry(&self, op_id: &str) -> StoreResult<Option<LedgerEntry>> {
-        let op_id = op_id.to_owned();
-        self.run(move |t| decode_opt(LEDGER_ENTRIES, t.ledger_entries.get(op_id.as_bytes())?))
-            .await
-    }
-
-    async fn entries(&self, user: &UserId) -> StoreResult<Vec<LedgerEntry>> {
-        let user = user.clone();
-        self.run(move |t| {
-            let mut out = Vec::new();
-            let owner = user.as_str().as_bytes();
-            for (_, op_id) in seq_entries(&t.ledger_by_user, owner, usize::MAX)? {
-                if let Some(raw) = t.ledger_entries.get(&op_id)? {
-                    out.push(decode(LEDGER_ENTRIES, &raw)?);
-                }
+    async fn entries(&self, query: &EntryQuery) -> StoreResult<Vec<LedgerEntry>> {
+        let query = query.clone();
+        self.run(move |t| match &query {
+            EntryQuery::Op(op_id) => {
+                let entry = decode_opt(LEDGER_ENTRIES, t.ledger_entries.get(op_id.as_bytes())?)?;
+                Ok(entry.into_iter().collect())
             }
-            Ok(out)
+            EntryQuery::User(user) => {
+                let mut out = Vec::new();
+                let owner = user.as_str().as_bytes();
+                for (_, op_id) in seq_entries(&t.ledger_by_user, owner, usize::MAX)? {
+                    if let Some(raw) = t.ledger_entries.get(&op_id)? {
+                        out.push(decode(LEDGER_ENTRIES, &raw)?);
+                    }
+                }
+                Ok(out)
+            }
         })
         .await
     }

@@ -101,6 +101,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use sms_core::limits::{LimitCheck, LimitDecision, LimitRule};
+//! use sms_core::store::LimitMode;
 //! use sms_store_sled::SledStore;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -109,13 +110,17 @@
 //! let check = LimitCheck::new("sms:+8613811112222", LimitRule::per(1, 60));
 //!
 //! let stores = Arc::new(SledStore::open(dir.path())?).stores();
-//! let first = stores.limits.acquire(std::slice::from_ref(&check), 100).await?;
+//! let first = stores
+//!     .limits
+//!     .check(std::slice::from_ref(&check), 100, LimitMode::Acquire)
+//!     .await?;
 //! assert_eq!(first, LimitDecision::Allowed);
 //! drop(stores);
 //!
 //! // Reopened, the store remembers the hit.
 //! let stores = Arc::new(SledStore::open(dir.path())?).stores();
-//! assert!(!stores.limits.acquire(&[check], 110).await?.is_allowed());
+//! let again = stores.limits.check(&[check], 110, LimitMode::Acquire).await?;
+//! assert!(!again.is_allowed());
 //! # Ok(())
 //! # }
 //! ```
@@ -152,14 +157,14 @@ use sled::Transactional;
 
 use sms_core::code_decision::{CodeDecision, CodeState, CodeVerdict};
 use sms_core::error::{StoreError, UniqueField};
-use sms_core::identity::{Email, Username};
+use sms_core::identity::Username;
 use sms_core::limits::{evaluate, LimitCheck, LimitDecision, LimitState};
 use sms_core::phone::PhoneNumber;
 use sms_core::secret::TokenHash;
 use sms_core::session_decision::OpenSession;
 use sms_core::store::{
-    CodeKey, CodeRecord, CodeStore, ConsumeOutcome, Grant, GrantKind, GrantStore, LimitStore,
-    Session, SessionStore, StoreResult, Stores, UserStore,
+    CodeKey, CodeRecord, CodeStore, ConsumeOutcome, Grant, GrantKind, GrantStore, LimitMode,
+    LimitStore, RevokeScope, Session, SessionStore, StoreResult, Stores, UserKey, UserStore,
 };
 #[cfg(doc)]
 use sms_core::store::{ItemStore, LedgerStore, PhonePool, QueueStore, SendStore};
@@ -853,37 +858,26 @@ impl UserStore for SledStore {
         .await
     }
 
-    async fn user(&self, id: &UserId) -> StoreResult<Option<User>> {
-        let id = id.clone();
-        self.run(move |t| t.user(&id)).await
-    }
-
-    async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>> {
-        let key = username.key();
-        self.run(move |t| {
-            t.user_by_index(&t.by_username, BY_USERNAME, key.as_bytes(), |u| {
-                u.username.as_ref().is_some_and(|n| n.key() == key)
-            })
-        })
-        .await
-    }
-
-    async fn user_by_phone(&self, phone: &PhoneNumber) -> StoreResult<Option<User>> {
-        let phone = phone.clone();
-        self.run(move |t| {
-            t.user_by_index(&t.by_phone, BY_PHONE, phone.as_e164().as_bytes(), |u| {
-                u.phone.as_ref() == Some(&phone)
-            })
-        })
-        .await
-    }
-
-    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
-        let email = email.clone();
-        self.run(move |t| {
-            t.user_by_index(&t.by_email, BY_EMAIL, email.as_str().as_bytes(), |u| {
-                u.email.as_ref() == Some(&email)
-            })
+    async fn user(&self, key: &UserKey) -> StoreResult<Option<User>> {
+        let key = key.clone();
+        self.run(move |t| match &key {
+            UserKey::Id(id) => t.user(id),
+            UserKey::Username(username) => {
+                let key = username.key();
+                t.user_by_index(&t.by_username, BY_USERNAME, key.as_bytes(), |u| {
+                    u.username.as_ref().is_some_and(|n| n.key() == key)
+                })
+            }
+            UserKey::Phone(phone) => {
+                t.user_by_index(&t.by_phone, BY_PHONE, phone.as_e164().as_bytes(), |u| {
+                    u.phone.as_ref() == Some(phone)
+                })
+            }
+            UserKey::Email(email) => {
+                t.user_by_index(&t.by_email, BY_EMAIL, email.as_str().as_bytes(), |u| {
+                    u.email.as_ref() == Some(email)
+                })
+            }
         })
         .await
     }
@@ -1006,29 +1000,43 @@ impl SessionStore for SledStore {
         .await
     }
 
-    async fn revoke_session(&self, token_hash: &TokenHash) -> StoreResult<bool> {
-        let hash = *token_hash;
+    async fn revoke(&self, scope: RevokeScope) -> StoreResult<usize> {
+        match scope {
+            RevokeScope::Session(hash) => self.revoke_session(hash).await,
+            RevokeScope::User { user_id, keep } => self.revoke_user_sessions(user_id, keep).await,
+        }
+    }
+
+    async fn user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<Session>> {
+        let user_id = user_id.clone();
+        self.run(move |t| t.user_sessions(&user_id)).await
+    }
+}
+
+impl SledStore {
+    /// [`RevokeScope::Session`]: deletes one session and its index entry.
+    async fn revoke_session(&self, hash: TokenHash) -> StoreResult<usize> {
         self.write(move |t| {
             let existed =
                 (&t.sessions, &t.sessions_by_user).transaction(|(sessions, by_user)| {
                     let Some(raw) = sessions.remove(&hash.0[..])? else {
-                        return Ok(false);
+                        return Ok(0);
                     };
                     let old: Session = tx(decode(SESSIONS, &raw))?;
                     by_user.remove(session_index_key(&old.user_id, &hash))?;
-                    Ok(true)
+                    Ok(1)
                 })?;
             Ok(existed)
         })
         .await
     }
 
+    /// [`RevokeScope::User`]: deletes every session of `user_id` but `keep`.
     async fn revoke_user_sessions(
         &self,
-        user_id: &UserId,
+        user_id: UserId,
         keep: Option<TokenHash>,
     ) -> StoreResult<usize> {
-        let user_id = user_id.clone();
         self.write(move |t| {
             // sled transactions cannot iterate: list the candidates first,
             // then delete them in one transaction that re-checks each.
@@ -1059,11 +1067,6 @@ impl SessionStore for SledStore {
             Ok(revoked)
         })
         .await
-    }
-
-    async fn user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<Session>> {
-        let user_id = user_id.clone();
-        self.run(move |t| t.user_sessions(&user_id)).await
     }
 }
 
@@ -1167,8 +1170,24 @@ impl GrantStore for SledStore {
 
 #[async_trait]
 impl LimitStore for SledStore {
-    async fn acquire(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision> {
+    async fn check(
+        &self,
+        checks: &[LimitCheck],
+        now: i64,
+        mode: LimitMode,
+    ) -> StoreResult<LimitDecision> {
         let checks = checks.to_vec();
+        if mode == LimitMode::Peek {
+            return self
+                .run(move |t| {
+                    let states = checks
+                        .iter()
+                        .map(|c| t.limit_state(&c.key))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(evaluate(&states, &checks, now))
+                })
+                .await;
+        }
         self.write(move |t| {
             let decision = t.limits.transaction(|limits| {
                 // Read every state before writing any (as the reference does,
@@ -1187,18 +1206,6 @@ impl LimitStore for SledStore {
                 Ok(decision)
             })?;
             Ok(decision)
-        })
-        .await
-    }
-
-    async fn peek(&self, checks: &[LimitCheck], now: i64) -> StoreResult<LimitDecision> {
-        let checks = checks.to_vec();
-        self.run(move |t| {
-            let states = checks
-                .iter()
-                .map(|c| t.limit_state(&c.key))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(evaluate(&states, &checks, now))
         })
         .await
     }
@@ -1243,7 +1250,9 @@ mod tests {
             .unwrap()
             .insert("bad", &b"{not json"[..])
             .unwrap();
-        let r = s.user(&UserId::from_string("bad".into())).await;
+        let r = s
+            .user(&UserKey::Id(UserId::from_string("bad".into())))
+            .await;
         assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
         let r = s
             .update_user(
@@ -1259,7 +1268,7 @@ mod tests {
             .insert("k", &b"[]"[..])
             .unwrap();
         let check = LimitCheck::new("k", sms_core::limits::LimitRule::per(1, 10));
-        let r = s.acquire(&[check], 1).await;
+        let r = s.check(&[check], 1, LimitMode::Acquire).await;
         assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
     }
 
@@ -1283,7 +1292,7 @@ mod tests {
     fn works_outside_a_runtime() {
         let s = store();
         let check = LimitCheck::new("k", sms_core::limits::LimitRule::per(1, 10));
-        let fut = s.acquire(std::slice::from_ref(&check), 1);
+        let fut = s.check(std::slice::from_ref(&check), 1, LimitMode::Acquire);
         // A minimal executor: the future completes without a Tokio runtime.
         let decision = futures_lite_block_on(fut).unwrap();
         assert!(decision.is_allowed());

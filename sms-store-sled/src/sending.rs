@@ -11,10 +11,10 @@
 //! * `templates_by_signature`: big-endian signature id, big-endian template
 //!   id → empty; and `template_counts`: big-endian signature id → how many
 //!   templates name it (absent: none). Both change in the same transactions
-//!   as the templates, and [`delete_signature`](SendStore::delete_signature)
-//!   reads the count in the transaction that deletes, which is what makes it
-//!   atomic with [`create_template`](SendStore::create_template) (sled
-//!   transactions cannot iterate).
+//!   as the templates, and a signature's delete
+//!   ([`SignatureWrite::Delete`]) reads the count in the transaction that
+//!   deletes, which is what makes it atomic with a template's create
+//!   ([`TemplateWrite::Create`]; sled transactions cannot iterate).
 //! * `tasks`: uuid → [`SendTask`] (recipients included); `task_statuses`:
 //!   uuid, 0 byte, big-endian recipient index → [`RecipientStatus`], so a
 //!   prefix scan lists them in recipient order. Statuses are sparse: a
@@ -47,7 +47,7 @@ use sms_core::sending::{
     receipt_transition, AuditStatus, ReceiptOutcome, ReceiptUpdate, RecipientStatus, SendTask,
     Signature, TaskState, Template,
 };
-use sms_core::store::{DeleteOutcome, SendStore, StoreResult};
+use sms_core::store::{SendStore, SignatureWrite, StoreResult, TemplateWrite, WriteOutcome};
 use sms_core::user::UserId;
 
 use crate::{
@@ -242,9 +242,9 @@ impl Trees {
     }
 }
 
-#[async_trait]
-impl SendStore for SledStore {
-    async fn create_signature(&self, sig: Signature) -> StoreResult<Signature> {
+impl SledStore {
+    /// [`SignatureWrite::Create`].
+    async fn create_signature(&self, sig: Signature) -> StoreResult<WriteOutcome<Signature>> {
         self.write(move |t| {
             let trees = (&t.signatures, &t.signatures_by_owner, &t.send_meta);
             let sig = trees.transaction(|(sigs, by_owner, meta)| {
@@ -254,9 +254,163 @@ impl SendStore for SledStore {
                 by_owner.insert(owner_key(&sig.owner, sig.id), &b""[..])?;
                 Ok(sig)
             })?;
-            Ok(sig)
+            Ok(WriteOutcome::Created(sig))
         })
         .await
+    }
+
+    /// [`SignatureWrite::Replace`].
+    async fn replace_signature(
+        &self,
+        old: Signature,
+        new: Signature,
+    ) -> StoreResult<WriteOutcome<Signature>> {
+        self.write(move |t| {
+            let key = id_key(old.id);
+            let encoded = encode(SIGNATURES, &new)?;
+            let replaced =
+                (&t.signatures, &t.signatures_by_owner).transaction(|(sigs, by_owner)| {
+                    let Some(raw) = sigs.get(key)? else {
+                        return Ok(WriteOutcome::Stale);
+                    };
+                    let cur: Signature = tx(decode(SIGNATURES, &raw))?;
+                    if cur != old {
+                        return Ok(WriteOutcome::Stale);
+                    }
+                    sigs.insert(&key[..], encoded.as_slice())?;
+                    tx_move_owner(by_owner, old.id, &cur.owner, &new.owner)?;
+                    Ok(WriteOutcome::Replaced)
+                })?;
+            Ok(replaced)
+        })
+        .await
+    }
+
+    /// [`SignatureWrite::Delete`].
+    async fn delete_signature(&self, id: i64) -> StoreResult<WriteOutcome<Signature>> {
+        self.write(move |t| {
+            let key = id_key(id);
+            let trees = (&t.signatures, &t.signatures_by_owner, &t.template_counts);
+            let outcome = trees.transaction(|(sigs, by_owner, counts)| {
+                let Some(raw) = sigs.get(key)? else {
+                    return Ok(WriteOutcome::Missing);
+                };
+                if tx_template_count(counts, id)? > 0 {
+                    return Ok(WriteOutcome::InUse);
+                }
+                let cur: Signature = tx(decode(SIGNATURES, &raw))?;
+                sigs.remove(&key[..])?;
+                by_owner.remove(owner_key(&cur.owner, id))?;
+                Ok(WriteOutcome::Deleted)
+            })?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    /// [`TemplateWrite::Create`].
+    async fn create_template(&self, template: Template) -> StoreResult<WriteOutcome<Template>> {
+        self.write(move |t| {
+            let trees = (
+                &t.signatures,
+                &t.templates,
+                &t.templates_by_owner,
+                &t.templates_by_signature,
+                &t.template_counts,
+                &t.send_meta,
+            );
+            let created =
+                trees.transaction(|(sigs, templates, by_owner, by_signature, counts, meta)| {
+                    if sigs.get(id_key(template.sign_id))?.is_none() {
+                        return Ok(WriteOutcome::Missing);
+                    }
+                    let mut template = template.clone();
+                    template.id = tx_next_id(meta, META_LAST_TEMP_ID)?;
+                    templates
+                        .insert(&id_key(template.id)[..], tx(encode(TEMPLATES, &template))?)?;
+                    by_owner.insert(owner_key(&template.owner, template.id), &b""[..])?;
+                    tx_count_template(counts, by_signature, template.sign_id, template.id, true)?;
+                    Ok(WriteOutcome::Created(template))
+                })?;
+            Ok(created)
+        })
+        .await
+    }
+
+    /// [`TemplateWrite::Replace`].
+    async fn replace_template(
+        &self,
+        old: Template,
+        new: Template,
+    ) -> StoreResult<WriteOutcome<Template>> {
+        self.write(move |t| {
+            let key = id_key(old.id);
+            let encoded = encode(TEMPLATES, &new)?;
+            let trees = (
+                &t.signatures,
+                &t.templates,
+                &t.templates_by_owner,
+                &t.templates_by_signature,
+                &t.template_counts,
+            );
+            let replaced =
+                trees.transaction(|(sigs, templates, by_owner, by_signature, counts)| {
+                    if sigs.get(id_key(new.sign_id))?.is_none() {
+                        return Ok(WriteOutcome::Stale);
+                    }
+                    let Some(raw) = templates.get(key)? else {
+                        return Ok(WriteOutcome::Stale);
+                    };
+                    let cur: Template = tx(decode(TEMPLATES, &raw))?;
+                    if cur != old {
+                        return Ok(WriteOutcome::Stale);
+                    }
+                    templates.insert(&key[..], encoded.as_slice())?;
+                    tx_move_owner(by_owner, old.id, &cur.owner, &new.owner)?;
+                    if cur.sign_id != new.sign_id {
+                        tx_count_template(counts, by_signature, cur.sign_id, old.id, false)?;
+                        tx_count_template(counts, by_signature, new.sign_id, old.id, true)?;
+                    }
+                    Ok(WriteOutcome::Replaced)
+                })?;
+            Ok(replaced)
+        })
+        .await
+    }
+
+    /// [`TemplateWrite::Delete`].
+    async fn delete_template(&self, id: i64) -> StoreResult<WriteOutcome<Template>> {
+        self.write(move |t| {
+            let key = id_key(id);
+            let trees = (
+                &t.templates,
+                &t.templates_by_owner,
+                &t.templates_by_signature,
+                &t.template_counts,
+            );
+            let deleted = trees.transaction(|(templates, by_owner, by_signature, counts)| {
+                let Some(raw) = templates.remove(&key[..])? else {
+                    return Ok(WriteOutcome::Missing);
+                };
+                let cur: Template = tx(decode(TEMPLATES, &raw))?;
+                by_owner.remove(owner_key(&cur.owner, id))?;
+                tx_count_template(counts, by_signature, cur.sign_id, id, false)?;
+                Ok(WriteOutcome::Deleted)
+            })?;
+            Ok(deleted)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SendStore for SledStore {
+    async fn write_signature(&self, write: SignatureWrite) -> StoreResult<WriteOutcome<Signature>> {
+        match write {
+            SignatureWrite::Create(sig) => self.create_signature(sig).await,
+            SignatureWrite::Replace { old, new } => self.replace_signature(old, new).await,
+            SignatureWrite::Delete(id) => self.delete_signature(id).await,
+        }
     }
 
     async fn signature(&self, id: i64) -> StoreResult<Option<Signature>> {
@@ -278,76 +432,12 @@ impl SendStore for SledStore {
         .await
     }
 
-    async fn replace_signature(&self, old: &Signature, new: Signature) -> StoreResult<bool> {
-        let old = old.clone();
-        self.write(move |t| {
-            let key = id_key(old.id);
-            let encoded = encode(SIGNATURES, &new)?;
-            let replaced =
-                (&t.signatures, &t.signatures_by_owner).transaction(|(sigs, by_owner)| {
-                    let Some(raw) = sigs.get(key)? else {
-                        return Ok(false);
-                    };
-                    let cur: Signature = tx(decode(SIGNATURES, &raw))?;
-                    if cur != old {
-                        return Ok(false);
-                    }
-                    sigs.insert(&key[..], encoded.as_slice())?;
-                    tx_move_owner(by_owner, old.id, &cur.owner, &new.owner)?;
-                    Ok(true)
-                })?;
-            Ok(replaced)
-        })
-        .await
-    }
-
-    async fn delete_signature(&self, id: i64) -> StoreResult<DeleteOutcome> {
-        self.write(move |t| {
-            let key = id_key(id);
-            let trees = (&t.signatures, &t.signatures_by_owner, &t.template_counts);
-            let outcome = trees.transaction(|(sigs, by_owner, counts)| {
-                let Some(raw) = sigs.get(key)? else {
-                    return Ok(DeleteOutcome::Missing);
-                };
-                if tx_template_count(counts, id)? > 0 {
-                    return Ok(DeleteOutcome::InUse);
-                }
-                let cur: Signature = tx(decode(SIGNATURES, &raw))?;
-                sigs.remove(&key[..])?;
-                by_owner.remove(owner_key(&cur.owner, id))?;
-                Ok(DeleteOutcome::Deleted)
-            })?;
-            Ok(outcome)
-        })
-        .await
-    }
-
-    async fn create_template(&self, template: Template) -> StoreResult<Option<Template>> {
-        self.write(move |t| {
-            let trees = (
-                &t.signatures,
-                &t.templates,
-                &t.templates_by_owner,
-                &t.templates_by_signature,
-                &t.template_counts,
-                &t.send_meta,
-            );
-            let created =
-                trees.transaction(|(sigs, templates, by_owner, by_signature, counts, meta)| {
-                    if sigs.get(id_key(template.sign_id))?.is_none() {
-                        return Ok(None);
-                    }
-                    let mut template = template.clone();
-                    template.id = tx_next_id(meta, META_LAST_TEMP_ID)?;
-                    templates
-                        .insert(&id_key(template.id)[..], tx(encode(TEMPLATES, &template))?)?;
-                    by_owner.insert(owner_key(&template.owner, template.id), &b""[..])?;
-                    tx_count_template(counts, by_signature, template.sign_id, template.id, true)?;
-                    Ok(Some(template))
-                })?;
-            Ok(created)
-        })
-        .await
+    async fn write_template(&self, write: TemplateWrite) -> StoreResult<WriteOutcome<Template>> {
+        match write {
+            TemplateWrite::Create(template) => self.create_template(template).await,
+            TemplateWrite::Replace { old, new } => self.replace_template(old, new).await,
+            TemplateWrite::Delete(id) => self.delete_template(id).await,
+        }
     }
 
     async fn template(&self, id: i64) -> StoreResult<Option<Template>> {
@@ -365,66 +455,6 @@ impl SendStore for SledStore {
                 &owner,
                 |x: &Template| &x.owner,
             )
-        })
-        .await
-    }
-
-    async fn replace_template(&self, old: &Template, new: Template) -> StoreResult<bool> {
-        let old = old.clone();
-        self.write(move |t| {
-            let key = id_key(old.id);
-            let encoded = encode(TEMPLATES, &new)?;
-            let trees = (
-                &t.signatures,
-                &t.templates,
-                &t.templates_by_owner,
-                &t.templates_by_signature,
-                &t.template_counts,
-            );
-            let replaced =
-                trees.transaction(|(sigs, templates, by_owner, by_signature, counts)| {
-                    if sigs.get(id_key(new.sign_id))?.is_none() {
-                        return Ok(false);
-                    }
-                    let Some(raw) = templates.get(key)? else {
-                        return Ok(false);
-                    };
-                    let cur: Template = tx(decode(TEMPLATES, &raw))?;
-                    if cur != old {
-                        return Ok(false);
-                    }
-                    templates.insert(&key[..], encoded.as_slice())?;
-                    tx_move_owner(by_owner, old.id, &cur.owner, &new.owner)?;
-                    if cur.sign_id != new.sign_id {
-                        tx_count_template(counts, by_signature, cur.sign_id, old.id, false)?;
-                        tx_count_template(counts, by_signature, new.sign_id, old.id, true)?;
-                    }
-                    Ok(true)
-                })?;
-            Ok(replaced)
-        })
-        .await
-    }
-
-    async fn delete_template(&self, id: i64) -> StoreResult<bool> {
-        self.write(move |t| {
-            let key = id_key(id);
-            let trees = (
-                &t.templates,
-                &t.templates_by_owner,
-                &t.templates_by_signature,
-                &t.template_counts,
-            );
-            let deleted = trees.transaction(|(templates, by_owner, by_signature, counts)| {
-                let Some(raw) = templates.remove(&key[..])? else {
-                    return Ok(false);
-                };
-                let cur: Template = tx(decode(TEMPLATES, &raw))?;
-                by_owner.remove(owner_key(&cur.owner, id))?;
-                tx_count_template(counts, by_signature, cur.sign_id, id, false)?;
-                Ok(true)
-            })?;
-            Ok(deleted)
         })
         .await
     }
@@ -694,6 +724,13 @@ mod tests {
         SledStore::from_db(db).unwrap()
     }
 
+    fn created<T: std::fmt::Debug>(outcome: WriteOutcome<T>) -> T {
+        match outcome {
+            WriteOutcome::Created(x) => x,
+            other => panic!("a create answered {other:?}"),
+        }
+    }
+
     fn template(owner: &str, sign_id: i64) -> Template {
         Template {
             id: 0,
@@ -782,7 +819,7 @@ mod tests {
             .insert(META_LAST_ID, encode(SEND_META, &7i64).unwrap())
             .unwrap();
         let sig = s
-            .create_signature(Signature {
+            .write_signature(SignatureWrite::Create(Signature {
                 id: 0,
                 owner: UserId::from_string("u".into()),
                 text: "s".into(),
@@ -792,16 +829,18 @@ mod tests {
                 reject_reason: String::new(),
                 created_at: 1,
                 updated_at: 1,
-            })
+            }))
             .await
             .unwrap();
+        let sig = created(sig);
         let t = s
-            .create_template(template("u", sig.id))
+            .write_template(TemplateWrite::Create(template("u", sig.id)))
             .await
-            .unwrap()
             .unwrap();
+        let t = created(t);
         assert_eq!((sig.id, t.id), (8, 8), "no id already handed out is reused");
-        let sig2 = s.create_signature(sig.clone()).await.unwrap();
+        let sig2 = s.write_signature(SignatureWrite::Create(sig.clone()));
+        let sig2 = created(sig2.await.unwrap());
         assert_eq!(sig2.id, 9);
     }
 
@@ -853,30 +892,49 @@ mod tests {
             created_at: 1,
             updated_at: 1,
         };
-        let a = s.create_signature(sig("u1")).await.unwrap();
-        let b = s.create_signature(sig("u1")).await.unwrap();
+        let a = created(
+            s.write_signature(SignatureWrite::Create(sig("u1")))
+                .await
+                .unwrap(),
+        );
+        let b = created(
+            s.write_signature(SignatureWrite::Create(sig("u1")))
+                .await
+                .unwrap(),
+        );
         let t1 = s
-            .create_template(template("u1", a.id))
+            .write_template(TemplateWrite::Create(template("u1", a.id)))
             .await
-            .unwrap()
+            .map(created)
             .unwrap();
         let t2 = s
-            .create_template(template("u1", a.id))
+            .write_template(TemplateWrite::Create(template("u1", a.id)))
             .await
-            .unwrap()
+            .map(created)
             .unwrap();
         assert_indexes_exact(&s);
 
         // Moving to a missing signature fails and changes nothing.
         let mut lost = t1.clone();
         lost.sign_id = 9_999;
-        assert!(!s.replace_template(&t1, lost).await.unwrap());
+        let lost = TemplateWrite::Replace {
+            old: t1.clone(),
+            new: lost,
+        };
+        assert_eq!(s.write_template(lost).await.unwrap(), WriteOutcome::Stale);
         assert_indexes_exact(&s);
 
         let mut moved = t1.clone();
         moved.sign_id = b.id;
         moved.owner = UserId::from_string("u2".into());
-        assert!(s.replace_template(&t1, moved.clone()).await.unwrap());
+        let move_it = TemplateWrite::Replace {
+            old: t1.clone(),
+            new: moved.clone(),
+        };
+        assert_eq!(
+            s.write_template(move_it).await.unwrap(),
+            WriteOutcome::Replaced
+        );
         assert_indexes_exact(&s);
         assert_eq!(
             s.templates_of(&UserId::from_string("u2".into()))
@@ -892,25 +950,43 @@ mod tests {
         );
 
         assert_eq!(
-            s.delete_signature(a.id).await.unwrap(),
-            DeleteOutcome::InUse
+            s.write_signature(SignatureWrite::Delete(a.id))
+                .await
+                .unwrap(),
+            WriteOutcome::InUse
         );
-        assert!(s.delete_template(t2.id).await.unwrap());
+        assert_eq!(
+            s.write_template(TemplateWrite::Delete(t2.id))
+                .await
+                .unwrap(),
+            WriteOutcome::Deleted
+        );
         assert_indexes_exact(&s);
         assert_eq!(
-            s.delete_signature(a.id).await.unwrap(),
-            DeleteOutcome::Deleted
+            s.write_signature(SignatureWrite::Delete(a.id))
+                .await
+                .unwrap(),
+            WriteOutcome::Deleted
         );
         assert_eq!(
-            s.delete_signature(b.id).await.unwrap(),
-            DeleteOutcome::InUse
+            s.write_signature(SignatureWrite::Delete(b.id))
+                .await
+                .unwrap(),
+            WriteOutcome::InUse
         );
-        assert!(s.delete_template(moved.id).await.unwrap());
+        assert_eq!(
+            s.write_template(TemplateWrite::Delete(moved.id))
+                .await
+                .unwrap(),
+            WriteOutcome::Deleted
+        );
         assert_indexes_exact(&s);
         assert!(s.trees.template_counts.is_empty());
         assert_eq!(
-            s.delete_signature(b.id).await.unwrap(),
-            DeleteOutcome::Deleted
+            s.write_signature(SignatureWrite::Delete(b.id))
+                .await
+                .unwrap(),
+            WriteOutcome::Deleted
         );
         assert!(s.trees.signatures_by_owner.is_empty());
         assert!(s.trees.templates_by_owner.is_empty());

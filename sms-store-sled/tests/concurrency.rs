@@ -12,9 +12,17 @@ use sms_core::pool::{LeaseFilter, LeaseRequest, NumberInfo, ReceivedSms};
 use sms_core::sending::{
     AuditStatus, RecipientStatus, SendTask, Signature, TaskState, Template, TemplateType,
 };
-use sms_core::store::{DeleteOutcome, Stores};
+use sms_core::store::{EntryQuery, SignatureWrite, Stores, TemplateWrite, UserKey, WriteOutcome};
 use sms_core::user::{User, UserId};
 use sms_store_sled::SledStore;
+
+/// What a create stored.
+fn created<T: std::fmt::Debug>(outcome: WriteOutcome<T>) -> T {
+    match outcome {
+        WriteOutcome::Created(x) => x,
+        other => panic!("a create answered {other:?}"),
+    }
+}
 
 fn user(n: u32, username: &str) -> User {
     User {
@@ -60,7 +68,7 @@ async fn fifty_tasks_racing_for_one_username() {
     // The winner is the one the index points at, and the only user stored.
     let winner = stores
         .users
-        .user_by_username(&Username::parse("racer").unwrap())
+        .user(&UserKey::Username(Username::parse("racer").unwrap()))
         .await
         .unwrap()
         .expect("winner stored");
@@ -68,7 +76,7 @@ async fn fifty_tasks_racing_for_one_username() {
     for i in 0..50u32 {
         if let Some(u) = stores
             .users
-            .user(&UserId::from_string(format!("{i:032x}")))
+            .user(&UserKey::Id(UserId::from_string(format!("{i:032x}"))))
             .await
             .unwrap()
         {
@@ -261,7 +269,11 @@ async fn hundred_debits_against_five_hundred() {
     assert_eq!((applied, refused), (50, 50));
     let balance = s.ledger.balance(&user).await.unwrap();
     assert_eq!((balance.total, balance.held), (0, 0));
-    let entries = s.ledger.entries(&user).await.unwrap();
+    let entries = s
+        .ledger
+        .entries(&EntryQuery::User(user.clone()))
+        .await
+        .unwrap();
     assert_eq!(entries.len(), 51);
     assert_eq!(entries[0].request.op_id, "top-up");
     let sum: i64 = entries.iter().map(|e| e.request.op.total_delta()).sum();
@@ -277,7 +289,14 @@ async fn hundred_debits_against_five_hundred() {
     // Refused operations recorded nothing.
     let mut recorded = 0;
     for i in 0..100 {
-        recorded += s.ledger.entry(&format!("d{i}")).await.unwrap().is_some() as usize;
+        recorded += s
+            .ledger
+            .entries(&EntryQuery::Op(format!("d{i}")))
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+            .is_some() as usize;
     }
     assert_eq!(recorded, 50);
 }
@@ -380,34 +399,48 @@ async fn deleting_a_signature_races_template_creation_without_orphans() {
     let s = stores(&dir).await;
     for round in 0..20 {
         let owner = format!("owner-{round}");
-        let sig = s.sending.create_signature(signature(&owner)).await.unwrap();
+        let sig = s
+            .sending
+            .write_signature(SignatureWrite::Create(signature(&owner)))
+            .await
+            .map(created)
+            .unwrap();
         let tasks: Vec<_> = (0..16)
             .map(|i| {
                 let st = s.sending.clone();
                 let owner = owner.clone();
                 tokio::spawn(async move {
                     if i % 2 == 0 {
-                        (Some(st.delete_signature(sig.id).await.unwrap()), None)
-                    } else {
                         (
+                            Some(
+                                st.write_signature(SignatureWrite::Delete(sig.id))
+                                    .await
+                                    .unwrap(),
+                            ),
                             None,
-                            st.create_template(template(&owner, sig.id)).await.unwrap(),
                         )
+                    } else {
+                        let create = TemplateWrite::Create(template(&owner, sig.id));
+                        match st.write_template(create).await.unwrap() {
+                            WriteOutcome::Created(t) => (None, Some(t)),
+                            _ => (None, None),
+                        }
                     }
                 })
             })
             .collect();
         let mut deleted = 0;
-        let mut created = Vec::new();
+        let mut made = Vec::new();
         for t in tasks {
             match t.await.unwrap() {
-                (Some(DeleteOutcome::Deleted), _) => deleted += 1,
+                (Some(WriteOutcome::Deleted), _) => deleted += 1,
                 (Some(_), _) => {}
-                (None, Some(t)) => created.push(t),
+                (None, Some(t)) => made.push(t),
                 (None, None) => {}
             }
         }
-        created.sort_by_key(|t| t.id);
+        made.sort_by_key(|t| t.id);
+        let created = made;
         // Whichever committed first decided: a deleted signature got no
         // template, a signature with a template was not deleted.
         assert!(deleted <= 1);
@@ -427,19 +460,34 @@ async fn deleting_a_signature_races_template_creation_without_orphans() {
         // The template count is exact: in use until the last one goes.
         for (n, t) in created.iter().enumerate() {
             assert_eq!(
-                s.sending.delete_signature(sig.id).await.unwrap(),
-                DeleteOutcome::InUse,
+                s.sending
+                    .write_signature(SignatureWrite::Delete(sig.id))
+                    .await
+                    .unwrap(),
+                WriteOutcome::InUse,
                 "round {round}, {n} of {} deleted",
                 created.len()
             );
-            assert!(s.sending.delete_template(t.id).await.unwrap());
+            assert_eq!(
+                s.sending
+                    .write_template(TemplateWrite::Delete(t.id))
+                    .await
+                    .unwrap(),
+                WriteOutcome::Deleted
+            );
         }
         let expected = if created.is_empty() {
-            DeleteOutcome::Missing
+            WriteOutcome::Missing
         } else {
-            DeleteOutcome::Deleted
+            WriteOutcome::Deleted
         };
-        assert_eq!(s.sending.delete_signature(sig.id).await.unwrap(), expected);
+        assert_eq!(
+            s.sending
+                .write_signature(SignatureWrite::Delete(sig.id))
+                .await
+                .unwrap(),
+            expected
+        );
     }
 }
 

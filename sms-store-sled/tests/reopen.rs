@@ -23,11 +23,20 @@ use sms_core::sending::{
 };
 use sms_core::session_decision::OpenSession;
 use sms_core::store::{
-    CodeKey, CodeRecord, ConsumeOutcome, DeleteOutcome, Grant, GrantKind, Purpose, RedeemOutcome,
-    Session, SessionOrigin, Stores,
+    CodeKey, CodeRecord, ConsumeOutcome, EntryQuery, Grant, GrantKind, LimitMode, Purpose,
+    RedeemOutcome, RevokeScope, Session, SessionOrigin, SignatureWrite, Stores, TemplateWrite,
+    UserKey, WriteOutcome,
 };
 use sms_core::user::{User, UserChange, UserId};
 use sms_store_sled::SledStore;
+
+/// What a create stored.
+fn created<T: std::fmt::Debug>(outcome: WriteOutcome<T>) -> T {
+    match outcome {
+        WriteOutcome::Created(x) => x,
+        other => panic!("a create answered {other:?}"),
+    }
+}
 
 /// A check of `key` with its failure budget under `reopen:fail`.
 fn check(key: &CodeKey, presented: sms_core::secret::CodeHash, now: i64) -> CodeDecision {
@@ -132,11 +141,12 @@ async fn everything_survives_reopen() {
             .mark_session_used(&Token::from_client("s1").hash(), 20)
             .await
             .unwrap();
-        assert!(s
+        let revoked = s
             .sessions
-            .revoke_session(&Token::from_client("s2").hash())
+            .revoke(RevokeScope::Session(Token::from_client("s2").hash()))
             .await
-            .unwrap());
+            .unwrap();
+        assert_eq!(revoked, 1);
 
         let key = code_key();
         let record = CodeRecord {
@@ -202,13 +212,13 @@ async fn everything_survives_reopen() {
         }
         assert!(s
             .limits
-            .acquire(std::slice::from_ref(&sends), 10)
+            .check(std::slice::from_ref(&sends), 10, LimitMode::Acquire)
             .await
             .unwrap()
             .is_allowed());
         assert!(s
             .limits
-            .acquire(std::slice::from_ref(&sends), 20)
+            .check(std::slice::from_ref(&sends), 20, LimitMode::Acquire)
             .await
             .unwrap()
             .is_allowed());
@@ -220,7 +230,7 @@ async fn everything_survives_reopen() {
     // Users and every index.
     let alice = s
         .users
-        .user_by_username(&Username::parse("alice").unwrap())
+        .user(&UserKey::Username(Username::parse("alice").unwrap()))
         .await
         .unwrap()
         .expect("alice");
@@ -228,12 +238,16 @@ async fn everything_survives_reopen() {
     assert_eq!(alice.username.as_ref().unwrap().as_str(), "Alice");
     assert_eq!(alice.email, Some(Email::parse("a2@x.io").unwrap()));
     assert_eq!(
-        s.users.user_by_phone(&phone).await.unwrap().map(|u| u.id),
+        s.users
+            .user(&UserKey::Phone(phone.clone()))
+            .await
+            .unwrap()
+            .map(|u| u.id),
         Some(id(1))
     );
     assert_eq!(
         s.users
-            .user_by_email(&Email::parse("a2@x.io").unwrap())
+            .user(&UserKey::Email(Email::parse("a2@x.io").unwrap()))
             .await
             .unwrap()
             .map(|u| u.id),
@@ -241,13 +255,13 @@ async fn everything_survives_reopen() {
     );
     assert!(s
         .users
-        .user_by_email(&Email::parse("a@x.io").unwrap())
+        .user(&UserKey::Email(Email::parse("a@x.io").unwrap()))
         .await
         .unwrap()
         .is_none());
     assert_eq!(
         s.users
-            .user_by_email(&Email::parse("b@x.io").unwrap())
+            .user(&UserKey::Email(Email::parse("b@x.io").unwrap()))
             .await
             .unwrap()
             .map(|u| u.id),
@@ -315,7 +329,10 @@ async fn everything_survives_reopen() {
     assert_eq!(mine, expected);
     assert_eq!(
         s.sessions
-            .revoke_user_sessions(&id(1), Some(Token::from_client("s3").hash()))
+            .revoke(RevokeScope::User {
+                user_id: id(1),
+                keep: Some(Token::from_client("s3").hash()),
+            })
             .await
             .unwrap(),
         1
@@ -348,7 +365,12 @@ async fn everything_survives_reopen() {
     );
     // The failed check of the first run is still counted.
     let fail = LimitCheck::new("reopen:fail", LimitRule::per(1, 86_400));
-    assert!(!s.limits.peek(&[fail], 160).await.unwrap().is_allowed());
+    assert!(!s
+        .limits
+        .check(&[fail], 160, LimitMode::Peek)
+        .await
+        .unwrap()
+        .is_allowed());
 
     // Grants keep their state.
     let reset = s
@@ -369,7 +391,7 @@ async fn everything_survives_reopen() {
     // Limits keep their hits and lockouts.
     assert_eq!(
         s.limits
-            .peek(std::slice::from_ref(&login), 500)
+            .check(std::slice::from_ref(&login), 500, LimitMode::Peek)
             .await
             .unwrap(),
         LimitDecision::Denied {
@@ -379,7 +401,7 @@ async fn everything_survives_reopen() {
     );
     assert_eq!(
         s.limits
-            .acquire(std::slice::from_ref(&sends), 30)
+            .check(std::slice::from_ref(&sends), 30, LimitMode::Acquire)
             .await
             .unwrap(),
         LimitDecision::Denied {
@@ -660,7 +682,7 @@ async fn pool_queues_and_ledger_survive_reopen() {
     let balance = s.ledger.balance(&id(7)).await.unwrap();
     assert_eq!((balance.total, balance.held), (85, 20));
     assert_eq!(s.ledger.hold("h1").await.unwrap().unwrap().remaining, 20);
-    let entries = s.ledger.entries(&id(7)).await.unwrap();
+    let entries = s.ledger.entries(&EntryQuery::User(id(7))).await.unwrap();
     assert_eq!(
         entries
             .iter()
@@ -669,7 +691,14 @@ async fn pool_queues_and_ledger_survive_reopen() {
         vec!["c1", "h1", "x1", "d1"]
     );
     assert_eq!(
-        s.ledger.entry("x1").await.unwrap().unwrap().balance_after,
+        s.ledger
+            .entries(&EntryQuery::Op("x1".into()))
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+            .unwrap()
+            .balance_after,
         Balance {
             total: 90,
             held: 20
@@ -762,37 +791,72 @@ async fn signatures_templates_and_tasks_survive_reopen() {
     {
         let s = open(dir.path());
         let st = &s.sending;
-        a = st.create_signature(signature(1, "甲")).await.unwrap();
-        let doomed = st.create_signature(signature(1, "乙")).await.unwrap();
-        b = st.create_signature(signature(2, "丙")).await.unwrap();
+        a = st
+            .write_signature(SignatureWrite::Create(signature(1, "甲")))
+            .await
+            .map(created)
+            .unwrap();
+        let doomed = st
+            .write_signature(SignatureWrite::Create(signature(1, "乙")))
+            .await
+            .map(created)
+            .unwrap();
+        b = st
+            .write_signature(SignatureWrite::Create(signature(2, "丙")))
+            .await
+            .map(created)
+            .unwrap();
         let mut passed = a.clone();
         passed.audit = AuditStatus::Passed;
-        assert!(st.replace_signature(&a, passed).await.unwrap());
-        t1 = st
-            .create_template(template(1, a.id, "one"))
+        assert_eq!(
+            st.write_signature(SignatureWrite::Replace {
+                old: a.clone(),
+                new: passed,
+            })
             .await
-            .unwrap()
+            .unwrap(),
+            WriteOutcome::Replaced
+        );
+        t1 = st
+            .write_template(TemplateWrite::Create(template(1, a.id, "one")))
+            .await
+            .map(created)
             .unwrap();
         let moved = st
-            .create_template(template(1, a.id, "two"))
+            .write_template(TemplateWrite::Create(template(1, a.id, "two")))
             .await
-            .unwrap()
+            .map(created)
             .unwrap();
         // Moved to signature b and to owner 2: a keeps one template.
         let mut t = moved.clone();
         t.sign_id = b.id;
         t.owner = id(2);
-        assert!(st.replace_template(&moved, t.clone()).await.unwrap());
+        assert_eq!(
+            st.write_template(TemplateWrite::Replace {
+                old: moved.clone(),
+                new: t.clone(),
+            })
+            .await
+            .unwrap(),
+            WriteOutcome::Replaced
+        );
         t2 = t;
         let gone = st
-            .create_template(template(1, doomed.id, "gone"))
+            .write_template(TemplateWrite::Create(template(1, doomed.id, "gone")))
             .await
-            .unwrap()
+            .map(created)
             .unwrap();
-        assert!(st.delete_template(gone.id).await.unwrap());
         assert_eq!(
-            st.delete_signature(doomed.id).await.unwrap(),
-            DeleteOutcome::Deleted
+            st.write_template(TemplateWrite::Delete(gone.id))
+                .await
+                .unwrap(),
+            WriteOutcome::Deleted
+        );
+        assert_eq!(
+            st.write_signature(SignatureWrite::Delete(doomed.id))
+                .await
+                .unwrap(),
+            WriteOutcome::Deleted
         );
         last_sign_id = doomed.id;
         last_temp_id = gone.id;
@@ -830,26 +894,41 @@ async fn signatures_templates_and_tasks_survive_reopen() {
     // The per-signature template counts survived: both signatures are in use
     // until their templates go.
     assert_eq!(
-        st.delete_signature(a.id).await.unwrap(),
-        DeleteOutcome::InUse
+        st.write_signature(SignatureWrite::Delete(a.id))
+            .await
+            .unwrap(),
+        WriteOutcome::InUse
     );
     assert_eq!(
-        st.delete_signature(b.id).await.unwrap(),
-        DeleteOutcome::InUse
+        st.write_signature(SignatureWrite::Delete(b.id))
+            .await
+            .unwrap(),
+        WriteOutcome::InUse
     );
-    assert!(st.delete_template(t2.id).await.unwrap());
     assert_eq!(
-        st.delete_signature(b.id).await.unwrap(),
-        DeleteOutcome::Deleted
+        st.write_template(TemplateWrite::Delete(t2.id))
+            .await
+            .unwrap(),
+        WriteOutcome::Deleted
+    );
+    assert_eq!(
+        st.write_signature(SignatureWrite::Delete(b.id))
+            .await
+            .unwrap(),
+        WriteOutcome::Deleted
     );
     assert!(st.signatures_of(&id(2)).await.unwrap().is_empty());
     // Ids keep increasing after the reopen.
-    let c = st.create_signature(signature(1, "丁")).await.unwrap();
+    let c = st
+        .write_signature(SignatureWrite::Create(signature(1, "丁")))
+        .await
+        .map(created)
+        .unwrap();
     assert!(c.id > last_sign_id, "id {} reused after reopen", c.id);
     let t3 = st
-        .create_template(template(1, c.id, "three"))
+        .write_template(TemplateWrite::Create(template(1, c.id, "three")))
         .await
-        .unwrap()
+        .map(created)
         .unwrap();
     assert!(t3.id > last_temp_id, "id {} reused after reopen", t3.id);
 
@@ -951,7 +1030,11 @@ fn acknowledged_writes_survive_kill_9() {
         let s = open(dir.path());
         for n in 0..=last {
             let name = Username::parse(&format!("user{n}")).unwrap();
-            let u = s.users.user_by_username(&name).await.unwrap();
+            let u = s
+                .users
+                .user(&UserKey::Username(name.clone()))
+                .await
+                .unwrap();
             assert_eq!(u.map(|u| u.id), Some(id(n)), "acknowledged user{n} lost");
         }
     });
@@ -1018,5 +1101,12 @@ async fn gateway_ids_and_receipts_survive_reopen() {
         "failed"
     );
     assert_eq!(s.ledger.balance(&id(1)).await.unwrap().total, 3);
-    assert!(s.ledger.entry("refund:t-g:1").await.unwrap().is_some());
+    assert!(s
+        .ledger
+        .entries(&EntryQuery::Op("refund:t-g:1".into()))
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .is_some());
 }
