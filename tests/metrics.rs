@@ -410,6 +410,17 @@ async fn a_flow_through_every_dialect_moves_every_metric() {
         "sms_store_operation_duration_seconds_count",
         &[("op", "pool.lease")],
     );
+    // Merged port methods keep the label of the method each kind of
+    // request had (`UserStore::user` by phone, `SendStore::write_*`).
+    for op in [
+        "users.user_by_phone",
+        "sending.create_signature",
+        "sending.create_template",
+        "sending.replace_signature",
+        "sending.replace_template",
+    ] {
+        moved("sms_store_operation_duration_seconds_count", &[("op", op)]);
+    }
     for kind in ["charge", "hold", "capture", "debit"] {
         moved(
             "sms_ledger_operations_total",
