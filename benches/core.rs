@@ -32,7 +32,11 @@ fn core_over(stores: Stores, clock: Arc<ManualClock>) -> Core {
 
 /// Send then check one code, on a fresh phone each time (no cooldown hit).
 fn code_cycle(c: &mut Criterion, name: &str, stores: Stores) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // One core: the figure is pairs per second of one thread.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let clock = Arc::new(ManualClock::default());
     let sender = Arc::new(RecordingSender::new());
     let core = Core::test_builder(stores)
