@@ -3,7 +3,9 @@
 //! the sled store (in a temporary directory; every sled write is flushed to
 //! disk before it returns), plus concurrent ledger writes.
 //!
-//! `cargo bench --bench stores` (add `-- --quick` for a short run).
+//! `cargo bench --bench stores` (add `-- --quick` for a short run). With
+//! `SMS_BENCH_DATABASE_URL` set, `pool/hand_out(1) after 20,000 handed out`
+//! also runs on PostgreSQL (a fresh schema, dropped at the end).
 //!
 //! Each call goes through the store port as the core makes it (`Arc<dyn …>`
 //! from [`Stores`], on a multi-thread Tokio runtime, so sled work runs on the
@@ -332,8 +334,25 @@ fn pool_hand_out_after_many(c: &mut Criterion) {
         ip: "10.0.0.1".into(),
         area: None,
     };
-    for kind in Kind::ALL {
-        let b = kind.open();
+    // PostgreSQL too when `SMS_BENCH_DATABASE_URL` names a database (a
+    // fresh schema, dropped at the end).
+    let pg = std::env::var("SMS_BENCH_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .map(|url| {
+            let options = sms_store_postgres::PgOptions::new(url)
+                .schema(format!("bench_pool_{}", std::process::id()));
+            let store = rt
+                .block_on(sms_store_postgres::PgStore::connect(&options))
+                .expect("PostgreSQL");
+            Arc::new(store)
+        });
+    let mut backends: Vec<(&str, Backend)> = Kind::ALL.iter().map(|k| (k.name(), k.open())).collect();
+    if let Some(store) = &pg {
+        let stores = store.clone().stores();
+        backends.push(("postgres", Backend { stores, _dir: None }));
+    }
+    for (name, b) in backends {
         let pool = b.stores.pool.clone();
         rt.block_on(async {
             pool.set_pool_size(u32::MAX).await.expect("size");
@@ -351,7 +370,7 @@ fn pool_hand_out_after_many(c: &mut Criterion) {
         });
         let mut added = HANDED_OUT;
         c.bench_function(
-            &format!("pool/hand_out(1) after 20,000 handed out/{}", kind.name()),
+            &format!("pool/hand_out(1) after 20,000 handed out/{name}"),
             |bench| {
                 bench.iter_custom(|iters| {
                     let mut total = Duration::ZERO;
@@ -372,6 +391,9 @@ fn pool_hand_out_after_many(c: &mut Criterion) {
                 })
             },
         );
+    }
+    if let Some(store) = pg {
+        rt.block_on(store.drop_schema()).expect("drop the bench schema");
     }
 }
 

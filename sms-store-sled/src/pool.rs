@@ -692,6 +692,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hand_outs_keep_one_run_per_app() {
+        let s = store();
+        s.set_pool_size(1_000).await.unwrap();
+        let all: Vec<NumberInfo> = (0..300).map(|i| info(&format!("1380000{i:04}"))).collect();
+        s.intake(all.clone(), 0).await.unwrap();
+        for round in 0..30 {
+            let got = s.hand_out("a", 10, 1).await.unwrap();
+            let want: Vec<_> = all[round * 10..round * 10 + 10].to_vec();
+            assert_eq!(got, want, "round {round}");
+        }
+        // Three hundred numbers handed out in thirty calls: one run.
+        let prefix = runs_prefix("a");
+        let runs: Vec<_> = s.trees.pool_runs.scan_prefix(&prefix).collect();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(s.trees.pool_runs.len(), 1);
+        // Nothing left: no write, and the run stays as it is.
+        assert!(s.hand_out("a", 10, 1).await.unwrap().is_empty());
+        assert_eq!(s.trees.pool_runs.len(), 1);
+        // Another app's runs are its own.
+        assert_eq!(s.hand_out("b", 1, 1).await.unwrap(), all[..1].to_vec());
+        assert_eq!(s.trees.pool_runs.len(), 2);
+        assert_eq!(s.trees.pool_runs.scan_prefix(&prefix).count(), 1);
+    }
+
+    #[tokio::test]
     async fn corrupt_pool_records_are_backend_errors() {
         let s = store();
         s.intake(vec![info("13800000001")], 0).await.unwrap();
