@@ -347,7 +347,8 @@ fn pool_hand_out_after_many(c: &mut Criterion) {
                 .expect("PostgreSQL");
             Arc::new(store)
         });
-    let mut backends: Vec<(&str, Backend)> = Kind::ALL.iter().map(|k| (k.name(), k.open())).collect();
+    let mut backends: Vec<(&str, Backend)> =
+        Kind::ALL.iter().map(|k| (k.name(), k.open())).collect();
     if let Some(store) = &pg {
         let stores = store.clone().stores();
         backends.push(("postgres", Backend { stores, _dir: None }));
@@ -393,7 +394,8 @@ fn pool_hand_out_after_many(c: &mut Criterion) {
         );
     }
     if let Some(store) = pg {
-        rt.block_on(store.drop_schema()).expect("drop the bench schema");
+        rt.block_on(store.drop_schema())
+            .expect("drop the bench schema");
     }
 }
 
