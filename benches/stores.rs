@@ -3,7 +3,9 @@
 //! the sled store (in a temporary directory; every sled write is flushed to
 //! disk before it returns), plus concurrent ledger writes.
 //!
-//! `cargo bench --bench stores` (add `-- --quick` for a short run).
+//! `cargo bench --bench stores` (add `-- --quick` for a short run). With
+//! `SMS_BENCH_DATABASE_URL` set, `pool/hand_out(1) after 20,000 handed out`
+//! also runs on PostgreSQL (a fresh schema, dropped at the end).
 //!
 //! Each call goes through the store port as the core makes it (`Arc<dyn …>`
 //! from [`Stores`], on a multi-thread Tokio runtime, so sled work runs on the
@@ -318,6 +320,90 @@ fn pool(c: &mut Criterion) {
     }
 }
 
+/// Numbers in the pool of [`pool_hand_out_after_many`], every one already
+/// handed out for the benched app.
+const HANDED_OUT: u64 = 20_000;
+
+/// `GET /mobiles/<app>/1` after the app has had every number of a pool of
+/// [`HANDED_OUT`]: each measured call hands out the one number just added
+/// (its upload is outside the timing), so the store has to find it past
+/// the [`HANDED_OUT`] numbers the app already had.
+fn pool_hand_out_after_many(c: &mut Criterion) {
+    let rt = runtime();
+    let info = |n: u64| NumberInfo {
+        mobile: PhoneNumber::parse_cn_mobile(&format!("15{n:09}")).expect("phone"),
+        cid: "dev-1".into(),
+        imsi: "460001234567890".into(),
+        imei: "861234567890123".into(),
+        iccid: "89860012345678901234".into(),
+        ip: "10.0.0.1".into(),
+        area: None,
+    };
+    // PostgreSQL too when `SMS_BENCH_DATABASE_URL` names a database (a
+    // fresh schema, dropped at the end).
+    let pg = std::env::var("SMS_BENCH_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .map(|url| {
+            let options = sms_store_postgres::PgOptions::new(url)
+                .schema(format!("bench_pool_{}", std::process::id()));
+            let store = rt
+                .block_on(sms_store_postgres::PgStore::connect(&options))
+                .expect("PostgreSQL");
+            Arc::new(store)
+        });
+    let mut backends: Vec<(&str, Backend)> =
+        Kind::ALL.iter().map(|k| (k.name(), k.open())).collect();
+    if let Some(store) = &pg {
+        let stores = store.clone().stores();
+        backends.push(("postgres", Backend { stores, _dir: None }));
+    }
+    for (name, b) in backends {
+        let pool = b.stores.pool.clone();
+        rt.block_on(async {
+            pool.set_pool_size(u32::MAX).await.expect("size");
+            for chunk in (0..HANDED_OUT).collect::<Vec<_>>().chunks(1_000) {
+                pool.intake(chunk.iter().map(|&n| info(n)).collect(), 1_000)
+                    .await
+                    .expect("intake");
+            }
+            let mut left = HANDED_OUT;
+            while left > 0 {
+                let got = pool.hand_out("bench", 100, 2_000).await.expect("hand out");
+                assert!(!got.is_empty());
+                left -= got.len() as u64;
+            }
+        });
+        let mut added = HANDED_OUT;
+        c.bench_function(
+            &format!("pool/hand_out(1) after 20,000 handed out/{name}"),
+            |bench| {
+                bench.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let fresh = info(added);
+                        added += 1;
+                        rt.block_on(pool.intake(vec![fresh.clone()], 1_000))
+                            .expect("intake");
+                        let t = Instant::now();
+                        let got = rt
+                            .block_on(pool.hand_out("bench", 1, 2_000))
+                            .expect("hand out");
+                        total += t.elapsed();
+                        assert_eq!(got.len(), 1);
+                        assert_eq!(got[0].mobile, fresh.mobile);
+                    }
+                    total
+                })
+            },
+        );
+    }
+    if let Some(store) = pg {
+        rt.block_on(store.drop_schema())
+            .expect("drop the bench schema");
+    }
+}
+
 fn queues(c: &mut Criterion) {
     let rt = runtime();
     let mobile = PhoneNumber::parse_cn_mobile("18250794865").expect("phone");
@@ -430,6 +516,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = users, codes, limits, ledger, pool, queues, concurrent
+    targets = users, codes, limits, ledger, pool, pool_hand_out_after_many, queues, concurrent
 }
 criterion_main!(benches);

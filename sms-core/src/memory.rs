@@ -21,7 +21,7 @@ use crate::limits::{evaluate, LimitCheck, LimitDecision, LimitState};
 use crate::phone::PhoneNumber;
 use crate::pool::{
     DeviceMessage, Intake, IntakeTally, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo,
-    PoolNumber, PoolStats, ReceivedSms,
+    PoolNumber, PoolStats, PoolSweep, ReceivedSms, UsedRun,
 };
 use crate::receive::{ReceiveOutcome, ReceiveRequest, ReceiveState, Received};
 use crate::secret::TokenHash;
@@ -54,6 +54,8 @@ struct Inner {
     numbers: BTreeMap<u64, PoolNumber>,
     number_seq: HashMap<PhoneNumber, u64>,
     next_number: u64,
+    /// Per app, its [`UsedRun`]s by `last`: `last → first`.
+    used_runs: HashMap<String, BTreeMap<u64, u64>>,
     leases: HashMap<String, Lease>,
     open_leases: usize,
     items: HashMap<String, Item>,
@@ -94,6 +96,63 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Up to `want` numbers passing `eligible`, oldest first, each given to
+    /// `take` (which marks it used for `app`): only `custom` when given,
+    /// else a [`PoolSweep`] over the pool and `app`'s runs.
+    fn claim<T>(
+        &mut self,
+        app: &str,
+        want: usize,
+        custom: Option<&PhoneNumber>,
+        eligible: impl Fn(&PoolNumber) -> bool,
+        mut take: impl FnMut(&mut PoolNumber) -> Option<T>,
+    ) -> Vec<T> {
+        let mut out = Vec::new();
+        if want == 0 {
+            return out;
+        }
+        if let Some(phone) = custom {
+            // One number can pass: no walk, and no run to change (a later
+            // sweep finds it used and folds it into a run).
+            let seq = self.number_seq.get(phone).copied();
+            if let Some(num) = seq.and_then(|s| self.numbers.get_mut(&s)) {
+                if eligible(num) {
+                    out.extend(take(num));
+                }
+            }
+            return out;
+        }
+        let runs = self.used_runs.remove(app).unwrap_or_default();
+        let mut sweep = PoolSweep::new(app);
+        while out.len() < want {
+            let Some(from) = sweep.from() else { break };
+            let Some((&seq, num)) = self.numbers.range_mut(from..).next() else {
+                break;
+            };
+            let run = runs
+                .range(seq..)
+                .next()
+                .map(|(&last, &first)| UsedRun { first, last });
+            if sweep.skip_run(seq, run) {
+                continue;
+            }
+            let ok = eligible(num);
+            out.extend(sweep.visit(seq, num, ok, &mut take));
+        }
+        let changes = sweep.finish();
+        let mut runs = runs;
+        for r in changes.removed {
+            runs.remove(&r.last);
+        }
+        for r in changes.added {
+            runs.insert(r.last, r.first);
+        }
+        if !runs.is_empty() {
+            self.used_runs.insert(app.to_owned(), runs);
+        }
+        out
+    }
+
     fn lookup(&self, id: Option<&UserId>) -> Option<User> {
         id.and_then(|id| self.users.get(id)).cloned()
     }
@@ -459,16 +518,13 @@ impl PhonePool for MemoryStore {
 
     async fn hand_out(&self, app: &str, n: usize, now: i64) -> StoreResult<Vec<NumberInfo>> {
         let mut g = self.lock();
-        let mut out = Vec::new();
-        for num in g.numbers.values_mut() {
-            if out.len() >= n {
-                break;
-            }
-            if num.available_for(app, now) {
-                out.push(num.hand_out(app));
-            }
-        }
-        Ok(out)
+        Ok(g.claim(
+            app,
+            n,
+            None,
+            |num| num.available_for(app, now),
+            |num| Some(num.hand_out(app)),
+        ))
     }
 
     async fn lease(&self, req: LeaseRequest) -> StoreResult<LeaseOutcome> {
@@ -479,17 +535,13 @@ impl PhonePool for MemoryStore {
             }
         }
         let mut ids = req.lease_ids.iter();
-        let mut out = Vec::new();
-        for num in g.numbers.values_mut() {
-            if out.len() >= req.lease_ids.len() {
-                break;
-            }
-            if !req.eligible(num) {
-                continue;
-            }
-            let Some(id) = ids.next() else { break };
-            out.push(num.lease_to(&req, id));
-        }
+        let out = g.claim(
+            &req.item,
+            req.lease_ids.len(),
+            req.filter.custom.as_ref(),
+            |num| req.eligible(num),
+            |num| ids.next().map(|id| num.lease_to(&req, id)),
+        );
         g.open_leases += out.len();
         for l in &out {
             g.leases.insert(l.id.clone(), l.clone());
@@ -995,4 +1047,14 @@ mod conformance {
     crate::store_conformance_tests!(async {
         crate::store::Stores::from_single(std::sync::Arc::new(super::MemoryStore::new()))
     });
+
+    /// Nothing to reopen: the same store twice.
+    #[test]
+    fn pool_hand_outs_survive_reopen() {
+        let store = std::sync::Arc::new(super::MemoryStore::new());
+        crate::testkit::run(crate::testkit::pool_hand_outs_survive_reopen(|| {
+            let store = store.clone();
+            async move { crate::store::Stores::from_single(store) }
+        }));
+    }
 }

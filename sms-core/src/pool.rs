@@ -133,7 +133,13 @@ impl PoolNumber {
     /// True when it may be handed out (or leased) for `item` at `now`: free,
     /// and never used for that item before.
     pub fn available_for(&self, item: &str, now: i64) -> bool {
-        self.is_free(now) && !self.used_for.contains(item)
+        self.is_free(now) && !self.was_used_for(item)
+    }
+
+    /// True when it was handed out or leased for `item` before: it is never
+    /// available for that item again.
+    pub fn was_used_for(&self, item: &str) -> bool {
+        self.used_for.contains(item)
     }
 
     /// The transition of handing it out for `app` (`GET /mobiles`): it is
@@ -165,6 +171,191 @@ impl PoolNumber {
             charged: false,
             settled: false,
         }
+    }
+}
+
+/// A run of pool numbers, by upload sequence, all used for one app: every
+/// number of the pool whose sequence is in `first..=last` was handed out or
+/// leased for it, so is never available for it again. Numbers are only
+/// added to the pool after every number already in it (a larger sequence)
+/// and never leave it, so a run stays true forever.
+///
+/// Stores keep each app's runs (disjoint) beside the numbers and update them
+/// in the transaction of each hand-out or lease, through a [`PoolSweep`];
+/// they only let a sweep jump over numbers it would otherwise visit and
+/// skip, and are never needed for correctness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsedRun {
+    /// Sequence of the first number of the run.
+    pub first: u64,
+    /// Sequence of the last number of the run.
+    pub last: u64,
+}
+
+impl UsedRun {
+    /// True when `seq` lies in the run.
+    pub fn covers(&self, seq: u64) -> bool {
+        self.first <= seq && seq <= self.last
+    }
+}
+
+/// What a [`PoolSweep`] changes in its app's runs: remove `removed` first,
+/// then add `added` (a run is keyed by its `last`, which an added run may
+/// share with a removed one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunChanges {
+    /// Runs the sweep merged into others.
+    pub removed: Vec<UsedRun>,
+    /// Runs to store.
+    pub added: Vec<UsedRun>,
+}
+
+impl RunChanges {
+    /// True when nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.added.is_empty()
+    }
+}
+
+/// The walk of one hand-out or lease over the pool for one app, in upload
+/// order (oldest first), jumping over the app's [`UsedRun`]s: the cost of
+/// finding numbers does not grow with the numbers already used for the app.
+///
+/// The store drives it, inside the atomic step of the claim:
+///
+/// ```text
+/// while want more, and let Some(from) = sweep.from():
+///     (seq, number) = the first number of the pool with sequence >= from (none: stop)
+///     run = the first of the app's stored runs with last >= seq
+///     if sweep.skip_run(seq, run): continue          // jumped past the run
+///     sweep.visit(seq, &mut number, eligible(&number), take)   // take when eligible
+/// apply sweep.finish() to the stored runs
+/// ```
+///
+/// Eligibility stays the caller's rule ([`PoolNumber::available_for`],
+/// [`LeaseRequest::eligible`]); the sweep extends the current run over each
+/// visited number that is then used for the app (taken now, or before) and
+/// ends it at any other, so a run never covers a number still available
+/// for the app.
+#[derive(Debug, Clone)]
+pub struct PoolSweep<'a> {
+    app: &'a str,
+    /// The next sequence to look at (`None`: past the last possible one).
+    from: Option<u64>,
+    /// The run being built: every pool number from its `first` up to
+    /// `from` is used for the app.
+    run: Option<UsedRun>,
+    /// True when `run` is not one stored run as it is.
+    grown: bool,
+    /// Stored runs merged into `run`.
+    absorbed: Vec<UsedRun>,
+    changes: RunChanges,
+}
+
+impl<'a> PoolSweep<'a> {
+    /// A sweep for `app` from the oldest number.
+    pub fn new(app: &'a str) -> Self {
+        Self {
+            app,
+            from: Some(0),
+            run: None,
+            grown: false,
+            absorbed: Vec::new(),
+            changes: RunChanges::default(),
+        }
+    }
+
+    /// The lowest sequence still to look at; `None` when there is none.
+    pub fn from(&self) -> Option<u64> {
+        self.from
+    }
+
+    /// `seq` is the first number at or after [`from`](Self::from), `run`
+    /// the app's first stored run ending at or after `seq`. True when the
+    /// run covers `seq`: the sweep moved past the run (ask
+    /// [`from`](Self::from) again); false when `seq` is to be visited.
+    pub fn skip_run(&mut self, seq: u64, run: Option<UsedRun>) -> bool {
+        let Some(run) = run.filter(|r| r.covers(seq)) else {
+            return false;
+        };
+        if self.from.is_none_or(|from| seq < from) {
+            return false;
+        }
+        match &mut self.run {
+            // Nothing lies between the current run and this number (it is
+            // the first at or after `from`): the two become one.
+            Some(current) => {
+                current.first = current.first.min(run.first);
+                current.last = run.last;
+                self.grown = true;
+            }
+            None => {
+                self.run = Some(run);
+                self.grown = false;
+            }
+        }
+        self.absorbed.push(run);
+        self.from = run.last.checked_add(1);
+        true
+    }
+
+    /// Visits the number at `seq` (not covered by a run): when `eligible`,
+    /// `take` changes it (marks it used for the app) and what it returns is
+    /// returned. The current run then grows over the number if it is used
+    /// for the app, and ends otherwise.
+    pub fn visit<T>(
+        &mut self,
+        seq: u64,
+        number: &mut PoolNumber,
+        eligible: bool,
+        take: impl FnOnce(&mut PoolNumber) -> Option<T>,
+    ) -> Option<T> {
+        let got = if eligible { take(number) } else { None };
+        if number.was_used_for(self.app) {
+            self.extend(seq);
+        } else {
+            self.close();
+        }
+        self.from = seq.checked_add(1);
+        got
+    }
+
+    /// The number at `seq` could not be visited (its record is missing):
+    /// the current run ends before it.
+    pub fn pass(&mut self, seq: u64) {
+        self.close();
+        self.from = seq.checked_add(1);
+    }
+
+    /// The changes to the app's stored runs, to apply in the same atomic
+    /// step as the claim.
+    pub fn finish(mut self) -> RunChanges {
+        self.close();
+        self.changes
+    }
+
+    fn extend(&mut self, seq: u64) {
+        match &mut self.run {
+            Some(current) => current.last = seq,
+            None => {
+                self.run = Some(UsedRun {
+                    first: seq,
+                    last: seq,
+                })
+            }
+        }
+        self.grown = true;
+    }
+
+    fn close(&mut self) {
+        if let Some(run) = self.run.take() {
+            if self.grown {
+                self.changes.removed.append(&mut self.absorbed);
+                self.changes.added.push(run);
+            }
+        }
+        self.absorbed.clear();
+        self.grown = false;
     }
 }
 
@@ -508,6 +699,121 @@ mod tests {
 
     fn p(s: &str) -> PhoneNumber {
         PhoneNumber::parse_cn_mobile(s).unwrap()
+    }
+
+    fn num(i: u64) -> PoolNumber {
+        let info = NumberInfo {
+            mobile: p(&format!("1380000{i:04}")),
+            cid: "d".into(),
+            imsi: "i".into(),
+            imei: "e".into(),
+            iccid: "c".into(),
+            ip: "ip".into(),
+            area: None,
+        };
+        PoolNumber::new(info, 0)
+    }
+
+    /// Runs the sweep the way a store does over `numbers` (sequence,
+    /// number) and `runs` (sorted by `last`); returns the sequences taken
+    /// and the changes.
+    fn sweep(
+        app: &str,
+        want: usize,
+        numbers: &mut [(u64, PoolNumber)],
+        runs: &[UsedRun],
+        visited: &mut usize,
+    ) -> (Vec<u64>, RunChanges) {
+        let mut sweep = PoolSweep::new(app);
+        let mut taken = Vec::new();
+        while taken.len() < want {
+            let Some(from) = sweep.from() else { break };
+            let Some((seq, n)) = numbers.iter_mut().find(|(s, _)| *s >= from) else {
+                break;
+            };
+            let run = runs.iter().find(|r| r.last >= *seq).copied();
+            if sweep.skip_run(*seq, run) {
+                continue;
+            }
+            *visited += 1;
+            let ok = n.available_for(app, 0);
+            if let Some(s) = sweep.visit(*seq, n, ok, |n| {
+                n.hand_out(app);
+                Some(*seq)
+            }) {
+                taken.push(s);
+            }
+        }
+        (taken, sweep.finish())
+    }
+
+    fn apply(runs: &mut Vec<UsedRun>, changes: RunChanges) {
+        runs.retain(|r| !changes.removed.contains(r));
+        runs.extend(changes.added);
+        runs.sort_by_key(|r| r.last);
+    }
+
+    #[test]
+    fn sweeps_jump_over_runs_and_merge_them() {
+        // Sequences with gaps, as sled's and PostgreSQL's are.
+        let mut numbers: Vec<(u64, PoolNumber)> = (0..20).map(|i| (i * 3 + 1, num(i))).collect();
+        let mut runs = Vec::new();
+        let mut visited = 0;
+        let (taken, ch) = sweep("a", 5, &mut numbers, &runs, &mut visited);
+        assert_eq!(taken, vec![1, 4, 7, 10, 13]);
+        assert_eq!(ch.added, vec![UsedRun { first: 1, last: 13 }]);
+        apply(&mut runs, ch);
+        // Number 19 (seq 19) leased to someone: the next sweep passes it.
+        numbers[6].1.lease = Some(LeaseRef {
+            lease_id: "l".into(),
+            user: UserId::from_string("u".into()),
+            item: "b".into(),
+            until: 10,
+        });
+        visited = 0;
+        let (taken, ch) = sweep("a", 3, &mut numbers, &runs, &mut visited);
+        assert_eq!(taken, vec![16, 22, 25]);
+        assert_eq!(visited, 4, "the run of five was jumped in one step");
+        assert_eq!(ch.removed, vec![UsedRun { first: 1, last: 13 }]);
+        assert_eq!(
+            ch.added,
+            vec![
+                UsedRun { first: 1, last: 16 },
+                UsedRun {
+                    first: 22,
+                    last: 25
+                }
+            ]
+        );
+        apply(&mut runs, ch);
+        // The lease ends: the number is taken and the runs become one.
+        numbers[6].1.lease = None;
+        visited = 0;
+        let (taken, ch) = sweep("a", 2, &mut numbers, &runs, &mut visited);
+        assert_eq!(taken, vec![19, 28]);
+        assert_eq!(visited, 2);
+        apply(&mut runs, ch);
+        assert_eq!(runs, vec![UsedRun { first: 1, last: 28 }]);
+        // A number used for the app outside a sweep (a lease of one number)
+        // is folded into the run by the next sweep.
+        numbers[10].1.hand_out("a");
+        let (taken, ch) = sweep("a", 1, &mut numbers, &runs, &mut visited);
+        assert_eq!(taken, vec![34]);
+        apply(&mut runs, ch);
+        assert_eq!(runs, vec![UsedRun { first: 1, last: 34 }]);
+        // Another app is not concerned; nothing left changes nothing.
+        let (taken, ch) = sweep("b", 1, &mut numbers, &[], &mut visited);
+        assert_eq!(
+            (taken, ch.added),
+            (vec![1], vec![UsedRun { first: 1, last: 1 }])
+        );
+        let mut all = runs.clone();
+        let (taken, ch) = sweep("a", 100, &mut numbers, &runs, &mut visited);
+        assert_eq!(taken.len(), 20 - 12);
+        apply(&mut all, ch);
+        assert_eq!(all, vec![UsedRun { first: 1, last: 58 }]);
+        let (taken, ch) = sweep("a", 1, &mut numbers, &all, &mut visited);
+        assert!(taken.is_empty() && ch.is_empty());
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub const CHECKS: &[(&str, &str, &str)] = &[
     ("PhonePool", "pool_lease_exclusive_and_once_per_item", "A number is leased to one user at a time and never handed out twice for one item, by leases and hand-outs alike."),
     ("PhonePool", "pool_concurrent_leases_distinct", "Concurrent leases never get the same number."),
     ("PhonePool", "pool_filters", "Area, operator and custom-number filters."),
+    ("PhonePool", "pool_hand_out_after_many", "After many hand-outs and leases for an app, hand-outs and leases still return exactly the numbers never used for it, oldest first: numbers under a live lease are skipped and come back once it ends, new numbers come last, and filtered or single-number leases count as use."),
+    ("PhonePool", "pool_concurrent_hand_outs_once", "Concurrent hand-outs and leases for one app, in many small calls, never give one number twice, each call oldest first, until every number was given once."),
     ("PhonePool", "pool_charged_and_settled_once", "Concurrent SMS charge a lease once; `mark_settled` succeeds once; due leases are the ended, unsettled ones; settling frees the place in the pool."),
     ("PhonePool", "pool_receive_is_one_decision", "`receive` is one atomic decision: a batch with an unknown number stores nothing; SMS reach their app's queue with the extracted code; SMS to a live lease reach the lessee's mailbox in order with increasing sequences; the price is captured from the hold once however many SMS arrive concurrently; the mailbox keeps its cap by dropping the oldest entries."),
     ("PhonePool", "pool_lease_holds_atomically", "A lease with its hold is one step with the ledger: `price × wanted` is held, what the numbers not found would cost is released, a balance too small leases nothing and records nothing, and concurrent leases never overdraw."),
@@ -150,7 +152,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@each $make; limits_all_or_nothing, limits_concurrent_never_exceed, limits_lockout_and_reset);
     };
     (pool: $make:expr) => {
-        $crate::store_conformance_tests!(@each $make; pool_intake_caps_and_refresh, pool_lease_exclusive_and_once_per_item, pool_concurrent_leases_distinct, pool_filters, pool_charged_and_settled_once, pool_lease_holds_atomically, pool_receive_is_one_decision);
+        $crate::store_conformance_tests!(@each $make; pool_intake_caps_and_refresh, pool_lease_exclusive_and_once_per_item, pool_concurrent_leases_distinct, pool_filters, pool_hand_out_after_many, pool_concurrent_hand_outs_once, pool_charged_and_settled_once, pool_lease_holds_atomically, pool_receive_is_one_decision);
     };
     (items: $make:expr) => {
         $crate::store_conformance_tests!(@each $make; items_put_and_get);
@@ -1448,6 +1450,229 @@ pub async fn pool_filters(s: &Stores) {
         .unwrap()
         .leases()
         .is_empty());
+}
+
+/// The `i`th number of [`pool_hand_out_after_many`] and the checks after
+/// it: every tenth in area 北京.
+fn nth(i: usize) -> NumberInfo {
+    let area = i.is_multiple_of(10).then_some("北京");
+    info(&format!("1390000{i:04}"), "dev", area)
+}
+
+fn nths(range: impl IntoIterator<Item = usize>) -> Vec<PhoneNumber> {
+    range.into_iter().map(|i| nth(i).mobile).collect()
+}
+
+fn mobiles(infos: Vec<NumberInfo>) -> Vec<PhoneNumber> {
+    infos.into_iter().map(|i| i.mobile).collect()
+}
+
+fn leased(outcome: LeaseOutcome) -> Vec<PhoneNumber> {
+    outcome.leases().into_iter().map(|l| l.mobile).collect()
+}
+
+/// After many hand-outs and leases for an app, hand-outs and leases still
+/// return exactly the numbers never used for it, oldest first: numbers
+/// under a live lease are skipped and come back once it ends, new numbers
+/// come last, and filtered or single-number leases count as use.
+pub async fn pool_hand_out_after_many(s: &Stores) {
+    let p = &s.pool;
+    p.set_pool_size(1_000).await.unwrap();
+    p.intake((0..300).map(nth).collect(), 0).await.unwrap();
+    let beijing = LeaseFilter {
+        area: Some("北京".into()),
+        ..Default::default()
+    };
+    let one = |i: usize| LeaseFilter {
+        custom: Some(nth(i).mobile),
+        ..Default::default()
+    };
+    // X leases two numbers of 北京 (0 and 10) and number 200, Z number 150;
+    // all four leases last until 101.
+    let l = p
+        .lease(lease_req(1, "X", &["x1", "x2"], 1, beijing.clone()))
+        .await
+        .unwrap();
+    assert_eq!(leased(l), nths([0, 10]));
+    let l = p
+        .lease(lease_req(1, "X", &["x3"], 1, one(200)))
+        .await
+        .unwrap();
+    assert_eq!(leased(l), nths([200]));
+    let l = p
+        .lease(lease_req(2, "Z", &["z1"], 1, one(150)))
+        .await
+        .unwrap();
+    assert_eq!(leased(l), nths([150]));
+    // X's hand-outs skip what X leased; Y's skip the live leases.
+    let h = p.hand_out("X", 100, 1).await.unwrap();
+    assert_eq!(mobiles(h), nths((1..=101).filter(|&i| i != 10)));
+    let h = p.hand_out("Y", 3, 1).await.unwrap();
+    assert_eq!(mobiles(h), nths([1, 2, 3]));
+    // Many small hand-outs for X: each the next numbers, oldest first.
+    let mut expected = nths((102..300).filter(|&i| i != 150 && i != 200)).into_iter();
+    for round in 0.. {
+        let h = mobiles(p.hand_out("X", 7, 2).await.unwrap());
+        let want: Vec<PhoneNumber> = expected.by_ref().take(7).collect();
+        assert_eq!(h, want, "hand-out {round} for X");
+        if h.is_empty() {
+            break;
+        }
+    }
+    // Nothing left for X: no lease, filtered or not.
+    assert!(leased(
+        p.lease(lease_req(1, "X", &["x4"], 2, LeaseFilter::default()))
+            .await
+            .unwrap()
+    )
+    .is_empty());
+    assert!(leased(
+        p.lease(lease_req(1, "X", &["x5"], 2, beijing.clone()))
+            .await
+            .unwrap()
+    )
+    .is_empty());
+    // Once Z's lease ended, its number is X's; X's own never come back.
+    let h = p.hand_out("X", 100, 200).await.unwrap();
+    assert_eq!(mobiles(h), nths([150]));
+    assert!(p.hand_out("X", 100, 200).await.unwrap().is_empty());
+    // Z gets the oldest numbers it never had, 150 not among them.
+    let h = p.hand_out("Z", 3, 200).await.unwrap();
+    assert_eq!(mobiles(h), nths([0, 1, 2]));
+    // New numbers come after every older one, and only they are left for X.
+    p.intake((300..305).map(nth).collect(), 300).await.unwrap();
+    let h = p.hand_out("X", 100, 300).await.unwrap();
+    assert_eq!(mobiles(h), nths(300..305));
+    // X leases by area after all that: only new 北京 numbers.
+    p.intake((305..325).map(nth).collect(), 301).await.unwrap();
+    let l = p
+        .lease(lease_req(1, "X", &["x6", "x7", "x8"], 302, beijing))
+        .await
+        .unwrap();
+    assert_eq!(leased(l), nths([310, 320]));
+    let h = p.hand_out("X", 100, 302).await.unwrap();
+    assert_eq!(
+        mobiles(h),
+        nths((305..325).filter(|&i| i != 310 && i != 320))
+    );
+    // An app that never had any gets them all, oldest first.
+    let h = p.hand_out("W", 100, 302).await.unwrap();
+    assert_eq!(mobiles(h), nths(0..100));
+    let h = p.hand_out("W", 100, 302).await.unwrap();
+    assert_eq!(mobiles(h), nths(100..200));
+}
+
+/// Concurrent hand-outs and leases for one app, in many small calls, never
+/// give one number twice, each call oldest first, until every number was
+/// given once.
+pub async fn pool_concurrent_hand_outs_once(s: &Stores) {
+    const N: usize = 150;
+    s.pool.set_pool_size(1_000).await.unwrap();
+    s.pool.intake((0..N).map(nth).collect(), 0).await.unwrap();
+    let order: Vec<PhoneNumber> = nths(0..N);
+    let position = move |m: &PhoneNumber| order.iter().position(|o| o == m);
+    let mut tasks = Vec::new();
+    for t in 0..12u32 {
+        let p = s.pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for call in 0u32.. {
+                let batch = if t % 3 == 0 {
+                    // A lease of two for the app: counts as its use.
+                    let ids = [format!("l{t}-{call}a"), format!("l{t}-{call}b")];
+                    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                    leased(
+                        p.lease(lease_req(t, "app", &ids, 10, LeaseFilter::default()))
+                            .await
+                            .unwrap(),
+                    )
+                } else {
+                    mobiles(p.hand_out("app", (t % 4 + 1) as usize, 10).await.unwrap())
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                got.push(batch);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        for batch in t.await.unwrap() {
+            let at: Vec<usize> = batch
+                .iter()
+                .map(|m| position(m).expect("a pool number"))
+                .collect();
+            assert!(
+                at.windows(2).all(|w| w[0] < w[1]),
+                "one call, oldest first: {at:?}"
+            );
+            all.extend(batch);
+        }
+    }
+    assert_eq!(all.len(), N, "every number given once");
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), N, "no number given twice");
+    assert!(s.pool.hand_out("app", 10, 10).await.unwrap().is_empty());
+    // The leases still hold some: another app gets the rest, oldest first.
+    let free = mobiles(s.pool.hand_out("other", N, 10).await.unwrap());
+    let leased_then: Vec<PhoneNumber> = nths(0..N)
+        .into_iter()
+        .filter(|m| !free.contains(m))
+        .collect();
+    let later = mobiles(s.pool.hand_out("other", N, 1_000).await.unwrap());
+    assert_eq!(
+        later, leased_then,
+        "leased numbers come back to other apps, oldest first"
+    );
+}
+
+/// Not part of [`store_conformance_tests!`](crate::store_conformance_tests)
+/// (it needs the same store twice): what hand-outs and leases left behind
+/// survives closing and reopening the store. `open` opens the same store
+/// each time it is called; the first handle is dropped before the second
+/// is opened. A store with nothing to reopen passes the same handle twice.
+///
+/// After the reopen, hand-outs for an app return exactly the numbers it
+/// never had, oldest first, and new numbers after them.
+pub async fn pool_hand_outs_survive_reopen<F, Fut>(open: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Stores>,
+{
+    {
+        let s = open().await;
+        let p = &s.pool;
+        p.set_pool_size(1_000).await.unwrap();
+        p.intake((0..60).map(nth).collect(), 0).await.unwrap();
+        let h = p.hand_out("X", 20, 1).await.unwrap();
+        assert_eq!(mobiles(h), nths(0..20));
+        let one = LeaseFilter {
+            custom: Some(nth(30).mobile),
+            ..Default::default()
+        };
+        let l = p.lease(lease_req(1, "X", &["r1"], 1, one)).await.unwrap();
+        assert_eq!(leased(l), nths([30]));
+        let l = p
+            .lease(lease_req(1, "X", &["r2", "r3"], 1, LeaseFilter::default()))
+            .await
+            .unwrap();
+        assert_eq!(leased(l), nths([20, 21]));
+        let h = p.hand_out("Y", 5, 1).await.unwrap();
+        assert_eq!(mobiles(h), nths(0..5));
+    }
+    let s = open().await;
+    let p = &s.pool;
+    let h = p.hand_out("X", 100, 200).await.unwrap();
+    assert_eq!(mobiles(h), nths((22..60).filter(|&i| i != 30)));
+    assert!(p.hand_out("X", 100, 200).await.unwrap().is_empty());
+    p.intake((60..63).map(nth).collect(), 201).await.unwrap();
+    let h = p.hand_out("X", 100, 202).await.unwrap();
+    assert_eq!(mobiles(h), nths(60..63));
+    let h = p.hand_out("Y", 3, 202).await.unwrap();
+    assert_eq!(mobiles(h), nths([5, 6, 7]));
 }
 
 /// Concurrent SMS charge a lease once; `mark_settled` succeeds once; due

@@ -1,8 +1,10 @@
 //! [`PhonePool`], [`ItemStore`] and [`QueueStore`].
 //!
 //! Every change to the numbers (intake, hand-outs, leases) runs under the
-//! pool's advisory lock, so the scan in upload order, the core's
-//! eligibility test and the claim are one step across every node; the
+//! pool's advisory lock, so the sweep in upload order (a
+//! [`PoolSweep`] jumping over the app's runs in `pool_runs`), the core's
+//! eligibility test, the claim and the runs' update are one step across
+//! every node; the
 //! ledger's lock of the leaser's balance is taken after it (one global
 //! order: pool, then balance).
 
@@ -16,7 +18,7 @@ use sms_core::ledger::LedgerOutcome;
 use sms_core::phone::PhoneNumber;
 use sms_core::pool::{
     DeviceMessage, Intake, IntakeTally, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo,
-    PoolNumber, PoolStats, ReceivedSms,
+    PoolNumber, PoolStats, PoolSweep, ReceivedSms, RunChanges, UsedRun,
 };
 use sms_core::receive::{ReceiveOutcome, ReceiveRequest, ReceiveState, Received};
 use sms_core::store::{ItemStore, PhonePool, Purged, QueueStore, StoreResult, DEFAULT_POOL_SIZE};
@@ -34,8 +36,9 @@ const SMS: &str = "sms_queue";
 const DEVICE: &str = "device_queue";
 const MAILBOX: &str = "mailbox";
 const POOL_LOCK: &str = "pool";
-/// Numbers read per round trip while scanning in upload order.
-const SCAN_BATCH: i64 = 256;
+/// Numbers read per round trip while sweeping in upload order (small: a
+/// jump over a run leaves the rest of a batch unread).
+const SWEEP_BATCH: i64 = 32;
 
 fn mailbox_lock(user: &UserId) -> String {
     format!("mailbox:{}", user.as_str())
@@ -58,45 +61,117 @@ async fn put_number(conn: &mut PgConnection, seq: i64, n: &PoolNumber) -> Result
     Ok(())
 }
 
-/// Scans the numbers in upload order and gives each that passes
-/// `eligible` to `take` (which changes it) until `take` returns `None` or
-/// `want` were taken; stores the changed numbers. Runs under the pool lock.
+/// Claims up to `want` numbers passing `eligible` for `app`, oldest first,
+/// giving each to `take` (which marks it used for `app`) until `take`
+/// returns `None`; stores the changed numbers. Only `custom` when given;
+/// else a [`PoolSweep`] over the numbers and the app's runs
+/// (`pool_runs`), whose changes it stores too. Runs under the pool lock.
 async fn claim<T>(
     conn: &mut PgConnection,
+    app: &str,
     want: usize,
+    custom: Option<&PhoneNumber>,
     eligible: impl Fn(&PoolNumber) -> bool,
     mut take: impl FnMut(&mut PoolNumber) -> Option<T>,
 ) -> Result2<Vec<T>> {
     let mut out = Vec::new();
-    let mut after = 0i64;
+    if want == 0 {
+        return Ok(out);
+    }
+    if let Some(phone) = custom {
+        // One number can pass: no walk, and no run to change (a later
+        // sweep finds it used and folds it into a run).
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, body FROM pool_numbers WHERE phone = $1")
+                .bind(phone.as_e164())
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some((seq, body)) = row {
+            let mut n: PoolNumber = decode(NUMBERS, &body)?;
+            if eligible(&n) {
+                if let Some(got) = take(&mut n) {
+                    put_number(conn, seq, &n).await?;
+                    out.push(got);
+                }
+            }
+        }
+        return Ok(out);
+    }
+    let mut sweep = PoolSweep::new(app);
     'scan: while out.len() < want {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT seq, body FROM pool_numbers WHERE seq > $1 ORDER BY seq LIMIT $2",
+        let Some(from) = sweep.from() else { break };
+        // The next numbers, each with the app's first run ending at or
+        // after it (the run covers the number when it starts at or before).
+        let rows: Vec<(i64, String, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT n.seq, n.body, r.first_seq, r.last_seq FROM \
+             (SELECT seq, body FROM pool_numbers WHERE seq >= $2 ORDER BY seq LIMIT $3) n \
+             LEFT JOIN LATERAL (SELECT first_seq, last_seq FROM pool_runs \
+             WHERE app = $1 AND last_seq >= n.seq ORDER BY last_seq LIMIT 1) r ON true \
+             ORDER BY n.seq",
         )
-        .bind(after)
-        .bind(SCAN_BATCH)
+        .bind(app)
+        .bind(to_i64(from))
+        .bind(SWEEP_BATCH)
         .fetch_all(&mut *conn)
         .await?;
-        let Some((last, _)) = rows.last() else {
+        if rows.is_empty() {
             break;
-        };
-        after = *last;
-        for (seq, body) in rows {
+        }
+        for (seq, body, first, last) in rows {
             if out.len() >= want {
                 break 'scan;
             }
-            let mut n: PoolNumber = decode(NUMBERS, &body)?;
-            if !eligible(&n) {
+            let at = to_u64(seq);
+            match sweep.from() {
+                None => break 'scan,
+                // Inside a run the sweep jumped over.
+                Some(from) if at < from => continue,
+                Some(_) => {}
+            }
+            let run = first.zip(last).map(|(first, last)| UsedRun {
+                first: to_u64(first),
+                last: to_u64(last),
+            });
+            if sweep.skip_run(at, run) {
                 continue;
             }
-            let Some(got) = take(&mut n) else {
-                break 'scan;
-            };
-            put_number(conn, seq, &n).await?;
-            out.push(got);
+            let mut n: PoolNumber = decode(NUMBERS, &body)?;
+            let ok = eligible(&n);
+            if let Some(got) = sweep.visit(at, &mut n, ok, &mut take) {
+                put_number(conn, seq, &n).await?;
+                out.push(got);
+            }
         }
     }
+    put_runs(conn, app, sweep.finish()).await?;
     Ok(out)
+}
+
+/// Applies a sweep's changes to `app`'s runs (removals first).
+async fn put_runs(conn: &mut PgConnection, app: &str, changes: RunChanges) -> Result2<()> {
+    if !changes.removed.is_empty() {
+        let lasts: Vec<i64> = changes.removed.iter().map(|r| to_i64(r.last)).collect();
+        sqlx::query("DELETE FROM pool_runs WHERE app = $1 AND last_seq = ANY($2)")
+            .bind(app)
+            .bind(lasts)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !changes.added.is_empty() {
+        let lasts: Vec<i64> = changes.added.iter().map(|r| to_i64(r.last)).collect();
+        let firsts: Vec<i64> = changes.added.iter().map(|r| to_i64(r.first)).collect();
+        sqlx::query(
+            "INSERT INTO pool_runs (app, last_seq, first_seq) \
+             SELECT $1, l, f FROM UNNEST($2::bigint[], $3::bigint[]) AS u(l, f) \
+             ON CONFLICT (app, last_seq) DO UPDATE SET first_seq = EXCLUDED.first_seq",
+        )
+        .bind(app)
+        .bind(lasts)
+        .bind(firsts)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 async fn put_lease(conn: &mut PgConnection, lease: &Lease) -> Result2<()> {
@@ -207,7 +282,9 @@ impl PhonePool for PgStore {
                 lock_keys(&mut tx, vec![POOL_LOCK.into()]).await?;
                 claim(
                     &mut tx,
+                    app,
                     n,
+                    None,
                     |num| num.available_for(app, now),
                     |num| Some(num.hand_out(app)),
                 )
@@ -230,7 +307,9 @@ impl PhonePool for PgStore {
                 let mut ids = req.lease_ids.iter();
                 let leases = claim(
                     &mut tx,
+                    &req.item,
                     req.lease_ids.len(),
+                    req.filter.custom.as_ref(),
                     |num| req.eligible(num),
                     |num| ids.next().map(|id| num.lease_to(&req, id)),
                 )

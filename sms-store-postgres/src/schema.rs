@@ -10,7 +10,20 @@ use crate::{Error, Result2};
 pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", INITIAL),
     (2, "task gateway ids", GATEWAY_IDS),
+    (3, "pool used runs", POOL_RUNS),
 ];
+
+/// Per app, runs of numbers (by `pool_numbers.seq`) all used for it
+/// (`sms_core::pool::UsedRun`), so hand-outs and leases jump over them.
+/// Empty after the upgrade: the first sweeps for each app rebuild them.
+const POOL_RUNS: &str = r#"
+CREATE TABLE pool_runs (
+    app text NOT NULL,
+    last_seq bigint NOT NULL,
+    first_seq bigint NOT NULL,
+    PRIMARY KEY (app, last_seq)
+);
+"#;
 
 /// Receipts find their recipient by (carrier, provider message id).
 const GATEWAY_IDS: &str = r#"

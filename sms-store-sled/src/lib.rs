@@ -58,6 +58,7 @@
 //! | `pool_meta`         | `size`, `numbers`, `open_leases`      | JSON number    |
 //! | `pool_numbers`      | E.164 phone                           | [`PoolNumber`] |
 //! | `pool_order`        | big-endian upload sequence            | E.164 phone    |
+//! | `pool_runs`         | app length (big-endian u32), app, big-endian last sequence of the run | big-endian first sequence ([`UsedRun`](sms_core::pool::UsedRun)) |
 //! | `leases`            | lease id                              | [`Lease`]      |
 //! | `leases_open`       | end (sortable big-endian), lease id   | empty          |
 //! | `items`             | item id                               | [`Item`]       |
@@ -307,6 +308,7 @@ const LIMITS: &str = "limits";
 const POOL_META: &str = "pool_meta";
 const POOL_NUMBERS: &str = "pool_numbers";
 const POOL_ORDER: &str = "pool_order";
+const POOL_RUNS: &str = "pool_runs";
 const LEASES: &str = "leases";
 const LEASES_OPEN: &str = "leases_open";
 const ITEMS: &str = "items";
@@ -497,6 +499,7 @@ struct Trees {
     pool_meta: sled::Tree,
     pool_numbers: sled::Tree,
     pool_order: sled::Tree,
+    pool_runs: sled::Tree,
     leases: sled::Tree,
     leases_open: sled::Tree,
     items: sled::Tree,
@@ -545,6 +548,7 @@ impl Trees {
             pool_meta: db.open_tree(POOL_META)?,
             pool_numbers: db.open_tree(POOL_NUMBERS)?,
             pool_order: db.open_tree(POOL_ORDER)?,
+            pool_runs: db.open_tree(POOL_RUNS)?,
             leases: db.open_tree(LEASES)?,
             leases_open: db.open_tree(LEASES_OPEN)?,
             items: db.open_tree(ITEMS)?,

@@ -2,7 +2,11 @@
 //!
 //! Numbers live in `pool_numbers` (phone → [`PoolNumber`]) and, in upload
 //! order, in `pool_order` (big-endian sequence → phone); numbers are never
-//! removed. `pool_meta` holds the pool size and two counters kept in the same
+//! removed. `pool_runs` holds each app's [`UsedRun`]s (app length, app,
+//! big-endian `last` → big-endian `first`), changed in the transaction of
+//! each hand-out and lease: a claim plans with a [`PoolSweep`] that jumps
+//! over them, so its cost does not grow with the numbers the app already
+//! had. `pool_meta` holds the pool size and two counters kept in the same
 //! transactions as the changes they count: the stored numbers and the
 //! unsettled leases. `leases_open` indexes the unsettled leases by end.
 
@@ -15,7 +19,8 @@ use sled::Transactional;
 use sms_core::ledger::LedgerOutcome;
 use sms_core::phone::PhoneNumber;
 use sms_core::pool::{
-    Intake, IntakeTally, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo, PoolNumber, PoolStats,
+    Intake, IntakeTally, Item, Lease, LeaseOutcome, LeaseRequest, NumberInfo, PoolNumber,
+    PoolStats, PoolSweep, RunChanges, UsedRun,
 };
 use sms_core::receive::{ReceiveOutcome, ReceiveRequest, ReceiveState, Received};
 use sms_core::store::{ItemStore, PhonePool, StoreResult, DEFAULT_POOL_SIZE};
@@ -23,7 +28,8 @@ use sms_core::user::UserId;
 
 use crate::{
     decode, decode_opt, encode, ledger, queues::tx_append, seq_entries, tx, Error, SledStore,
-    Trees, TxResult, CLAIM_RETRIES, ITEMS, LEASES, MAILBOX, POOL_META, POOL_NUMBERS, SMS_QUEUE,
+    Trees, TxResult, CLAIM_RETRIES, ITEMS, LEASES, MAILBOX, POOL_META, POOL_NUMBERS, POOL_ORDER,
+    POOL_RUNS, SMS_QUEUE,
 };
 
 /// `pool_meta` key of the pool size (absent: [`DEFAULT_POOL_SIZE`]).
@@ -65,107 +71,184 @@ impl Trees {
         decode_opt(POOL_NUMBERS, self.pool_numbers.get(phone)?)
     }
 
-    /// Up to `max` numbers passing `eligible`, in upload order: the
-    /// candidates of a claim (re-checked inside its transaction).
-    fn candidates(
-        &self,
-        max: usize,
-        eligible: impl Fn(&PoolNumber) -> bool,
-    ) -> Result<Vec<sled::IVec>, Error> {
-        let mut out = Vec::new();
-        if max == 0 {
-            return Ok(out);
-        }
-        for entry in self.pool_order.iter() {
-            let (_, phone) = entry?;
-            // Written in the same transaction as the order entry; a missing
-            // record would be corruption, and cannot be claimed anyway.
-            if let Some(n) = self.pool_number(&phone)? {
-                if eligible(&n) {
-                    out.push(phone);
-                    if out.len() >= max {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(out)
+    /// The first of an app's runs (`prefix`: [`runs_prefix`]) ending at or
+    /// after `seq`.
+    fn run_from(&self, prefix: &[u8], seq: u64) -> Result<Option<UsedRun>, Error> {
+        let range = run_key(prefix, seq)..=run_key(prefix, u64::MAX);
+        let Some(entry) = self.pool_runs.range(range).next() else {
+            return Ok(None);
+        };
+        let (key, first) = entry?;
+        Ok(Some(UsedRun {
+            first: be_u64(POOL_RUNS, &first)?,
+            last: be_u64(POOL_RUNS, key.get(prefix.len()..).unwrap_or_default())?,
+        }))
     }
 
-    /// Runs an optimistic claim: `claim(candidates, strict)` runs in a
-    /// transaction and aborts with [`Error::Raced`] when `strict` and a
-    /// candidate no longer qualifies; then the candidates are scanned again.
-    /// The last attempt is not strict: it claims what still qualifies.
-    fn claim<T>(
+    /// Plans a claim for `app` of up to `want` numbers passing `eligible`,
+    /// oldest first: only `custom` when given, else a [`PoolSweep`] over
+    /// `pool_order` and the app's runs, where `mark` (the claim's
+    /// transition, on a copy) shows the sweep each candidate as used.
+    /// Read on the writer thread, the only writer, so nothing changes
+    /// before the claim's transaction (which checks again all the same).
+    fn plan(
         &self,
-        scan: impl Fn(&Self) -> Result<Vec<sled::IVec>, Error>,
-        claim: impl Fn(&[sled::IVec], bool) -> Result<Vec<T>, Error>,
-    ) -> Result<Vec<T>, Error> {
-        for attempt in 0..CLAIM_RETRIES {
-            let candidates = scan(self)?;
-            if candidates.is_empty() {
-                return Ok(Vec::new());
+        app: &str,
+        want: usize,
+        custom: Option<&PhoneNumber>,
+        eligible: impl Fn(&PoolNumber) -> bool,
+        mark: impl Fn(&mut PoolNumber),
+    ) -> Result<Plan, Error> {
+        let mut plan = Plan::default();
+        if want == 0 {
+            return Ok(plan);
+        }
+        if let Some(phone) = custom {
+            // One number can pass: no walk, and no run to change (a later
+            // sweep finds it used and folds it into a run).
+            let key = phone_key(phone);
+            if self.pool_number(key)?.is_some_and(|n| eligible(&n)) {
+                plan.candidates.push(key.into());
             }
-            match claim(&candidates, attempt + 1 < CLAIM_RETRIES) {
-                Err(Error::Raced) => continue,
-                other => return other,
+            return Ok(plan);
+        }
+        let prefix = runs_prefix(app);
+        let mut sweep = PoolSweep::new(app);
+        let mut order: Option<sled::Iter> = None;
+        while plan.candidates.len() < want {
+            let Some(from) = sweep.from() else { break };
+            let entries = order.get_or_insert_with(|| self.pool_order.range(from.to_be_bytes()..));
+            let Some(entry) = entries.next() else { break };
+            let (key, phone) = entry?;
+            let seq = be_u64(POOL_ORDER, &key)?;
+            if sweep.skip_run(seq, self.run_from(&prefix, seq)?) {
+                order = None;
+                continue;
+            }
+            // Written in the same transaction as the order entry; a missing
+            // record would be corruption, and cannot be claimed anyway.
+            let Some(mut num) = self.pool_number(&phone)? else {
+                sweep.pass(seq);
+                continue;
+            };
+            let ok = eligible(&num);
+            let taken = sweep.visit(seq, &mut num, ok, |n| {
+                mark(n);
+                Some(())
+            });
+            if taken.is_some() {
+                plan.candidates.push(phone);
             }
         }
-        Ok(Vec::new())
+        plan.runs = sweep.finish();
+        plan.prefix = prefix;
+        Ok(plan)
     }
 }
 
-/// Inside a claim transaction: each of the `candidates`, up to `want`, that
-/// still passes `eligible` (aborting with [`Error::Raced`] when one does not
-/// and `strict`) is given to `take`, then stored back; what `take` returns
-/// is collected (`None` ends the claim).
+/// What a claim takes: the numbers (phone keys), oldest first, and the
+/// changes to the app's runs.
+#[derive(Default)]
+struct Plan {
+    candidates: Vec<sled::IVec>,
+    prefix: Vec<u8>,
+    runs: RunChanges,
+}
+
+impl Plan {
+    /// Inside the claim's transaction: applies the run changes, aborting
+    /// with [`Error::Raced`] when a run to remove is not as it was read.
+    fn apply_runs(&self, runs: &TransactionalTree) -> TxResult<()> {
+        for r in &self.runs.removed {
+            let key = run_key(&self.prefix, r.last);
+            if runs.get(&key)?.as_deref() != Some(&r.first.to_be_bytes()[..]) {
+                return abort(Error::Raced);
+            }
+            runs.remove(key)?;
+        }
+        for r in &self.runs.added {
+            runs.insert(run_key(&self.prefix, r.last), &r.first.to_be_bytes()[..])?;
+        }
+        Ok(())
+    }
+}
+
+/// The key prefix of an app's runs in `pool_runs`: the app's length
+/// (big-endian u32), then the app, so no app's prefix starts another's.
+fn runs_prefix(app: &str) -> Vec<u8> {
+    let len = u32::try_from(app.len()).unwrap_or(u32::MAX);
+    let mut k = Vec::with_capacity(4 + app.len() + 8);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(app.as_bytes());
+    k
+}
+
+/// The `pool_runs` key of a run ending at `last`.
+fn run_key(prefix: &[u8], last: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 8);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&last.to_be_bytes());
+    k
+}
+
+fn be_u64(tree: &'static str, bytes: &[u8]) -> Result<u64, Error> {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .map_err(|_| Error::Malformed {
+            tree,
+            what: "sequence is not 8 bytes",
+        })
+}
+
+/// Inside a claim transaction: each of the planned candidates, which must
+/// still pass `eligible` (else the claim aborts with [`Error::Raced`] and
+/// is planned again), is given to `take`, then stored back; what `take`
+/// returns is collected (`None` ends the claim). The plan's run changes
+/// are applied with it.
 fn claim_numbers<T>(
     numbers: &TransactionalTree,
-    candidates: &[sled::IVec],
-    want: usize,
-    strict: bool,
+    runs: &TransactionalTree,
+    plan: &Plan,
     eligible: impl Fn(&PoolNumber) -> bool,
     mut take: impl FnMut(&mut PoolNumber) -> TxResult<Option<T>>,
 ) -> TxResult<Vec<T>> {
     let mut out = Vec::new();
-    for phone in candidates {
-        if out.len() >= want {
-            break;
-        }
+    for phone in &plan.candidates {
         let Some(raw) = numbers.get(phone)? else {
-            continue;
+            return abort(Error::Raced);
         };
         let mut num: PoolNumber = tx(decode(POOL_NUMBERS, &raw))?;
         if !eligible(&num) {
-            if strict {
-                return abort(Error::Raced);
-            }
-            continue;
+            return abort(Error::Raced);
         }
-        let Some(got) = take(&mut num)? else { break };
+        let Some(got) = take(&mut num)? else {
+            // Never reached (a plan has at most as many candidates as
+            // wanted); the runs would cover a number left untaken.
+            return abort(Error::Raced);
+        };
         numbers.insert(phone, tx(encode(POOL_NUMBERS, &num))?)?;
         out.push(got);
     }
+    plan.apply_runs(runs)?;
     Ok(out)
 }
 
-/// Inside a lease transaction: leases up to `req.lease_ids.len()` of the
-/// `candidates` ([`claim_numbers`]), keeping the open-lease count and index.
+/// Inside a lease transaction: leases the planned numbers
+/// ([`claim_numbers`]), keeping the open-lease count and index.
 #[allow(clippy::too_many_arguments)]
 fn claim_leases(
     req: &LeaseRequest,
-    candidates: &[sled::IVec],
-    strict: bool,
+    plan: &Plan,
     eligible: impl Fn(&PoolNumber) -> bool,
     numbers: &TransactionalTree,
+    runs: &TransactionalTree,
     meta: &TransactionalTree,
     leases: &TransactionalTree,
     open: &TransactionalTree,
 ) -> TxResult<Vec<Lease>> {
     let mut open_count = tx_counter(meta, META_OPEN_LEASES)?;
     let mut ids = req.lease_ids.iter();
-    let want = req.lease_ids.len();
-    let out = claim_numbers(numbers, candidates, want, strict, eligible, |num| {
+    let out = claim_numbers(numbers, runs, plan, eligible, |num| {
         let Some(id) = ids.next() else {
             return Ok(None);
         };
@@ -260,37 +343,51 @@ impl PhonePool for SledStore {
 
     async fn hand_out(&self, app: &str, n: usize, now: i64) -> StoreResult<Vec<NumberInfo>> {
         let app = app.to_owned();
-        self.write(move |t| {
+        self.write_if(move |t| {
             let eligible = |num: &PoolNumber| num.available_for(&app, now);
-            t.claim(
-                |t| t.candidates(n, eligible),
-                |candidates, strict| {
-                    let out = t.pool_numbers.transaction(|numbers| {
-                        claim_numbers(numbers, candidates, n, strict, eligible, |num| {
-                            Ok(Some(num.hand_out(&app)))
-                        })
-                    })?;
-                    Ok(out)
-                },
-            )
+            for _ in 0..CLAIM_RETRIES {
+                let plan = t.plan(&app, n, None, eligible, |num| {
+                    num.hand_out(&app);
+                })?;
+                if plan.candidates.is_empty() && plan.runs.is_empty() {
+                    // Nothing to write: no wait for a flush.
+                    return Ok((Vec::new(), false));
+                }
+                let result = (&t.pool_numbers, &t.pool_runs).transaction(|(numbers, runs)| {
+                    claim_numbers(numbers, runs, &plan, eligible, |num| {
+                        Ok(Some(num.hand_out(&app)))
+                    })
+                });
+                match result.map_err(Error::from) {
+                    Err(Error::Raced) => continue,
+                    other => return other.map(|out| (out, true)),
+                }
+            }
+            Ok((Vec::new(), false))
         })
         .await
     }
 
     async fn lease(&self, req: LeaseRequest) -> StoreResult<LeaseOutcome> {
         self.write(move |t| {
-            let want = req.lease_ids.len();
             let eligible = |num: &PoolNumber| req.eligible(num);
             let hold = req.hold_request();
-            // Candidates are scanned outside the transaction (sled's cannot
-            // iterate) and re-checked inside it; a candidate lost to a
-            // concurrent caller starts the claim over (the last attempt
-            // claims what still qualifies).
-            for attempt in 0..CLAIM_RETRIES {
-                let strict = attempt + 1 < CLAIM_RETRIES;
-                let candidates = t.candidates(want, eligible)?;
+            // The plan is read outside the transaction (sled's cannot
+            // iterate) and checked inside it; a plan that no longer holds
+            // starts the claim over.
+            for _ in 0..CLAIM_RETRIES {
+                let plan = t.plan(
+                    &req.item,
+                    req.lease_ids.len(),
+                    req.filter.custom.as_ref(),
+                    eligible,
+                    |num| {
+                        num.lease_to(&req, "");
+                    },
+                )?;
                 let trees = (
                     &t.pool_numbers,
+                    &t.pool_runs,
                     &t.pool_meta,
                     &t.leases,
                     &t.leases_open,
@@ -301,23 +398,15 @@ impl PhonePool for SledStore {
                     &t.holds_expiring,
                 );
                 let result = trees.transaction(|trees| {
-                    let (numbers, meta, leases, open, b, h, e, u, x) = trees;
+                    let (numbers, runs, meta, leases, open, b, h, e, u, x) = trees;
                     let ledger = [b, h, e, u, x];
                     if let Some(h) = &hold {
                         if let LedgerOutcome::Refused(r) = ledger::tx_apply(ledger, h)? {
                             return Ok(LeaseOutcome::Refused(r));
                         }
                     }
-                    let out = claim_leases(
-                        &req,
-                        &candidates,
-                        strict,
-                        eligible,
-                        numbers,
-                        meta,
-                        leases,
-                        open,
-                    )?;
+                    let out =
+                        claim_leases(&req, &plan, eligible, numbers, runs, meta, leases, open)?;
                     if let Some(release) = req.release_request(out.len()) {
                         ledger::tx_apply(ledger, &release)?;
                     }
@@ -600,6 +689,31 @@ mod tests {
             .leases()
             .is_empty());
         assert!(s.hand_out("a", 0, 50).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn hand_outs_keep_one_run_per_app() {
+        let s = store();
+        s.set_pool_size(1_000).await.unwrap();
+        let all: Vec<NumberInfo> = (0..300).map(|i| info(&format!("1380000{i:04}"))).collect();
+        s.intake(all.clone(), 0).await.unwrap();
+        for round in 0..30 {
+            let got = s.hand_out("a", 10, 1).await.unwrap();
+            let want: Vec<_> = all[round * 10..round * 10 + 10].to_vec();
+            assert_eq!(got, want, "round {round}");
+        }
+        // Three hundred numbers handed out in thirty calls: one run.
+        let prefix = runs_prefix("a");
+        let runs: Vec<_> = s.trees.pool_runs.scan_prefix(&prefix).collect();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(s.trees.pool_runs.len(), 1);
+        // Nothing left: no write, and the run stays as it is.
+        assert!(s.hand_out("a", 10, 1).await.unwrap().is_empty());
+        assert_eq!(s.trees.pool_runs.len(), 1);
+        // Another app's runs are its own.
+        assert_eq!(s.hand_out("b", 1, 1).await.unwrap(), all[..1].to_vec());
+        assert_eq!(s.trees.pool_runs.len(), 2);
+        assert_eq!(s.trees.pool_runs.scan_prefix(&prefix).count(), 1);
     }
 
     #[tokio::test]

@@ -1110,3 +1110,16 @@ async fn gateway_ids_and_receipts_survive_reopen() {
         .next()
         .is_some());
 }
+
+/// The conformance kit's reopen check of hand-outs: the numbers each app
+/// had, and the runs that let hand-outs jump over them, survive a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_hand_outs_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    sms_core::testkit::pool_hand_outs_survive_reopen(|| {
+        let path = path.clone();
+        async move { open(&path) }
+    })
+    .await;
+}
