@@ -344,7 +344,11 @@ mod tests {
         publisher.publish(&user, kick());
         let (ev, sub) = waiter.await.unwrap().expect("an event");
         assert_eq!(ev, kick());
-        assert_eq!(sub.queue.state().events.capacity(), 0, "released once drained");
+        assert_eq!(
+            sub.queue.state().events.capacity(),
+            0,
+            "released once drained"
+        );
     }
 
     #[test]
