@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sms_core::events::{Event, EventHub, KickoutReason, LocalEventHub, Push};
+use sms_core::events::{Event, EventHub, KickoutReason, LocalEventHub, Push, Subscription};
 use sms_core::secret::TokenHash;
 use sms_core::user::UserId;
 use sqlx::postgres::PgListener;
@@ -268,7 +268,7 @@ impl EventHub for PgEventHub {
         }
     }
 
-    fn subscribe(&self, user: &UserId, capacity: usize) -> mpsc::Receiver<Event> {
+    fn subscribe(&self, user: &UserId, capacity: usize) -> Subscription {
         self.shared.seen().users.insert(user.clone());
         self.shared.local.subscribe(user, capacity)
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sms_core::carrier::CarrierMessage;
 use sms_core::delivery::{DeliveryQueue, QueueDecision, QueueState};
-use sms_core::events::{Event, EventHub, KickoutReason, Push};
+use sms_core::events::{Event, EventHub, KickoutReason, Push, Subscription};
 use sms_core::sender::Channel;
 use sms_core::sending::{SendTask, TaskState};
 use sms_core::store::EntryQuery;
@@ -162,7 +162,7 @@ fn push(msg: &str) -> Push {
     }
 }
 
-async fn next(rx: &mut tokio::sync::mpsc::Receiver<Event>) -> Event {
+async fn next(rx: &mut Subscription) -> Event {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .expect("an event within 10 s")

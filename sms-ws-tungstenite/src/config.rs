@@ -22,8 +22,10 @@ pub struct WsConfig {
     /// Largest incoming frame payload, in bytes (16 KiB). tungstenite's own
     /// default is 16 MiB.
     pub max_frame_size: usize,
-    /// tungstenite's read buffer per connection, in bytes (4 KiB; its own
-    /// default is 128 KiB, eagerly allocated).
+    /// tungstenite's read buffer per connection, in bytes (2 KiB: the
+    /// largest ordinary request, a `CSSendMsg` of 500 characters, fits; a
+    /// larger frame grows it as needed. tungstenite's own default is
+    /// 128 KiB, eagerly allocated). Held by every connection, idle or not.
     pub read_buffer_size: usize,
     /// Bytes buffered before tungstenite writes to the socket (4 KiB). Every
     /// batch of frames is flushed anyway.
@@ -58,7 +60,7 @@ impl Default for WsConfig {
         Self {
             max_message_size: 64 * 1024,
             max_frame_size: 16 * 1024,
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 2 * 1024,
             write_buffer_size: 4 * 1024,
             outbound_queue: 256,
             event_queue: 64,
@@ -98,7 +100,7 @@ mod tests {
         let ws = c.websocket_config();
         assert_eq!(ws.max_message_size, Some(65_536));
         assert_eq!(ws.max_frame_size, Some(16_384));
-        assert_eq!(ws.read_buffer_size, 4_096);
+        assert_eq!(ws.read_buffer_size, 2_048);
         assert_eq!(ws.write_buffer_size, 4_096);
         assert_eq!(c.effective_outbound_queue(), 256);
         let tiny = WsConfig {

@@ -140,7 +140,7 @@ pub mod protocol;
 mod session;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -161,6 +161,14 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     /// Live connections (upgraded or being upgraded).
     live: watch::Sender<usize>,
+    /// Mailbox entries acknowledged lately (see `session::ack`).
+    recent_acks: Mutex<session::RecentAcks>,
+}
+
+impl Shared {
+    fn recent_acks(&self) -> MutexGuard<'_, session::RecentAcks> {
+        self.recent_acks.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The `hub` WebSocket front end: handshake, sessions, shutdown. Clones share
@@ -179,6 +187,7 @@ impl HubWs {
                 config,
                 shutdown: watch::Sender::new(false),
                 live: watch::Sender::new(0),
+                recent_acks: Mutex::default(),
             }),
         }
     }
@@ -225,7 +234,9 @@ impl HubWs {
                         Some(shared.config.websocket_config()),
                     )
                     .await;
-                    session::run(shared, ws, client_ip, guard).await;
+                    // A task of its own, sized for the session alone (not
+                    // for the upgrade's state beside it).
+                    tokio::spawn(session::run(shared, ws, client_ip, guard));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "hub ws: upgrade failed");

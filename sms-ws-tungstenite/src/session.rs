@@ -5,8 +5,14 @@
 //! Writes go through a bounded outbound queue drained by the same task; a
 //! push that must be acknowledged in the user's mailbox is acknowledged only
 //! after the frame carrying it was flushed to the socket.
+//!
+//! An idle session is kept small (tens of thousands per process): the task's
+//! future holds only the select loop (request handling, mailbox reads and the
+//! close run in boxed futures of their own, allocated while they run), one
+//! timer serves both the ping and the idle deadline, the outbound queue and
+//! the event subscription hold no memory while empty.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::poll_fn;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,15 +21,14 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Map, Value};
-use sms_core::events::{Event, Push};
+use sms_core::events::{Event, Push, Subscription};
 use sms_core::phone::PhoneNumber;
 use sms_core::pool::{LeaseFilter, Operator};
 use sms_core::secret::{Token, TokenHash};
 use sms_core::store::SessionOrigin;
 use sms_core::user::{User, UserId};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -135,6 +140,10 @@ where
         match ws.poll_flush_unpin(cx) {
             Poll::Ready(Ok(())) => {
                 out.dirty = false;
+                if out.queue.is_empty() {
+                    // An idle connection holds no queue memory.
+                    out.queue = VecDeque::new();
+                }
                 if !out.unflushed.is_empty() {
                     return Poll::Ready(Io::Flushed(std::mem::take(&mut out.unflushed)));
                 }
@@ -157,17 +166,18 @@ where
     }
 }
 
-/// A logged-in session.
+/// A logged-in session. Only the user's id is kept (not the whole user, with
+/// its password hash): the few requests that need more read it.
 #[derive(Debug)]
 struct Login {
-    user: User,
+    user: UserId,
     /// The token this session stands for (after a password change made
     /// here, the new one).
     token: Token,
     /// Token hashes a kickout must spare this session for: the login token,
     /// and the old and new tokens of a password change made here.
     own: Vec<TokenHash>,
-    events: mpsc::Receiver<Event>,
+    events: Subscription,
     /// Mailbox entries read from the store, not yet queued.
     backlog: VecDeque<(u64, Push)>,
     /// The last sequence number read from the mailbox: live events up to it
@@ -197,8 +207,8 @@ enum Step {
     Io(Io),
     Event(Option<Event>),
     Shutdown,
-    Ping,
-    Idle,
+    /// The timer fired: a ping is due, or the idle deadline passed.
+    Timer,
 }
 
 struct Conn<S> {
@@ -219,12 +229,16 @@ async fn next_event(login: &mut Option<Login>) -> Option<Event> {
 }
 
 /// Serves one upgraded connection until it ends.
-pub(crate) async fn run<S>(
+///
+/// Not an `async fn`: the future owns the connection's state once (an async
+/// function would keep its arguments beside the state made from them).
+pub(crate) fn run<S>(
     shared: Arc<Shared>,
     ws: WebSocketStream<S>,
     client_ip: Option<IpAddr>,
     guard: LiveGuard,
-) where
+) -> impl std::future::Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let cap = shared.config.effective_outbound_queue();
@@ -232,7 +246,7 @@ pub(crate) async fn run<S>(
         shared,
         ws,
         out: Outbox {
-            queue: VecDeque::with_capacity(8),
+            queue: VecDeque::new(),
             cap,
             unflushed: Vec::new(),
             dirty: false,
@@ -241,9 +255,12 @@ pub(crate) async fn run<S>(
         client_ip,
         bad_frames: VecDeque::new(),
     };
-    let frame = conn.serve().await;
-    conn.finish(frame).await;
-    drop(guard);
+    async move {
+        let frame = conn.serve().await;
+        // Boxed: the close's futures take no room in an idle session's task.
+        Box::pin(conn.finish(frame)).await;
+        drop(guard);
+    }
 }
 
 impl<S> Conn<S>
@@ -256,22 +273,46 @@ where
 
     /// The select loop; returns the close frame to end with.
     async fn serve(&mut self) -> Option<CloseFrame> {
-        let config = self.shared.config.clone();
+        let idle_timeout = self.shared.config.idle_timeout;
+        let ping_every = self
+            .shared
+            .config
+            .ping_interval
+            .max(Duration::from_millis(10));
         let mut shutdown = self.shared.shutdown.subscribe();
         if *shutdown.borrow_and_update() {
             return self.kickout(1, CloseCode::Away);
         }
         let mut shutdown_live = true;
-        let ping_every = config.ping_interval.max(Duration::from_millis(10));
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let idle = tokio::time::sleep(config.idle_timeout);
-        tokio::pin!(idle);
+        // One timer for both deadlines: it fires at the earlier, and the
+        // loop works out which passed (a frame only moves the idle deadline
+        // later, so the timer is never late).
+        let start = Instant::now();
+        let mut idle_at = start + idle_timeout;
+        let mut ping_at = start + ping_every;
+        // A ping came due while the queue was full: sent once there is room.
+        let mut ping_due = false;
+        let timer = tokio::time::sleep_until(ping_at.min(idle_at));
+        tokio::pin!(timer);
 
         loop {
-            if let Err(e) = self.refill().await {
-                tracing::warn!(error = %e, "hub ws: mailbox read failed");
-                return close(CloseCode::Error, "mailbox unavailable").into_frame();
+            let mailbox_work = self
+                .login
+                .as_ref()
+                .is_some_and(|l| !l.backlog.is_empty() || !l.mailbox_done);
+            if mailbox_work && self.out.room() > 0 {
+                // Boxed: only sessions reading their mailbox pay for it.
+                if let Err(e) = Box::pin(self.refill()).await {
+                    tracing::warn!(error = %e, "hub ws: mailbox read failed");
+                    return close(CloseCode::Error, "mailbox unavailable").into_frame();
+                }
+            }
+            if ping_due && self.out.room() > 0 {
+                ping_due = false;
+                self.out.queue.push_back(Out {
+                    msg: Message::Ping(Default::default()),
+                    ack: None,
+                });
             }
             // Live pushes wait while older ones from the mailbox are queued
             // (order), except while the mailbox is still being paged: then
@@ -282,7 +323,6 @@ where
                     .login
                     .as_ref()
                     .is_some_and(|l| l.backlog.is_empty() || !l.mailbox_done);
-            let can_ping = self.out.room() > 0;
             let step = tokio::select! {
                 biased;
                 changed = shutdown.changed(), if shutdown_live => match changed {
@@ -295,30 +335,35 @@ where
                 },
                 io = poll_fn(|cx| poll_io(cx, &mut self.ws, &mut self.out)) => Step::Io(io),
                 ev = next_event(&mut self.login), if take_events => Step::Event(ev),
-                _ = ping.tick(), if can_ping => Step::Ping,
-                () = &mut idle => Step::Idle,
+                () = &mut timer => Step::Timer,
             };
             let flow = match step {
                 Step::Shutdown => return self.kickout(1, CloseCode::Away),
-                Step::Idle => return close(CloseCode::Away, "idle timeout").into_frame(),
-                Step::Ping => {
-                    self.out.queue.push_back(Out {
-                        msg: Message::Ping(Default::default()),
-                        ack: None,
-                    });
+                Step::Timer => {
+                    let now = Instant::now();
+                    if now >= ping_at {
+                        ping_due = true;
+                        ping_at = now + ping_every;
+                    }
+                    if now >= idle_at {
+                        return close(CloseCode::Away, "idle timeout").into_frame();
+                    }
+                    timer.as_mut().reset(ping_at.min(idle_at));
                     Flow::Continue
                 }
                 Step::Event(ev) => self.on_event(ev),
                 Step::Io(Io::Flushed(acks)) => {
-                    ack(&self.shared, acks).await;
+                    Box::pin(ack(&self.shared, acks)).await;
                     Flow::Continue
                 }
                 Step::Io(Io::Progress) => Flow::Continue,
                 Step::Io(Io::Ended) => return None,
                 Step::Io(Io::Error(e)) => return error_close(&e),
                 Step::Io(Io::Frame(msg)) => {
-                    idle.as_mut().reset(Instant::now() + config.idle_timeout);
-                    self.on_frame(msg).await
+                    idle_at = Instant::now() + idle_timeout;
+                    // Boxed: the largest state (a request's calls into the
+                    // core) is allocated only while a request runs.
+                    Box::pin(self.on_frame(msg)).await
                 }
             };
             if let Flow::Exit(frame) = flow {
@@ -344,7 +389,7 @@ where
                     .shared
                     .core
                     .pool
-                    .mailbox_page(&login.user.id, login.read_upto, page)
+                    .mailbox_page(&login.user, login.read_upto, page)
                     .await?;
                 login.mailbox_done = entries.len() < page;
                 if let Some((last, _)) = entries.last() {
@@ -355,7 +400,7 @@ where
             };
             self.out
                 .queue
-                .push_back(push_frame(&login.user.id, seq, &push));
+                .push_back(push_frame(&login.user, seq, &push));
         }
         Ok(())
     }
@@ -380,7 +425,7 @@ where
                 if !from_mailbox {
                     self.out
                         .queue
-                        .push_back(push_frame(&login.user.id, seq, &push));
+                        .push_back(push_frame(&login.user, seq, &push));
                 }
                 Flow::Continue
             }
@@ -521,7 +566,7 @@ where
         }));
         // The mailbox follows, a page at a time (`refill`).
         self.login = Some(Login {
-            user,
+            user: user.id,
             own: vec![token.hash()],
             token,
             events,
@@ -565,7 +610,7 @@ where
         // The token must be one of this session's user: a session changes
         // its own user's password only.
         match core.accounts.authenticate(&token).await {
-            Ok((u, _)) if u.id == login.user.id => {}
+            Ok((u, _)) if u.id == login.user => {}
             Ok(_) => return self.send(&protocol::answer(req, -1)),
             Err(e) => {
                 return self.send(&protocol::answer(
@@ -593,7 +638,7 @@ where
     async fn on_mobile_num(&mut self, f: &Map<String, Value>) {
         let req = Request::MobileNum;
         let core = self.shared.core.clone();
-        let Some(user) = self.login.as_ref().map(|l| l.user.id.clone()) else {
+        let Some(user) = self.login.as_ref().map(|l| l.user.clone()) else {
             return;
         };
         let code = |c| protocol::answer(req, c);
@@ -656,7 +701,7 @@ where
     async fn on_send_msg(&mut self, f: &Map<String, Value>) {
         let req = Request::SendMsg;
         let core = self.shared.core.clone();
-        let Some(user) = self.login.as_ref().map(|l| l.user.id.clone()) else {
+        let Some(user) = self.login.as_ref().map(|l| l.user.clone()) else {
             return;
         };
         let item_id = protocol::str_or_empty(f, "itemId");
@@ -677,11 +722,15 @@ where
             return;
         };
         let email = protocol::str_or_empty(f, "email");
-        let v = match core
-            .accounts
-            .bind_email_send(&login.user, email, self.client_ip)
-            .await
-        {
+        let bound = match current_user(&core, &login.user).await {
+            Ok(user) => {
+                core.accounts
+                    .bind_email_send(&user, email, self.client_ip)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let v = match bound {
             Ok(issued) => {
                 json!({ "protocol": req.answer(), "code": 0, "againTimestamp": issued.again_at })
             }
@@ -698,21 +747,18 @@ where
     async fn on_bind_check(&mut self, f: &Map<String, Value>) {
         let req = Request::BindEmailCheckVCode;
         let core = self.shared.core.clone();
-        let Some(login) = self.login.as_mut() else {
+        let Some(login) = self.login.as_ref() else {
             return;
         };
         let email = protocol::str_or_empty(f, "email");
         let code = protocol::text_field(f, "vCode");
         let code = code.as_ref().map(|t| t.as_str()).unwrap_or("");
-        let c = match core
-            .accounts
-            .bind_email_check(&login.user, email, code)
-            .await
-        {
-            Ok(user) => {
-                login.user = user;
-                0
-            }
+        let bound = match current_user(&core, &login.user).await {
+            Ok(user) => core.accounts.bind_email_check(&user, email, code).await,
+            Err(e) => Err(e),
+        };
+        let c = match bound {
+            Ok(_) => 0,
             Err(e) => protocol::failure_code(Request::BindEmailCheckVCode, &e),
         };
         self.send(&protocol::answer(req, c));
@@ -757,11 +803,65 @@ impl Flow {
     }
 }
 
-/// Acknowledges flushed mailbox entries.
+/// The session's user as stored now.
+async fn current_user(core: &sms_core::Core, id: &UserId) -> Result<User, sms_core::CoreError> {
+    core.accounts
+        .user(id)
+        .await?
+        .ok_or(sms_core::CoreError::UserNotFound)
+}
+
+/// Acknowledges flushed mailbox entries. An entry that another session of
+/// the user (every session gets every push) acknowledged a moment ago is not
+/// acknowledged again: one store write per push, not one per session.
 async fn ack(shared: &Shared, acks: Vec<Ack>) {
     for a in acks {
+        if !shared.recent_acks().claim(&a.user, a.seq) {
+            continue;
+        }
         if let Err(e) = shared.core.pool.ack(&a.user, a.seq).await {
+            // Another session may acknowledge it; else it stays in the
+            // mailbox and comes again at the next login.
+            shared.recent_acks().forget(&a.user, a.seq);
             tracing::error!(error = %e, seq = a.seq, "hub ws: mailbox ack failed");
+        }
+    }
+}
+
+/// Mailbox entries acknowledged lately by this process, the last
+/// [`RECENT_ACKS`] of them.
+#[derive(Debug, Default)]
+pub(crate) struct RecentAcks {
+    by_user: HashMap<UserId, BTreeSet<u64>>,
+    order: VecDeque<(UserId, u64)>,
+}
+
+/// How many acknowledgements [`RecentAcks`] remembers.
+const RECENT_ACKS: usize = 4096;
+
+impl RecentAcks {
+    /// True if `(user, seq)` was not acknowledged lately: the caller
+    /// acknowledges it (and [`forget`](Self::forget)s it if that fails).
+    fn claim(&mut self, user: &UserId, seq: u64) -> bool {
+        if self.by_user.get(user).is_some_and(|s| s.contains(&seq)) {
+            return false;
+        }
+        self.by_user.entry(user.clone()).or_default().insert(seq);
+        self.order.push_back((user.clone(), seq));
+        while self.order.len() > RECENT_ACKS {
+            if let Some((u, s)) = self.order.pop_front() {
+                self.forget(&u, s);
+            }
+        }
+        true
+    }
+
+    fn forget(&mut self, user: &UserId, seq: u64) {
+        if let Some(set) = self.by_user.get_mut(user) {
+            set.remove(&seq);
+            if set.is_empty() {
+                self.by_user.remove(user);
+            }
         }
     }
 }
@@ -797,5 +897,62 @@ fn push_frame(user: &UserId, seq: u64, push: &Push) -> Out {
             user: user.clone(),
             seq,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sms_core::memory::MemoryStore;
+    use sms_core::store::Stores;
+    use sms_core::Core;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    fn shared() -> Arc<Shared> {
+        let core = Core::test_builder(Stores::from_single(Arc::new(MemoryStore::new())))
+            .build()
+            .expect("test core");
+        Arc::new(Shared {
+            core,
+            config: crate::WsConfig::default(),
+            shutdown: tokio::sync::watch::Sender::new(false),
+            live: tokio::sync::watch::Sender::new(0),
+            recent_acks: Default::default(),
+        })
+    }
+
+    /// The task of an idle session is mostly its future: what it holds
+    /// across the select loop's await, not a request's calls into the core
+    /// nor the close (both boxed while they run).
+    #[tokio::test]
+    async fn an_idle_session_future_stays_small() {
+        let shared = shared();
+        let guard = LiveGuard::new(shared.clone());
+        let (io, _peer) = tokio::io::duplex(64);
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        let future = run(shared, ws, None, guard);
+        let size = std::mem::size_of_val(&future);
+        eprintln!("session future: {size} bytes");
+        assert!(size <= 1_200, "the session future grew to {size} bytes");
+    }
+
+    #[test]
+    fn an_ack_is_claimed_once_until_forgotten_or_pushed_out() {
+        let mut acks = RecentAcks::default();
+        let (a, b) = (
+            UserId::from_string("a".into()),
+            UserId::from_string("b".into()),
+        );
+        assert!(acks.claim(&a, 1));
+        assert!(!acks.claim(&a, 1), "a second session of the user skips it");
+        assert!(acks.claim(&b, 1), "another user's entry is its own");
+        acks.forget(&a, 1);
+        assert!(acks.claim(&a, 1), "a failed ack is tried again");
+        for seq in 2..(RECENT_ACKS as u64 + 10) {
+            assert!(acks.claim(&b, seq));
+        }
+        assert!(acks.order.len() <= RECENT_ACKS);
+        assert!(acks.claim(&a, 1), "forgotten once pushed out");
+        assert!(acks.by_user.values().map(BTreeSet::len).sum::<usize>() <= RECENT_ACKS);
     }
 }
