@@ -12,7 +12,7 @@
 //! timer serves both the ping and the idle deadline, the outbound queue and
 //! the event subscription hold no memory while empty.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::future::poll_fn;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -832,7 +832,7 @@ async fn ack(shared: &Shared, acks: Vec<Ack>) {
 /// [`RECENT_ACKS`] of them.
 #[derive(Debug, Default)]
 pub(crate) struct RecentAcks {
-    by_user: HashMap<UserId, BTreeSet<u64>>,
+    acked: HashSet<(UserId, u64)>,
     order: VecDeque<(UserId, u64)>,
 }
 
@@ -843,26 +843,21 @@ impl RecentAcks {
     /// True if `(user, seq)` was not acknowledged lately: the caller
     /// acknowledges it (and [`forget`](Self::forget)s it if that fails).
     fn claim(&mut self, user: &UserId, seq: u64) -> bool {
-        if self.by_user.get(user).is_some_and(|s| s.contains(&seq)) {
+        let entry = (user.clone(), seq);
+        if !self.acked.insert(entry.clone()) {
             return false;
         }
-        self.by_user.entry(user.clone()).or_default().insert(seq);
-        self.order.push_back((user.clone(), seq));
+        self.order.push_back(entry);
         while self.order.len() > RECENT_ACKS {
-            if let Some((u, s)) = self.order.pop_front() {
-                self.forget(&u, s);
+            if let Some(old) = self.order.pop_front() {
+                self.acked.remove(&old);
             }
         }
         true
     }
 
     fn forget(&mut self, user: &UserId, seq: u64) {
-        if let Some(set) = self.by_user.get_mut(user) {
-            set.remove(&seq);
-            if set.is_empty() {
-                self.by_user.remove(user);
-            }
-        }
+        self.acked.remove(&(user.clone(), seq));
     }
 }
 
@@ -953,6 +948,6 @@ mod tests {
         }
         assert!(acks.order.len() <= RECENT_ACKS);
         assert!(acks.claim(&a, 1), "forgotten once pushed out");
-        assert!(acks.by_user.values().map(BTreeSet::len).sum::<usize>() <= RECENT_ACKS);
+        assert!(acks.acked.len() <= RECENT_ACKS);
     }
 }
