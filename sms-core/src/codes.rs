@@ -216,8 +216,6 @@ impl CodeService {
 
     fn pump_checks(&self, prefix: &str) -> PumpChecks {
         let p = &self.policy;
-        let needed =
-            (u64::from(p.pump_min_sends) * u64::from(p.pump_min_success_pct)).div_ceil(100);
         PumpChecks {
             trip: LimitCheck::new(
                 format!("pump:trip:{prefix}"),
@@ -227,11 +225,20 @@ impl CodeService {
                 format!("pump:sent:{prefix}"),
                 LimitRule::per(p.pump_min_sends, p.pump_window_secs),
             ),
-            ok: LimitCheck::new(
-                format!("pump:ok:{prefix}"),
-                LimitRule::per(needed.max(1) as u32, p.pump_window_secs),
-            ),
+            ok: self.pump_ok_check(prefix),
         }
+    }
+
+    /// The breaker's count of successful checks in the prefix (all a check
+    /// needs of the breaker).
+    fn pump_ok_check(&self, prefix: &str) -> LimitCheck {
+        let p = &self.policy;
+        let needed =
+            (u64::from(p.pump_min_sends) * u64::from(p.pump_min_success_pct)).div_ceil(100);
+        LimitCheck::new(
+            format!("pump:ok:{prefix}"),
+            LimitRule::per(needed.max(1) as u32, p.pump_window_secs),
+        )
     }
 
     fn failed_check(&self, address: &CodeAddress) -> LimitCheck {
@@ -387,7 +394,7 @@ impl CodeService {
             now,
             max_attempts: self.policy.max_attempts,
             failures: self.failed_check(address),
-            pump_ok: self.pump_prefix(address).map(|p| self.pump_checks(&p).ok),
+            pump_ok: self.pump_prefix(address).map(|p| self.pump_ok_check(&p)),
             grant,
         });
         let (outcome, result) = match self.stores.codes.decide_code(decision).await? {
